@@ -1,0 +1,46 @@
+"""cffi API-mode builder for shmguard._core (never installed).
+
+The cdef is the CDEF-BEGIN..CDEF-END part of csrc/shmguard.h, so the
+compiler and the binding read one text.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = ["segment.c", "table.c", "policy.c", "window.c", "breaker.c", "gcra.c"]
+
+
+def _cdef() -> str:
+    with open(os.path.join(HERE, "shmguard.h"), encoding="utf-8") as f:
+        text = f.read()
+    m = re.search(r"/\* CDEF-BEGIN \*/(.*)/\* CDEF-END \*/", text, re.S)
+    if m is None:
+        raise RuntimeError("csrc/shmguard.h lacks the CDEF-BEGIN/END markers")
+    return m.group(1)
+
+
+def _flags() -> list[str]:
+    flags = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-D_POSIX_C_SOURCE=200809L"]
+    extra = os.environ.get("SHMGUARD_CFLAGS")  # e.g. sanitizer builds
+    if extra:
+        flags += extra.split()
+    return flags
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef())
+ffibuilder.set_source(
+    "shmguard._core",
+    '#include "shmguard.h"',
+    sources=[os.path.relpath(os.path.join(HERE, s)) for s in SOURCES],
+    include_dirs=[os.path.relpath(HERE)],
+    extra_compile_args=_flags(),
+    extra_link_args=os.environ.get("SHMGUARD_LDFLAGS", "").split(),
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,239 @@
+/*
+ * layout.h -- the map of a shmguard segment. Private to csrc/.
+ *
+ * Offset table (bytes)
+ *   0        struct sg_header      (256: 4 cache lines)
+ *   256      struct sg_slot[cap]   (1024 each: 16 cache lines)
+ *
+ * Slot, one cache line per part (no false sharing between parts):
+ *   line 0      control: state word, hash, name length, policy seq + lease
+ *   line 1      name bytes
+ *   lines 2-5   policy[2] (double buffer; seq low bit picks the live one)
+ *   line 6      breaker: word, half-open word, streak, baseline, floor, opens
+ *   line 7      probe leases[8]
+ *   lines 8-9   window buckets[16]   [epoch | failures | successes]
+ *   lines 10-11 slow buckets[16]     [epoch | slow | ignored]
+ *   line 12     limiter: TAT, rate-scale word
+ *   line 13     limiter totals: accepted[4], rejected[4]
+ *   line 14     waited[4], breaker totals (success, failure, ignored, rejected)
+ *   line 15     limiter stats window[8]  [epoch | accepted | rejected]
+ *
+ * Any change here bumps SG_LAYOUT_VERSION (shmguard.h).
+ */
+#ifndef SHMGUARD_LAYOUT_H
+#define SHMGUARD_LAYOUT_H
+
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shmguard.h"
+
+#define SG_MAGIC 0x4452415547484d53ULL /* "SHMGUARD" little-endian */
+#define SG_INIT_READY 0x52454459u      /* "REDY" */
+#define SG_CACHE_LINE 64
+
+typedef _Atomic uint64_t sg_a64;
+typedef _Atomic uint32_t sg_a32;
+
+/* Relaxed helpers: used for fields whose ordering is carried by another
+ * acquire/release pair named at the call site. */
+#define LD(p) atomic_load_explicit((p), memory_order_relaxed)
+#define ST(p, v) atomic_store_explicit((p), (v), memory_order_relaxed)
+
+/* ---- slot state word ---------------------------------------------------
+ *  63    62 61                        32 31                          0
+ * +--------+----------------------------+-----------------------------+
+ * | kind 2 |         pid 30             |  claim time (ns >> 20) 32   |
+ * +--------+----------------------------+-----------------------------+
+ * kind: 0 EMPTY, 1 CLAIMED (pid, time valid), 2 READY.
+ */
+#define SG_SK_EMPTY 0u
+#define SG_SK_CLAIMED 1u
+#define SG_SK_READY 2u
+#define SK_KIND(w) ((uint32_t)((w) >> 62))
+#define SK_PID(w) ((uint32_t)(((w) >> 32) & 0x3fffffffu))
+#define SK_TIME(w) ((uint32_t)((w) & 0xffffffffu))
+#define SK_MAKE(k, pid, t) (((uint64_t)(k) << 62) | (((uint64_t)(pid) & 0x3fffffffu) << 32) | \
+                            ((uint64_t)(t) & 0xffffffffu))
+
+/* ---- breaker word ------------------------------------------------------
+ *  63     61 60                    36 35                              0
+ * +---------+------------------------+---------------------------------+
+ * | state 3 |     generation 25      |  state began (ns >> 20) 36      |
+ * +---------+------------------------+---------------------------------+
+ * ONE CAS changes all three (rule): a reader never sees OPEN with a stale
+ * opened-at time. Time is serial (wraps after ~2.3 years; ages compare
+ * modulo 2^36).
+ */
+#define BW_TSHIFT 20
+#define BW_TMASK ((1ULL << 36) - 1)
+#define BW_GMASK ((1u << 25) - 1)
+#define BW_STATE(w) ((uint32_t)((w) >> 61))
+#define BW_GEN(w) ((uint32_t)(((w) >> 36) & BW_GMASK))
+#define BW_TIME(w) ((w) & BW_TMASK)
+#define BW_MAKE(s, g, now) (((uint64_t)(s) << 61) | ((uint64_t)((g) & BW_GMASK) << 36) | \
+                            (((now) >> BW_TSHIFT) & BW_TMASK))
+
+/* ---- half-open word ----------------------------------------------------
+ * | generation 25 (63:39) | unused | successes 20 (19:0) |
+ * Successes count only for the generation they name.
+ */
+#define HO_GEN(w) ((uint32_t)((w) >> 39) & BW_GMASK)
+#define HO_SUCC(w) ((uint32_t)((w) & 0xfffffu))
+#define HO_MAKE(g, s) (((uint64_t)((g) & BW_GMASK) << 39) | ((uint64_t)(s) & 0xfffffu))
+
+/* ---- probe lease word (0 = free) ---------------------------------------
+ * | pid 22 (63:42) | generation low 10 (41:32) | deadline (ns >> 20) 32 |
+ * A lease is live only while its generation matches the breaker's and its
+ * deadline has not passed; a dead holder is judged from outside (psutil)
+ * and reclaimed with sg_breaker_reclaim().
+ */
+#define LS_PID(w) ((uint32_t)((w) >> 42))
+#define LS_GEN(w) ((uint32_t)(((w) >> 32) & 0x3ffu))
+#define LS_DEADLINE(w) ((uint32_t)((w) & 0xffffffffu))
+#define LS_MAKE(pid, g, dl) (((uint64_t)((pid) & 0x3fffffu) << 42) | \
+                             ((uint64_t)((g) & 0x3ffu) << 32) | ((uint64_t)(dl) & 0xffffffffu))
+
+/* ---- window bucket word --------------------------------------------------
+ * | epoch 20 (63:44) | failures 22 (43:22) | successes 22 (21:0) |
+ * slow buckets:      | epoch 20 | slow 22 | ignored 22 |
+ * Counting and rotating a stale bucket happen in one CAS (rule).
+ * Counts saturate at 2^22 - 1.
+ */
+#define WB_EMASK 0xfffffULL
+#define WB_CMAX 0x3fffffULL
+#define WB_EPOCH(w) ((w) >> 44)
+#define WB_HI(w) (((w) >> 22) & WB_CMAX)
+#define WB_LO(w) ((w) & WB_CMAX)
+#define WB_MAKE(e, hi, lo) ((((uint64_t)(e) & WB_EMASK) << 44) | (((uint64_t)(hi) & WB_CMAX) << 22) | \
+                            ((uint64_t)(lo) & WB_CMAX))
+
+/* ---- limiter stats bucket (one second each) ------------------------------
+ * | epoch 16 (63:48) | accepted 24 (47:24) | rejected 24 (23:0) |
+ */
+#define LW_NS 1000000000ULL
+#define LW_EPOCH(w) ((w) >> 48)
+#define LW_ACC(w) (((w) >> 24) & 0xffffffULL)
+#define LW_REJ(w) ((w) & 0xffffffULL)
+
+/* ---- rate-scale word (adaptive rate) -------------------------------------
+ * | from ppm 20 (63:44) | to ppm 20 (43:24) | ramp start (ns >> 22) 24 |
+ * Drops set from = to (at once); rises ramp from -> to over recovery_ns.
+ * 0 means "settled at full rate" so a fresh slot needs no initialisation.
+ */
+#define RS_TSHIFT 22
+#define RS_FROM(w) ((uint32_t)((w) >> 44))
+#define RS_TO(w) ((uint32_t)(((w) >> 24) & 0xfffffu))
+#define RS_TIME(w) ((uint32_t)((w) & 0xffffffu))
+#define RS_MAKE(f, t, now) (((uint64_t)(f) << 44) | ((uint64_t)(t) << 24) | \
+                            (((now) >> RS_TSHIFT) & 0xffffffu))
+
+struct sg_header {
+    alignas(SG_CACHE_LINE) uint64_t magic; /**< SG_MAGIC */
+    uint32_t layout_version;               /**< SG_LAYOUT_VERSION */
+    uint32_t header_size;                  /**< sizeof(struct sg_header) */
+    uint64_t total_size;                   /**< header + capacity * slot_size */
+    uint32_t capacity;                     /**< number of slots */
+    uint32_t slot_size;                    /**< sizeof(struct sg_slot) */
+    uint32_t creator_uid;                  /**< uid of the creator */
+    uint32_t creator_pid;                  /**< pid of the creator */
+    uint64_t created_unix_ns;              /**< wall clock at creation */
+    uint32_t flags;                        /**< SG_HDR_* */
+    sg_a32 init;                           /**< SG_INIT_READY, published last (R0) */
+    alignas(SG_CACHE_LINE) sg_a64 manual_now_ns; /**< manual clock (tests) */
+    alignas(SG_CACHE_LINE) sg_a32 used;    /**< READY slots (statistics only) */
+    alignas(SG_CACHE_LINE) uint64_t reserved[8]; /**< zero; future use */
+};
+
+/* Policy as stored: same fields as sg_policy_view, atomics so a reader may
+ * race a writer of the OTHER buffer without a data race. */
+struct sg_policy_raw {
+    sg_a64 emission_ns, bucket_ns, open_ns, open_max_ns;  /**< see view */
+    sg_a64 probe_lease_ns, slow_call_ns, recovery_ns, fingerprint;
+    sg_a32 share_ppm[4];                                  /**< per priority */
+    sg_a32 failure_ppm, slow_ppm, adaptive_max_ppm, min_requests;
+    sg_a32 buckets, half_open_max, success_threshold, flags;
+    sg_a32 rate_floor_ppm, jitter_ppm, backoff_milli, burst;
+};
+
+struct sg_slot {
+    /* line 0: control */
+    alignas(SG_CACHE_LINE) sg_a64 state; /**< kind | pid | claim time */
+    uint64_t name_hash;                  /**< FNV-1a of the name (before READY) */
+    uint32_t name_len;                   /**< 1..SG_NAME_MAX (before READY) */
+    uint32_t pad0;
+    sg_a64 policy_seq;                   /**< publish count; low bit = live buffer */
+    sg_a64 policy_lease;                 /**< writer lease: pid 22 | deadline 42 */
+    /* line 1 */
+    alignas(SG_CACHE_LINE) char name[SG_NAME_MAX]; /**< not NUL-terminated at 64 */
+    /* lines 2-5 */
+    alignas(SG_CACHE_LINE) struct sg_policy_raw policy[2];
+    /* line 6: breaker */
+    alignas(SG_CACHE_LINE) sg_a64 bword; /**< state | gen | since */
+    sg_a64 ho;                           /**< half-open successes of a gen */
+    sg_a64 streak;                       /**< consecutive opens (backoff) */
+    sg_a64 baseline_ppm;                 /**< long-horizon failure ratio */
+    sg_a64 floor_epoch;                  /**< buckets before this are ignored */
+    sg_a64 opens;                        /**< transitions to OPEN, ever */
+    /* line 7 */
+    alignas(SG_CACHE_LINE) sg_a64 lease[SG_MAX_PROBES];
+    /* lines 8-11 */
+    alignas(SG_CACHE_LINE) sg_a64 bucket[SG_MAX_BUCKETS];
+    alignas(SG_CACHE_LINE) sg_a64 slow[SG_MAX_BUCKETS];
+    /* line 12: limiter */
+    alignas(SG_CACHE_LINE) sg_a64 tat;   /**< GCRA theoretical arrival time */
+    sg_a64 scale;                        /**< rate-scale word (0 = full) */
+    /* line 13 */
+    alignas(SG_CACHE_LINE) sg_a64 accepted[SG_PRIORITIES];
+    sg_a64 rejected[SG_PRIORITIES];
+    /* line 14 */
+    alignas(SG_CACHE_LINE) sg_a64 waited[SG_PRIORITIES];
+    sg_a64 b_success, b_failure, b_ignored, b_rejected;
+    /* line 15 */
+    alignas(SG_CACHE_LINE) sg_a64 lwin[SG_STAT_BUCKETS];
+};
+
+_Static_assert(sizeof(struct sg_header) == 256, "header is 4 cache lines");
+_Static_assert(sizeof(struct sg_policy_raw) == 128, "policy is 2 cache lines");
+_Static_assert(sizeof(struct sg_slot) == SG_SLOT_SIZE, "slot is 1 KiB");
+_Static_assert(offsetof(struct sg_slot, bword) == 6 * 64, "breaker line");
+_Static_assert(offsetof(struct sg_slot, tat) == 12 * 64, "limiter line");
+_Static_assert(offsetof(struct sg_slot, lwin) == 15 * 64, "stats line");
+
+/* Saturating 64-bit arithmetic (policies at the extremes never wrap). */
+static inline uint64_t sg_sat_add(uint64_t a, uint64_t b)
+{
+    uint64_t r;
+    return __builtin_add_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+static inline uint64_t sg_sat_mul(uint64_t a, uint64_t b)
+{
+    uint64_t r;
+    return __builtin_mul_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+static inline uint64_t sg_mul_ppm(uint64_t a, uint64_t ppm)
+{
+    unsigned __int128 r = (unsigned __int128)a * ppm / SG_PPM;
+    return r > UINT64_MAX ? UINT64_MAX : (uint64_t)r;
+}
+
+/* Internal, shared between csrc files. */
+uint64_t sg_now_h(const struct sg_handle *h);
+uint64_t sg_mono_ns(void);
+struct sg_slot *sg_slot_at(const void *base, uint32_t index);
+void sg_policy_load(const struct sg_slot *s, struct sg_policy_view *out);
+void sg_policy_store(struct sg_policy_raw *p, const struct sg_policy_view *v);
+
+struct sg_window_sum {
+    uint64_t failures, successes, slow;
+};
+void sg_window_add(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now, int outcome,
+                   int slow);
+void sg_window_sum(const struct sg_slot *s, const struct sg_policy_view *p, uint64_t now,
+                   struct sg_window_sum *out);
+void sg_window_reset(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now);
+uint32_t sg_window_threshold(const struct sg_slot *s, const struct sg_policy_view *p);
+
+#endif /* SHMGUARD_LAYOUT_H */

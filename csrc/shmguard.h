@@ -1,0 +1,226 @@
+/*
+ * shmguard.h -- the whole Python <-> C contract.
+ *
+ * Everything between CDEF-BEGIN and CDEF-END is also read by cffi
+ * (csrc/ffi_build.py), so the compiler and the binding see ONE text.
+ * Keep that part to plain types: no _Atomic, no alignas, no macros with
+ * expressions (cffi accepts "#define NAME <integer>" only).
+ *
+ * Conventions: every function returns an `enum sg_rc` (or a packed int64
+ * token whose negative values are `-sg_rc`); times are nanoseconds on the
+ * segment's clock and end in _ns; outputs go through trailing pointers.
+ * Nothing here allocates, sets errno or takes a lock.
+ */
+#ifndef SHMGUARD_H
+#define SHMGUARD_H
+
+#include <stdint.h>
+
+/* CDEF-BEGIN */
+#define SG_LAYOUT_VERSION 1
+#define SG_ABI_VERSION 1
+#define SG_SLOT_SIZE 1024
+#define SG_NAME_MAX 64
+#define SG_MAX_BUCKETS 16
+#define SG_MAX_PROBES 8
+#define SG_STAT_BUCKETS 8
+#define SG_PRIORITIES 4
+#define SG_MAX_CAPACITY 65536
+#define SG_PPM 1000000
+
+/* Return codes. Negative tokens carry -rc. */
+enum sg_rc {
+    SG_OK = 0,
+    SG_CREATED = 1,          /**< register: a new slot was made */
+    SG_R_OPEN = 2,           /**< breaker open: call rejected */
+    SG_R_PROBES_FULL = 3,    /**< half-open and every probe permit is leased */
+    SG_R_RATE_LIMITED = 4,   /**< limiter: not conforming now */
+    SG_R_STALE = 5,          /**< outcome of an older generation: dropped */
+    SG_E_BUSY = 10,          /**< a live claim or writer lease is in the way */
+    SG_E_FULL = 11,          /**< slot table full */
+    SG_E_NOT_FOUND = 12,
+    SG_E_ARG = 13,           /**< bad argument (index, length, enum) */
+    SG_E_COST = 14,          /**< cost can never conform (exceeds burst) */
+    SG_E_NOT_READY = 20,     /**< segment header not published yet */
+    SG_E_MAGIC = 21,
+    SG_E_VERSION = 22,
+    SG_E_SIZE = 23,          /**< header sizes disagree with each other */
+    SG_E_TRUNCATED = 24,     /**< mapping shorter than the header claims */
+    SG_E_CORRUPT = 25,       /**< a slot or word fails validation */
+    SG_E_CLOCK = 26          /**< manual clock call on a real-clock segment */
+};
+
+/* Breaker modes (state field of the breaker word). */
+enum sg_bstate {
+    SG_CLOSED = 0, SG_OPEN = 1, SG_HALF_OPEN = 2,
+    SG_FORCED_OPEN = 3, SG_FORCED_CLOSED = 4, SG_METRICS_ONLY = 5
+};
+
+/* What sg_record did to the breaker (for callbacks). */
+enum sg_transition {
+    SG_T_NONE = 0, SG_T_TO_OPEN = 1, SG_T_TO_HALF_OPEN = 2, SG_T_TO_CLOSED = 3
+};
+
+/* Outcome bits ORed into a token by the caller of sg_record(). */
+enum sg_outcome { SG_SUCCESS = 1, SG_FAILURE = 2, SG_IGNORE = 3 };
+
+/* Header flags. */
+#define SG_HDR_MANUAL_CLOCK 1
+
+/* Policy as the caller fills it; copied into the slot by C. */
+struct sg_policy_view {
+    uint64_t emission_ns;        /* 1/rate, rounded up */
+    uint64_t bucket_ns;          /* window / buckets */
+    uint64_t open_ns;            /* break duration */
+    uint64_t open_max_ns;        /* cap when backoff grows it */
+    uint64_t probe_lease_ns;     /* half-open permit lease */
+    uint64_t slow_call_ns;       /* 0 = slow calls not tracked */
+    uint64_t recovery_ns;        /* adaptive rate: time to recover fully */
+    uint64_t fingerprint;        /* hash of the whole Python policy */
+    uint32_t share_ppm[4];       /* burst share per priority (CRITICAL > 1e6 ok) */
+    uint32_t failure_ppm;        /* failure-ratio threshold */
+    uint32_t slow_ppm;           /* slow-call ratio threshold */
+    uint32_t adaptive_max_ppm;   /* adaptive threshold ceiling */
+    uint32_t min_requests;
+    uint32_t buckets;
+    uint32_t half_open_max;
+    uint32_t success_threshold;
+    uint32_t flags;              /* SG_POL_* */
+    uint32_t rate_floor_ppm;
+    uint32_t jitter_ppm;
+    uint32_t backoff_milli;      /* 1000 = no growth */
+    uint32_t burst;
+};
+#define SG_POL_ADAPTIVE 1
+#define SG_POL_NO_LIMIT 2
+
+struct sg_header_view {
+    uint64_t total_size;
+    uint64_t created_unix_ns;
+    uint32_t layout_version;
+    uint32_t capacity;
+    uint32_t slot_size;
+    uint32_t creator_uid;
+    uint32_t creator_pid;
+    uint32_t flags;
+    uint32_t used;
+};
+
+struct sg_slot_view {
+    char name[64];
+    uint32_t name_len;
+    uint32_t kind;               /* 0 empty, 1 claimed, 2 ready */
+    uint32_t claim_pid;
+    uint32_t claim_age_ms;
+    uint64_t policy_seq;
+};
+
+struct sg_breaker_view {
+    uint32_t state;              /* enum sg_bstate */
+    uint32_t generation;
+    uint64_t state_age_ns;       /* time in this state */
+    uint64_t open_remaining_ns;  /* OPEN: time until half-open */
+    uint64_t calls;              /* in window (success + failure) */
+    uint64_t failures;
+    uint64_t slow;
+    uint32_t threshold_ppm;      /* effective (after adaptation) */
+    uint32_t baseline_ppm;
+    uint32_t half_open_successes;
+    uint32_t probes_in_flight;
+    uint32_t probe_pid[8];
+    uint64_t probe_lease_left_ns[8];
+    uint64_t probe_word[8];
+    uint64_t opens;
+    uint64_t open_streak;
+    uint64_t successes_total;
+    uint64_t failures_total;
+    uint64_t ignored_total;
+    uint64_t rejected_total;
+};
+
+struct sg_limiter_view {
+    double tokens;               /* free now, full-burst priority */
+    double effective_rate;       /* per second, after adaptation */
+    uint32_t scale_ppm;          /* adaptive rate scale now */
+    uint32_t scale_target_ppm;
+    uint64_t accepted[4];
+    uint64_t rejected[4];
+    uint64_t waited[4];
+    uint64_t win_accepted;       /* over the stats window */
+    uint64_t win_rejected;
+    uint64_t win_ns;             /* span the window covers */
+};
+
+/* A limiter decision with its delay (reserve / wait paths). */
+struct sg_decision {
+    int64_t delay_ns;            /* >0: wait this long (reserved) or retry after */
+    uint64_t act_ns;             /* clock time the reservation conforms */
+    uint64_t tat_ns;             /* TAT this reservation left (for cancel) */
+};
+
+/* Per-process handle of one slot (process memory, never shared). */
+struct sg_handle {
+    void *slot;
+    void *clock;                 /* manual clock word, or NULL for monotonic */
+    void *base;
+    uint64_t map_len;
+    uint32_t index;
+    uint32_t pad;
+};
+
+/* segment.c */
+uint64_t sg_segment_size(uint32_t capacity);
+int sg_segment_init(void *base, uint64_t len, uint32_t capacity, uint32_t uid,
+                    uint32_t pid, uint64_t unix_ns, uint32_t flags);
+int sg_segment_check(const void *base, uint64_t len, struct sg_header_view *out);
+int sg_handle_init(struct sg_handle *h, void *base, uint64_t len, uint32_t index);
+uint64_t sg_clock_now(const void *base);
+int sg_clock_set(void *base, uint64_t now_ns);
+
+/* table.c */
+int sg_table_register(void *base, uint64_t len, const char *name, uint32_t name_len,
+                      const struct sg_policy_view *pol, uint32_t pid, uint64_t stale_ns,
+                      uint32_t *index_out, uint64_t *claim_out);
+int sg_table_find(void *base, uint64_t len, const char *name, uint32_t name_len,
+                  uint32_t *index_out);
+int sg_table_takeover(void *base, uint64_t len, uint32_t index, uint64_t claim_word,
+                      uint32_t pid);
+int sg_slot_snapshot(const void *base, uint64_t len, uint32_t index,
+                     struct sg_slot_view *out);
+int sg_policy_read(const struct sg_handle *h, struct sg_policy_view *out);
+int sg_policy_publish(const struct sg_handle *h, const struct sg_policy_view *pol,
+                      uint32_t pid);
+int sg_policy_check(const struct sg_policy_view *pol);
+
+/* breaker.c: explicit-time core, then handle forms that read the clock */
+int64_t sg_breaker_acquire_at(void *slot, uint64_t now_ns, uint32_t pid);
+int sg_breaker_record_at(void *slot, uint64_t now_ns, int64_t token);
+int sg_breaker_force_at(void *slot, uint64_t now_ns, uint32_t state);
+int sg_breaker_reclaim(void *slot, uint32_t probe, uint64_t expected_word);
+int sg_breaker_snapshot_at(const void *slot, uint64_t now_ns, struct sg_breaker_view *out);
+int64_t sg_breaker_acquire(const struct sg_handle *h);
+int sg_breaker_record(const struct sg_handle *h, int64_t token);
+uint64_t sg_breaker_retry_after(const struct sg_handle *h);
+
+/* gcra.c */
+int sg_limiter_decide_at(void *slot, uint64_t now_ns, uint64_t cost, uint32_t priority,
+                         int64_t max_wait_ns, struct sg_decision *out);
+int sg_limiter_cancel_at(void *slot, uint64_t now_ns, uint64_t cost_prio,
+                         const struct sg_decision *d);
+int sg_limiter_cancel(const struct sg_handle *h, uint64_t cost_prio, const struct sg_decision *d);
+int sg_limiter_scale_at(void *slot, uint64_t now_ns, uint32_t health_ppm);
+int sg_limiter_snapshot_at(const void *slot, uint64_t now_ns, uint32_t priority,
+                           struct sg_limiter_view *out);
+int sg_allow(const struct sg_handle *h);
+int sg_allow_cp(const struct sg_handle *h, uint64_t cost_prio);
+int sg_reserve(const struct sg_handle *h, uint64_t cost_prio, int64_t max_wait_ns,
+               struct sg_decision *out);
+
+/* admit.c: breaker + limiter in one crossing (execute's hot path) */
+int64_t sg_admit(const struct sg_handle *h, uint64_t cost_prio);
+int64_t sg_admit_wait(const struct sg_handle *h, uint64_t cost_prio, int64_t max_wait_ns,
+                      struct sg_decision *out);
+void sg_release_probe(const struct sg_handle *h, int64_t token);
+/* CDEF-END */
+
+#endif /* SHMGUARD_H */

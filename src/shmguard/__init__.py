@@ -1,0 +1,24 @@
+"""shmguard: host-wide circuit breakers and rate limiters in one shared-memory segment."""
+from __future__ import annotations
+
+from shmguard.breaker import Breaker, Permit
+from shmguard.errors import (CapacityError, CircuitOpenError, InvalidNameError, PolicyConflictError,
+                             PolicyError, RateLimitedError, RejectedError, SegmentCorruptError,
+                             SegmentError, SegmentIncompatibleError, SegmentNotFoundError,
+                             SegmentPermissionError, ShmguardError)
+from shmguard.limiter import Limiter, Reservation
+from shmguard.policy import Outcome, Policy, PolicyBuilder, PolicyPresets, Priority
+from shmguard.result import Err, Ok
+from shmguard.segment import list_segments, unlink
+from shmguard.service import ResilienceService
+from shmguard.stats import BreakerMode, BreakerState, EndpointStats, LimiterMetrics
+
+__version__ = "0.1.0"
+__all__ = [
+    "Breaker", "BreakerMode", "BreakerState", "CapacityError", "CircuitOpenError", "EndpointStats",
+    "Err", "InvalidNameError", "Limiter", "LimiterMetrics", "Ok", "Outcome", "Permit", "Policy",
+    "PolicyBuilder", "PolicyConflictError", "PolicyError", "PolicyPresets", "Priority",
+    "RateLimitedError", "RejectedError", "Reservation", "ResilienceService", "SegmentCorruptError",
+    "SegmentError", "SegmentIncompatibleError", "SegmentNotFoundError", "SegmentPermissionError",
+    "ShmguardError", "list_segments", "unlink",
+]

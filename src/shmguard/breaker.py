@@ -1,0 +1,161 @@
+"""Breaker handle: one endpoint's host-wide circuit breaker, typed methods over C.
+
+Two-step use (gobreaker's style)::
+
+    permit = br.allow()          # None when open (or half-open probes are out)
+    if permit:
+        try:
+            ...
+        except Exception:
+            permit.failure(); raise
+        permit.success()
+
+or ``br.call(fn, *args)``. Thread safe and process safe: the state lives in
+the segment and changes only by CAS in C.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+from shmguard._capi import lib
+from shmguard.policy import Outcome
+from shmguard.stats import BreakerMode, BreakerSnapshot, BreakerState
+
+if TYPE_CHECKING:
+    from shmguard.service import _Endpoint
+
+T = TypeVar("T")
+HO_FLAG = 1 << 33
+__all__ = ["Breaker", "Permit"]
+
+
+class Permit:
+    """Leave to make one call; report its outcome exactly once.
+
+    A half-open probe permit is also a lease: if this process dies, or the
+    call overruns the policy's ``probe_lease``, the permit is reclaimed.
+    """
+
+    __slots__ = ("_ep", "_tok", "_done")
+
+    def __init__(self, ep: _Endpoint, token: int) -> None:
+        self._ep = ep
+        self._tok = token
+        self._done = False
+
+    @property
+    def is_probe(self) -> bool:
+        """Reports whether this permit is a half-open probe."""
+        return bool((self._tok >> 34) & 0xF)
+
+    def _finish(self, outcome: int) -> None:
+        if self._done:
+            raise RuntimeError("permit already used: report an outcome once")
+        self._done = True
+        t = self._ep.record(self._ep.h, self._tok | outcome)
+        if t > 0:
+            self._ep.svc._transition(self._ep, t, self.is_probe)
+
+    def success(self) -> None:
+        self._finish(Outcome.SUCCESS)
+
+    def failure(self) -> None:
+        self._finish(Outcome.FAILURE)
+
+    def ignore(self) -> None:
+        """Counts the call as neither success nor failure (and frees a probe)."""
+        self._finish(Outcome.IGNORE)
+
+    def done(self, ok: bool) -> None:
+        self._finish(Outcome.SUCCESS if ok else Outcome.FAILURE)
+
+    def release(self) -> None:
+        """Gives the permit back unused (same as :meth:`ignore`)."""
+        if not self._done:
+            self._finish(Outcome.IGNORE)
+
+
+class Breaker:
+    """The host-wide circuit breaker of one endpoint (see module docstring)."""
+
+    __slots__ = ("_ep",)
+
+    def __init__(self, ep: _Endpoint) -> None:
+        self._ep = ep
+
+    @property
+    def name(self) -> str:
+        return self._ep.name
+
+    def snapshot(self) -> BreakerSnapshot:
+        """Reports the breaker's full state, read by one C snapshot."""
+        return self._ep.svc._breaker_snapshot(self._ep)
+
+    @property
+    def state(self) -> BreakerState:
+        return self.snapshot().state
+
+    @property
+    def mode(self) -> BreakerMode:
+        return self.snapshot().mode
+
+    @property
+    def failure_rate(self) -> float:
+        """Reports the failure ratio over the rolling window."""
+        return self.snapshot().failure_rate
+
+    def allow(self) -> Permit | None:
+        """Returns a :class:`Permit` if a call may go ahead now, else None."""
+        ep = self._ep
+        tok = ep.acquire(ep.h)
+        if tok < 0 and tok == -lib.SG_R_PROBES_FULL and ep.svc._reclaim_probes(ep):
+            tok = ep.acquire(ep.h)
+        if tok < 0:
+            if tok in (-lib.SG_R_OPEN, -lib.SG_R_PROBES_FULL):
+                return None
+            ep.svc._raise_rc(ep, -tok)
+        if tok & HO_FLAG:
+            ep.svc._transition(ep, lib.SG_T_TO_HALF_OPEN, False)
+        return Permit(ep, tok)
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Runs ``fn`` if allowed and records its outcome.
+
+        :raises CircuitOpenError: when no permit is available.
+        """
+        permit = self.allow()
+        if permit is None:
+            raise self._ep.svc._open_error(self._ep)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            permit._finish(self._ep.policy.classify(exc) if isinstance(exc, Exception)
+                           else Outcome.IGNORE)
+            raise
+        permit._finish(Outcome.SUCCESS)
+        return result
+
+    def force_open(self) -> None:
+        """Opens the breaker for every process until :meth:`reset`."""
+        self._ep.svc._force(self._ep, lib.SG_FORCED_OPEN)
+
+    def force_closed(self) -> None:
+        """Admits every call, records nothing, until :meth:`reset`."""
+        self._ep.svc._force(self._ep, lib.SG_FORCED_CLOSED)
+
+    def metrics_only(self) -> None:
+        """Admits every call and keeps counting, without ever opening."""
+        self._ep.svc._force(self._ep, lib.SG_METRICS_ONLY)
+
+    disable = metrics_only
+
+    def open(self) -> None:
+        """Opens the breaker now as if the window had tripped (it will half-open)."""
+        self._ep.svc._force(self._ep, lib.SG_OPEN)
+
+    def reset(self) -> None:
+        """Closes the breaker and forgets its window, for every process."""
+        self._ep.svc._force(self._ep, lib.SG_CLOSED)
+
+    def __repr__(self) -> str:
+        return f"<Breaker {self.name!r} {self.state}>"

@@ -1,0 +1,59 @@
+"""Exceptions raised by shmguard: one base class, typed families below it."""
+from __future__ import annotations
+
+
+class ShmguardError(Exception):
+    """Base class of every shmguard error."""
+
+
+class PolicyError(ShmguardError, ValueError):
+    """A policy field (or a call's cost) is invalid; the message names it."""
+
+
+class PolicyConflictError(PolicyError):
+    """The endpoint already exists with another policy (pass ``replace=True``)."""
+
+
+class InvalidNameError(ShmguardError, ValueError):
+    """A segment or endpoint name is not acceptable."""
+
+
+class CapacityError(ShmguardError):
+    """The segment's slot table is full."""
+
+
+class SegmentError(ShmguardError, OSError):
+    """A segment is missing, corrupt, foreign or incompatible."""
+
+
+class SegmentNotFoundError(SegmentError, FileNotFoundError):
+    """No segment of that name exists."""
+
+
+class SegmentCorruptError(SegmentError):
+    """The segment's header or a slot fails validation."""
+
+
+class SegmentIncompatibleError(SegmentError):
+    """The segment was made by another layout version of shmguard."""
+
+
+class SegmentPermissionError(SegmentError, PermissionError):
+    """The segment belongs to another user or is group/world accessible."""
+
+
+class RejectedError(ShmguardError):
+    """A call was not admitted; ``retry_after`` says when to try again (seconds)."""
+
+    def __init__(self, endpoint: str, retry_after: float, message: str) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.retry_after = retry_after
+
+
+class CircuitOpenError(RejectedError):
+    """The endpoint's breaker is open (or all half-open probes are out)."""
+
+
+class RateLimitedError(RejectedError):
+    """The endpoint's rate limit did not admit the call in time."""

@@ -1,0 +1,146 @@
+"""Limiter handle: one endpoint's host-wide GCRA rate limiter.
+
+Verbs after x/time/rate, told by what happens when no token is free:
+:meth:`Limiter.allow` says no at once; :meth:`Limiter.reserve` hands back a
+:class:`Reservation` with a delay (and :meth:`Reservation.cancel`);
+:meth:`Limiter.wait` reserves only if it can be served within ``timeout``,
+then sleeps exactly the computed delay (no polling).
+
+Thread safe and process safe: the limiter is one atomic word in the segment.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from shmguard._capi import ffi, lib
+from shmguard.errors import PolicyError
+from shmguard.policy import Priority
+from shmguard.stats import LimiterMetrics
+
+if TYPE_CHECKING:
+    from shmguard.service import _Endpoint
+
+__all__ = ["Limiter", "Reservation", "pack"]
+
+NS = 1_000_000_000
+FOREVER_NS = 2**63 - 1
+_NORMAL = Priority.NORMAL
+
+
+def pack(cost: int, priority: int) -> int:
+    """Returns the (cost, priority) word the C calls take."""
+    if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1 or cost >= 2**40:
+        raise PolicyError(f"cost must be a whole number >= 1, got {cost!r}")
+    if priority not in (0, 1, 2, 3):
+        raise PolicyError(f"priority must be a shmguard.Priority, got {priority!r}")
+    return (cost << 2) | int(priority)
+
+
+def wait_ns(seconds: float | None) -> int:
+    if seconds is None:
+        return FOREVER_NS
+    if not isinstance(seconds, (int, float)) or seconds != seconds or seconds < 0:
+        raise PolicyError(f"timeout must be a number of seconds >= 0, got {seconds!r}")
+    return min(FOREVER_NS, int(seconds * NS))
+
+
+class Reservation:
+    """A place in the limiter's schedule.
+
+    ``ok`` says whether it was granted; ``delay`` is how long to wait before
+    acting (seconds; when not ok, how long until it could be granted).
+    """
+
+    __slots__ = ("ok", "delay", "_ep", "_cp", "_d", "_cancelled")
+
+    def __init__(self, ep: _Endpoint, ok: bool, cp: int, d: Any) -> None:
+        self.ok = ok
+        self.delay = max(0, d.delay_ns) / NS
+        self._ep = ep
+        self._cp = cp
+        self._d = d
+        self._cancelled = not ok
+
+    def cancel(self) -> None:
+        """Gives the reserved tokens back if the reservation has not come due."""
+        if self._cancelled:
+            return
+        self._cancelled = True
+        lib.sg_limiter_cancel(self._ep.h, self._cp, self._d)
+
+    def __repr__(self) -> str:
+        return f"<Reservation ok={self.ok} delay={self.delay:.6f}s>"
+
+
+class Limiter:
+    """The host-wide rate limiter of one endpoint (see module docstring)."""
+
+    __slots__ = ("_ep",)
+
+    def __init__(self, ep: _Endpoint) -> None:
+        self._ep = ep
+
+    @property
+    def name(self) -> str:
+        return self._ep.name
+
+    def allow(self, cost: int = 1, priority: Priority = _NORMAL) -> bool:
+        """Reports whether ``cost`` tokens were free now (and takes them)."""
+        ep = self._ep
+        if cost == 1 and priority is _NORMAL:
+            return not ep.allow1(ep.h)
+        rc = ep.allow_cp(ep.h, pack(cost, priority))
+        if rc == 0:
+            return True
+        if rc == lib.SG_R_RATE_LIMITED:
+            return False
+        raise self._cost_error("allow", cost, priority)
+
+    def reserve(self, cost: int = 1, priority: Priority = _NORMAL,
+                max_wait: float | None = None) -> Reservation:
+        """Returns a reservation; it is granted if it comes due within ``max_wait``."""
+        return self._reserve("reserve", cost, priority, max_wait)
+
+    def _reserve(self, verb: str, cost: int, priority: Priority,
+                 max_wait: float | None) -> Reservation:
+        ep = self._ep
+        cp = pack(cost, priority)
+        d = ffi.new("struct sg_decision *")
+        rc = lib.sg_reserve(ep.h, cp, wait_ns(max_wait), d)
+        if rc not in (0, lib.SG_R_RATE_LIMITED):
+            raise self._cost_error(verb, cost, priority)
+        return Reservation(ep, rc == 0, cp, d)
+
+    def wait(self, cost: int = 1, timeout: float | None = None,
+             priority: Priority = _NORMAL) -> bool:
+        """Reports whether ``cost`` tokens were obtained within ``timeout`` (None: no limit).
+
+        Sleeps exactly the computed delay; if the sleep is interrupted the
+        reservation is given back.
+        """
+        r = self._reserve("wait", cost, priority, timeout)
+        if not r.ok:
+            return False
+        if r.delay > 0:
+            try:
+                time.sleep(r.delay)
+            except BaseException:
+                r.cancel()
+                raise
+        return True
+
+    def tokens(self, priority: Priority = Priority.HIGH) -> float:
+        """Reports how many tokens ``priority`` could take now."""
+        return self.metrics(priority).tokens
+
+    def metrics(self, priority: Priority = Priority.HIGH) -> LimiterMetrics:
+        return self._ep.svc._limiter_metrics(self._ep, priority)
+
+    def _cost_error(self, verb: str, cost: int, priority: Priority) -> PolicyError:
+        burst = self._ep.svc._policy_view(self._ep).burst
+        return PolicyError(f"{verb}(cost={cost}) exceeds burst {burst} of limiter "
+                           f"{self.name!r} at priority {Priority(priority)}")
+
+    def __repr__(self) -> str:
+        return f"<Limiter {self.name!r}>"

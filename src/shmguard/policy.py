@@ -1,0 +1,318 @@
+"""Policies: what an endpoint's breaker and limiter do, validated once when built.
+
+A :class:`Policy` is a frozen dataclass. Its numeric part is copied into the
+endpoint's slot, so every process of the host applies the same numbers; its
+exception classification (which exceptions are failures, which are
+ignored) is per process, because classes cannot live in shared memory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import math
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from shmguard.errors import PolicyError
+
+__all__ = ["Priority", "Policy", "PolicyPresets", "PolicyBuilder", "Outcome"]
+
+NS = 1_000_000_000
+MAX_RATE = 1e9  # one token per nanosecond: the clock's resolution
+
+
+class Priority(enum.IntEnum):
+    """Request priority: a share of the burst (LOW 50%, NORMAL 80%, HIGH 100%, CRITICAL 110%)."""
+
+    LOW = 0
+    NORMAL = 1
+    HIGH = 2
+    CRITICAL = 3
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+class Outcome(enum.IntEnum):
+    SUCCESS = 1
+    FAILURE = 2
+    IGNORE = 3
+
+
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    TimeoutError,
+    socket.timeout,
+    socket.gaierror,
+    socket.herror,
+)
+
+
+def _num(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
+         lo_open: bool = False, integer: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PolicyError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PolicyError(f"{name} must be finite, got {value!r}")
+    if integer and int(value) != value:
+        raise PolicyError(f"{name} must be a whole number, got {value!r}")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        bound = f"> {lo}" if lo_open else f">= {lo}"
+        raise PolicyError(f"{name} must be {bound}, got {value!r}")
+    if hi is not None and value > hi:
+        raise PolicyError(f"{name} must be <= {hi}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The breaker and limiter settings of an endpoint.
+
+    Defaults: 50% failures over a 10 s window of 10 buckets (at least 10
+    calls) open the breaker for 30 s; half-open lets 1 probe through (lease
+    10 s) and 1 success closes it; the limiter is off (``rate=None``).
+
+    :raises PolicyError: when any field is invalid; the message names it.
+
+    >>> Policy(rate=100, burst=20).burst
+    20
+    """
+
+    failure_threshold: float = 0.5
+    min_requests: int = 10
+    window: float = 10.0
+    window_buckets: int = 10
+    open_timeout: float = 30.0
+    open_timeout_max: float | None = None
+    backoff: float = 1.0
+    jitter: float = 0.0
+    jitter_seed: int = 0
+    half_open_max_calls: int = 1
+    success_threshold: int | None = None
+    probe_lease: float = 10.0
+    slow_call_duration: float | None = None
+    slow_call_threshold: float = 1.0
+    rate: float | None = None
+    burst: int | None = None
+    priority_shares: tuple[float, float, float, float] = (0.5, 0.8, 1.0, 1.1)
+    adaptive: bool = False
+    adaptive_max_threshold: float | None = None
+    rate_floor: float = 0.1
+    recovery: float = 10.0
+    failure_exceptions: tuple[type[BaseException], ...] = (Exception,)
+    ignored_exceptions: tuple[type[BaseException], ...] = ()
+    _fingerprint: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _num("failure_threshold", self.failure_threshold, lo=0, hi=1, lo_open=True)
+        _num("min_requests", self.min_requests, lo=1, hi=2**31, integer=True)
+        _num("window", self.window, lo=0, lo_open=True, hi=10**7)
+        _num("window_buckets", self.window_buckets, lo=1, hi=16, integer=True)
+        if self.window * NS / self.window_buckets < 1e6:
+            raise PolicyError(f"window {self.window!r} s over {self.window_buckets} buckets "
+                              "gives buckets under 1 ms")
+        _num("open_timeout", self.open_timeout, lo=0.001, hi=10**7)
+        if self.open_timeout_max is not None:
+            _num("open_timeout_max", self.open_timeout_max, lo=self.open_timeout, hi=10**7)
+        _num("backoff", self.backoff, lo=1, hi=1000)
+        _num("jitter", self.jitter, lo=0, hi=1)
+        _num("jitter_seed", self.jitter_seed, lo=0, hi=2**63, integer=True)
+        _num("half_open_max_calls", self.half_open_max_calls, lo=1, hi=8, integer=True)
+        if self.success_threshold is not None:
+            _num("success_threshold", self.success_threshold, lo=1, hi=2**20 - 1, integer=True)
+        _num("probe_lease", self.probe_lease, lo=0.002, hi=86400 * 20)
+        if self.slow_call_duration is not None:
+            _num("slow_call_duration", self.slow_call_duration, lo=0, lo_open=True, hi=86400)
+        _num("slow_call_threshold", self.slow_call_threshold, lo=0, hi=1, lo_open=True)
+        if self.rate is not None:
+            _num("rate", self.rate, lo=0, lo_open=True, hi=MAX_RATE)
+        if self.burst is not None:
+            _num("burst", self.burst, lo=1, hi=2**31, integer=True)
+        if self.rate is not None and self.effective_burst / self.rate * NS > 2**62:
+            raise PolicyError(f"burst {self.effective_burst} at rate {self.rate!r}/s spans "
+                              f"{self.effective_burst / self.rate:.3g} s, beyond the limiter's "
+                              "146-year horizon of 2**62 ns")
+        if len(self.priority_shares) != 4:
+            raise PolicyError(f"priority_shares needs 4 values, got {self.priority_shares!r}")
+        for p, share in zip(Priority, self.priority_shares):
+            _num(f"priority_shares[{p.name}]", share, lo=0, hi=4, lo_open=True)
+        if self.adaptive_max_threshold is not None:
+            _num("adaptive_max_threshold", self.adaptive_max_threshold,
+                 lo=self.failure_threshold, hi=1)
+        _num("rate_floor", self.rate_floor, lo=0, hi=1)
+        _num("recovery", self.recovery, lo=0, hi=86400)
+        for fname in ("failure_exceptions", "ignored_exceptions"):
+            value = getattr(self, fname)
+            if not isinstance(value, tuple) or not all(
+                    isinstance(c, type) and issubclass(c, BaseException) for c in value):
+                raise PolicyError(f"{fname} must be a tuple of exception classes, got {value!r}")
+        object.__setattr__(self, "_fingerprint", self._compute_fingerprint())
+
+    # -- derived values ---------------------------------------------------
+    @property
+    def effective_burst(self) -> int:
+        """The burst in tokens: ``burst``, or ``max(1, rate)`` when unset."""
+        if self.burst is not None:
+            return int(self.burst)
+        return max(1, int(self.rate or 1))
+
+    @property
+    def fingerprint(self) -> int:
+        return self._fingerprint
+
+    def _compute_fingerprint(self) -> int:
+        parts = []
+        for f in dataclasses.fields(self):
+            if f.name.startswith("_"):
+                continue
+            v = getattr(self, f.name)
+            if f.name.endswith("_exceptions"):
+                v = tuple(f"{c.__module__}.{c.__qualname__}" for c in v)
+            parts.append(f"{f.name}={v!r}")
+        digest = hashlib.blake2b(";".join(parts).encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") & (2**63 - 1)
+
+    def classify(self, exc: BaseException) -> Outcome:
+        """Reports how ``exc`` counts: ignored, a failure, or (otherwise) a success."""
+        if self.ignored_exceptions and isinstance(exc, self.ignored_exceptions):
+            return Outcome.IGNORE
+        if isinstance(exc, self.failure_exceptions):
+            return Outcome.FAILURE
+        return Outcome.SUCCESS
+
+    def fill_view(self, v: Any) -> Any:
+        """Fills a ``struct sg_policy_view`` (cffi) from this policy."""
+        ppm = 1_000_000
+        v.emission_ns = 0 if self.rate is None else max(1, math.ceil(NS / self.rate))
+        v.bucket_ns = max(1, int(self.window * NS / self.window_buckets))
+        v.open_ns = int(self.open_timeout * NS)
+        omax = self.open_timeout_max
+        if omax is None:
+            omax = self.open_timeout * (10 if self.backoff > 1 else 1)
+        v.open_max_ns = max(v.open_ns, int(omax * NS))
+        v.probe_lease_ns = int(self.probe_lease * NS)
+        v.slow_call_ns = 0 if self.slow_call_duration is None else max(1, int(self.slow_call_duration * NS))
+        v.recovery_ns = int(self.recovery * NS)
+        v.fingerprint = self._fingerprint
+        for i, share in enumerate(self.priority_shares):
+            v.share_ppm[i] = max(1, round(share * ppm))
+        v.failure_ppm = max(1, round(self.failure_threshold * ppm))
+        v.slow_ppm = 0 if self.slow_call_duration is None else max(1, round(self.slow_call_threshold * ppm))
+        amax = self.adaptive_max_threshold
+        if amax is None:
+            amax = min(1.0, self.failure_threshold * 1.5)
+        v.adaptive_max_ppm = round(amax * ppm)
+        v.min_requests = int(self.min_requests)
+        v.buckets = int(self.window_buckets)
+        v.half_open_max = int(self.half_open_max_calls)
+        v.success_threshold = int(self.success_threshold or self.half_open_max_calls)
+        v.flags = (1 if self.adaptive else 0) | (2 if self.rate is None else 0)
+        v.rate_floor_ppm = round(self.rate_floor * ppm)
+        v.jitter_ppm = round(self.jitter * ppm)
+        v.backoff_milli = round(self.backoff * 1000)
+        v.burst = self.effective_burst
+        return v
+
+    def replace(self, **changes: Any) -> Policy:
+        """Returns a copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+class PolicyPresets:
+    """The seed design's presets (threshold / min requests / rate / burst)."""
+
+    @staticmethod
+    def critical() -> Policy:
+        """30% / 5 / 50 rps / burst 75: authentication, configuration."""
+        return Policy(failure_threshold=0.3, min_requests=5, rate=50, burst=75)
+
+    @staticmethod
+    def standard() -> Policy:
+        """50% / 10 / 100 rps / burst 200: general services."""
+        return Policy(failure_threshold=0.5, min_requests=10, rate=100, burst=200)
+
+    @staticmethod
+    def network() -> Policy:
+        """40%, network errors only / 10 / 150 rps / burst 300: remote caches, artifact stores."""
+        return Policy(failure_threshold=0.4, min_requests=10, rate=150, burst=300,
+                      failure_exceptions=NETWORK_ERRORS)
+
+    @staticmethod
+    def high_throughput() -> Policy:
+        """60% / 15 / 500 rps / burst 1000: worker coordination, internal services."""
+        return Policy(failure_threshold=0.6, min_requests=15, rate=500, burst=1000)
+
+    @staticmethod
+    def relaxed() -> Policy:
+        """70% / 20 / 200 rps / burst 500: monitoring, telemetry, best effort."""
+        return Policy(failure_threshold=0.7, min_requests=20, rate=200, burst=500)
+
+
+class PolicyBuilder:
+    """Builds a :class:`Policy` step by step; :meth:`build` validates it.
+
+    >>> p = PolicyBuilder.from_preset(PolicyPresets.network()).with_rate_limit(200).build()
+    >>> p.rate
+    200
+    """
+
+    def __init__(self, base: Policy | None = None) -> None:
+        self._changes: dict[str, Any] = {}
+        self._base = base or Policy()
+
+    @classmethod
+    def from_preset(cls, preset: Policy) -> PolicyBuilder:
+        return cls(preset)
+
+    def _set(self, **kw: Any) -> PolicyBuilder:
+        self._changes.update(kw)
+        return self
+
+    def with_breaker_threshold(self, threshold: float) -> PolicyBuilder:
+        return self._set(failure_threshold=threshold)
+
+    def with_min_requests(self, n: int) -> PolicyBuilder:
+        return self._set(min_requests=n)
+
+    def with_rate_limit(self, rate: float | None, burst: int | None = None) -> PolicyBuilder:
+        return self._set(rate=rate, burst=burst)
+
+    def with_open_timeout(self, seconds: float, *, max_seconds: float | None = None,
+                          backoff: float | None = None, jitter: float | None = None) -> PolicyBuilder:
+        kw: dict[str, Any] = {"open_timeout": seconds}
+        if max_seconds is not None:
+            kw["open_timeout_max"] = max_seconds
+        if backoff is not None:
+            kw["backoff"] = backoff
+        if jitter is not None:
+            kw["jitter"] = jitter
+        return self._set(**kw)
+
+    def with_half_open_max_calls(self, n: int, success_threshold: int | None = None) -> PolicyBuilder:
+        return self._set(half_open_max_calls=n, success_threshold=success_threshold)
+
+    def with_probe_lease(self, seconds: float) -> PolicyBuilder:
+        return self._set(probe_lease=seconds)
+
+    def with_window(self, seconds: float, buckets: int | None = None) -> PolicyBuilder:
+        return self._set(window=seconds, **({"window_buckets": buckets} if buckets else {}))
+
+    def with_slow_calls(self, duration: float, threshold: float = 1.0) -> PolicyBuilder:
+        return self._set(slow_call_duration=duration, slow_call_threshold=threshold)
+
+    def with_exceptions(self, failures: tuple[type[BaseException], ...] | None = None,
+                        ignored: tuple[type[BaseException], ...] | None = None) -> PolicyBuilder:
+        kw: dict[str, Any] = {}
+        if failures is not None:
+            kw["failure_exceptions"] = tuple(failures)
+        if ignored is not None:
+            kw["ignored_exceptions"] = tuple(ignored)
+        return self._set(**kw)
+
+    def adaptive(self, flag: bool = True) -> PolicyBuilder:
+        return self._set(adaptive=flag)
+
+    def build(self) -> Policy:
+        """Returns the validated policy. :raises PolicyError: naming the bad field."""
+        return dataclasses.replace(self._base, **self._changes)

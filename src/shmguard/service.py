@@ -1,0 +1,497 @@
+"""ResilienceService: the per-process facade over one shared segment.
+
+Endpoint name -> slot index is cached per process, so the hot path is a
+dict lookup plus one C call to admit and one to record.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
+
+from shmguard import _capi, probes
+from shmguard._capi import ffi, lib
+from shmguard.breaker import HO_FLAG, Breaker
+from shmguard.errors import (CircuitOpenError, InvalidNameError, PolicyConflictError,
+                             PolicyError, RateLimitedError, ShmguardError)
+from shmguard.limiter import NS, Limiter, pack, wait_ns
+from shmguard.policy import Outcome, Policy, PolicyPresets, Priority
+from shmguard.result import Err, Ok
+from shmguard.segment import Segment
+from shmguard.stats import (BreakerMode, BreakerSnapshot, BreakerState, EndpointStats,
+                            LimiterMetrics, Probe)
+
+T = TypeVar("T")
+__all__ = ["ResilienceService"]
+
+_CP = tuple(pack(1, p) for p in Priority)
+_STATE = {0: (BreakerState.CLOSED, BreakerMode.NORMAL), 1: (BreakerState.OPEN, BreakerMode.NORMAL),
+          2: (BreakerState.HALF_OPEN, BreakerMode.NORMAL),
+          3: (BreakerState.OPEN, BreakerMode.FORCED_OPEN),
+          4: (BreakerState.CLOSED, BreakerMode.FORCED_CLOSED),
+          5: (BreakerState.CLOSED, BreakerMode.METRICS_ONLY)}
+REGISTER_WAIT = 5.0
+CLAIM_STALE_NS = 2 * NS
+RECLAIM_EVERY = 0.05
+
+
+def validate_endpoint(name: object) -> bytes:
+    """Returns the endpoint name as bytes; raises :class:`InvalidNameError`."""
+    if not isinstance(name, str):
+        raise InvalidNameError(f"endpoint name must be a str, got {name!r}")
+    if not name:
+        raise InvalidNameError("endpoint name must not be empty")
+    if not name.isascii() or not name.isprintable():
+        raise InvalidNameError(f"endpoint name {name!r} must be printable ASCII")
+    raw = name.encode("ascii")
+    if len(raw) > lib.SG_NAME_MAX:
+        raise InvalidNameError(f"endpoint name {name[:20]!r}... is {len(raw)} bytes; "
+                               f"the limit is {lib.SG_NAME_MAX}")
+    return raw
+
+
+class _Endpoint:
+    """Process-local view of one slot: handle, bound C calls, local policy."""
+
+    __slots__ = ("name", "index", "h", "policy", "svc", "admit", "record", "acquire", "allow1",
+                 "allow_cp", "next_reclaim", "next_metrics", "breaker", "limiter")
+
+    def __init__(self, svc: ResilienceService, name: str, index: int, policy: Policy) -> None:
+        self.svc = svc
+        self.name = name
+        self.index = index
+        self.policy = policy
+        self.h = ffi.new("struct sg_handle *")
+        _capi.check(lib.sg_handle_init(self.h, svc.segment.base, svc.segment.size, index),
+                    "handle", svc.name)
+        self.bind()
+        self.next_reclaim = 0.0
+        self.next_metrics = 0.0
+        self.breaker = Breaker(self)
+        self.limiter = Limiter(self)
+
+    def bind(self) -> None:
+        self.admit, self.record, self.acquire = lib.sg_admit, lib.sg_breaker_record, lib.sg_breaker_acquire
+        self.allow1, self.allow_cp = lib.sg_allow, lib.sg_allow_cp
+
+    def unbind(self) -> None:
+        def closed(*_: Any) -> Any:
+            raise ShmguardError(f"service {self.svc.name!r} is closed")
+        self.admit = self.record = self.acquire = self.allow1 = self.allow_cp = closed
+
+
+class ResilienceService:
+    """Host-wide breakers and rate limiters for named endpoints.
+
+    Creates the segment ``name`` (default: env ``SHMGUARD_SEGMENT``, else
+    "default") or attaches to it. Fork children inherit the mapping; spawn
+    children and unrelated processes attach by name.
+
+    Thread safe and process safe. Callbacks (``on_state_change(endpoint, old,
+    new)``, ``on_metrics_update(endpoint, state, metrics)``) run in the
+    process, and thread, whose call made the transition, never under a lock;
+    an exception in a callback propagates to that call.
+
+    :param policy: default policy for endpoints registered implicitly
+        (``PolicyPresets.standard()``).
+    :param capacity: slots when creating (ignored when attaching).
+    :param manual_clock: on creation, a clock that only moves when told
+        (:meth:`set_clock`, :meth:`advance`), shared by all processes (tests).
+
+    >>> with ResilienceService("doc-example") as svc:   # doctest: +SKIP
+    ...     svc.register_endpoint("cache", PolicyPresets.network())
+    ...     svc.execute("cache", lambda: 42)
+    42
+    """
+
+    def __init__(self, name: str | None = None, *, policy: Policy | None = None,
+                 capacity: int = 256, manual_clock: bool = False, allow_foreign: bool = False,
+                 create: bool = True) -> None:
+        if name is None:
+            name = os.environ.get("SHMGUARD_SEGMENT") or "default"
+        if policy is not None and not isinstance(policy, Policy):
+            raise PolicyError(f"policy must be a shmguard.Policy, got {policy!r}")
+        self.default_policy = policy or PolicyPresets.standard()
+        self.segment = Segment(name, create=create, capacity=capacity, manual_clock=manual_clock,
+                               allow_foreign=allow_foreign)
+        self.name = name
+        self._eps: dict[str, _Endpoint] = {}
+        self._lock = threading.Lock()  # guards _eps inserts only (process-local)
+        self.on_state_change: Callable[[str, BreakerState, BreakerState], Any] | None = None
+        self.on_metrics_update: Callable[[str, BreakerState, EndpointStats], Any] | None = None
+        self.metrics_interval = 1.0
+
+    # -- life cycle -----------------------------------------------------------
+    def __enter__(self) -> ResilienceService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Detaches this process; the segment stays for the others."""
+        for ep in self._eps.values():
+            ep.unbind()
+        self.segment.close()
+
+    def unlink(self) -> bool:
+        """Removes the segment's name from the host; reports whether it existed."""
+        return self.segment.unlink()
+
+    @property
+    def closed(self) -> bool:
+        return self.segment.closed
+
+    # -- clock --------------------------------------------------------------------
+    def now_ns(self) -> int:
+        return self.segment.now_ns()
+
+    def set_clock(self, now_ns: int) -> None:
+        self.segment.set_clock(now_ns)
+
+    def advance(self, seconds: float) -> int:
+        """Moves the manual clock on by ``seconds``; returns the new time (ns)."""
+        now = self.segment.now_ns() + int(seconds * NS)
+        self.segment.set_clock(now)
+        return now
+
+    # -- registration ---------------------------------------------------------------
+    def register_endpoint(self, name: str, policy: Policy | None = None, *,
+                          replace: bool = False) -> None:
+        """Registers ``name`` with ``policy`` (default: the service's).
+
+        Idempotent for the same policy. Another policy for an existing
+        endpoint raises :class:`PolicyConflictError` unless ``replace=True``,
+        which publishes it to every process.
+        """
+        policy = policy or self.default_policy
+        if not isinstance(policy, Policy):
+            raise PolicyError(f"policy must be a shmguard.Policy, got {policy!r}")
+        ep, created = self._register(name, policy)
+        if created:
+            return
+        view = self._policy_view(ep)
+        if view.fingerprint == policy.fingerprint:
+            ep.policy = policy
+            return
+        if not replace:
+            raise PolicyConflictError(
+                f"endpoint {name!r} already exists in segment {self.name!r} with another policy "
+                "(pass replace=True to replace it for every process)")
+        new = policy.fill_view(ffi.new("struct sg_policy_view *"))
+        deadline = time.monotonic() + REGISTER_WAIT
+        while (rc := lib.sg_policy_publish(ep.h, new, os.getpid())) == lib.SG_E_BUSY:
+            if time.monotonic() > deadline:
+                raise ShmguardError(f"endpoint {name!r}: policy writer lease stayed busy")
+            time.sleep(0.001)
+        _capi.check(rc, f"publish policy of {name!r}", self.name)
+        ep.policy = policy
+
+    def _register(self, name: str, policy: Policy) -> tuple[_Endpoint, bool]:
+        raw = validate_endpoint(name)
+        view = policy.fill_view(ffi.new("struct sg_policy_view *"))
+        idx, claim = ffi.new("uint32_t *"), ffi.new("uint64_t *")
+        deadline = time.monotonic() + REGISTER_WAIT
+        seg = self.segment
+        while True:
+            rc = lib.sg_table_register(seg.base, seg.size, raw, len(raw), view, os.getpid(),
+                                       CLAIM_STALE_NS, idx, claim)
+            if rc != lib.SG_E_BUSY:
+                break
+            # a claim by another process is in the way: is its owner alive?
+            if not probes.pid_alive((claim[0] >> 32) & 0x3FFFFFFF):
+                lib.sg_table_takeover(seg.base, seg.size, idx[0], claim[0], os.getpid())
+                continue
+            if time.monotonic() > deadline:
+                raise ShmguardError(f"endpoint {name!r}: a slot claim stayed busy")
+            time.sleep(0.0005)
+        if rc == lib.SG_E_FULL:
+            from shmguard.errors import CapacityError
+            raise CapacityError(f"cannot register endpoint {name!r}: segment {self.name!r} is "
+                                f"full ({seg.capacity} slots); create it with a larger capacity")
+        _capi.check(rc, f"register {name!r}", self.name)
+        with self._lock:
+            ep = self._eps.get(name)
+            if ep is None or ep.index != idx[0]:
+                ep = _Endpoint(self, name, idx[0], policy)
+                self._eps[name] = ep
+        return ep, rc == lib.SG_CREATED
+
+    def _endpoint(self, name: str) -> _Endpoint:
+        ep = self._eps.get(name)
+        if ep is None:
+            ep, _ = self._register(name, self.default_policy)
+        return ep
+
+    def endpoints(self) -> list[str]:
+        """Returns the names of every endpoint in the segment (all processes)."""
+        seg, out = self.segment, []
+        v = ffi.new("struct sg_slot_view *")
+        for i in range(seg.refresh().capacity):
+            if lib.sg_slot_snapshot(seg.base, seg.size, i, v) == 0 and v.kind == 2:
+                out.append(ffi.unpack(v.name, v.name_len).decode("ascii", "replace"))
+        return sorted(out)
+
+    def breaker(self, endpoint: str) -> Breaker:
+        """Returns the breaker handle of ``endpoint`` (registering it if new)."""
+        return self._endpoint(endpoint).breaker
+
+    def limiter(self, endpoint: str) -> Limiter:
+        """Returns the limiter handle of ``endpoint`` (registering it if new)."""
+        return self._endpoint(endpoint).limiter
+
+    # -- execution ------------------------------------------------------------------------
+    def execute(self, endpoint: str, fn: Callable[..., T], /, *args: Any,
+                priority: Priority = Priority.NORMAL, timeout: float | None = None,
+                **kwargs: Any) -> T:
+        """Runs ``fn(*args, **kwargs)`` if the endpoint admits it, and records the outcome.
+
+        :param timeout: how long to wait for the rate limit (None: do not wait).
+        :raises CircuitOpenError: the breaker is open.
+        :raises RateLimitedError: no token within ``timeout``.
+        :returns: what ``fn`` returns; its exceptions are re-raised.
+        """
+        ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        if timeout is None:
+            tok = ep.admit(ep.h, _CP[priority])
+            if tok < 0:
+                tok = self._admit_slow(ep, tok, priority, None)
+        else:
+            tok = self._admit_slow(ep, None, priority, timeout)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            t = ep.record(ep.h, tok | (ep.policy.classify(exc) if isinstance(exc, Exception)
+                                       else Outcome.IGNORE))
+            if t > 0 or tok & HO_FLAG or self.on_metrics_update is not None:
+                self._after(ep, t, tok)
+            raise
+        t = ep.record(ep.h, tok | 1)
+        if t > 0 or tok & HO_FLAG or self.on_metrics_update is not None:
+            self._after(ep, t, tok)
+        return result
+
+    def try_execute(self, endpoint: str, fn: Callable[..., T], /, *args: Any,
+                    priority: Priority = Priority.NORMAL, timeout: float | None = None,
+                    **kwargs: Any) -> Ok[T] | Err:
+        """Like :meth:`execute`, but returns ``Ok(value)`` or ``Err(exception)``."""
+        try:
+            return Ok(self.execute(endpoint, fn, *args, priority=priority, timeout=timeout,
+                                   **kwargs))
+        except Exception as exc:
+            return Err(exc)
+
+    def admit(self, endpoint: str, priority: Priority = Priority.NORMAL,
+              timeout: float | None = None) -> int:
+        """Returns an admission token (breaker + limiter) or raises a rejection.
+
+        The low-level half of :meth:`execute`; finish with :meth:`record`.
+        """
+        ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        return self._admit_slow(ep, None, priority, timeout)
+
+    def record(self, endpoint: str, token: int, outcome: Outcome) -> None:
+        """Records the outcome of a call admitted by :meth:`admit`."""
+        ep = self._eps[endpoint]
+        t = ep.record(ep.h, token | int(outcome))
+        self._after(ep, t, token)
+
+    def _admit_slow(self, ep: _Endpoint, tok: int | None, priority: Priority,
+                    timeout: float | None) -> int:
+        cp = pack(1, priority)
+        for attempt in range(2):
+            if tok is None:
+                if timeout is None:
+                    tok = ep.admit(ep.h, cp)
+                else:
+                    d = ffi.new("struct sg_decision *")
+                    tok = lib.sg_admit_wait(ep.h, cp, wait_ns(timeout), d)
+                    if tok >= 0 and d.delay_ns > 0:
+                        try:
+                            time.sleep(d.delay_ns / NS)
+                        except BaseException:
+                            lib.sg_release_probe(ep.h, tok)
+                            lib.sg_limiter_cancel(ep.h, cp, d)
+                            raise
+            if tok >= 0:
+                return tok
+            if tok == -lib.SG_R_PROBES_FULL and attempt == 0 and self._reclaim_probes(ep):
+                tok = None
+                continue
+            break
+        rc = -tok
+        if rc in (lib.SG_R_OPEN, lib.SG_R_PROBES_FULL):
+            raise self._open_error(ep)
+        if rc == lib.SG_R_RATE_LIMITED:
+            m = self._limiter_metrics(ep, priority)
+            wait = 0.0 if m.tokens >= 1 or not m.effective_rate else (1 - m.tokens) / m.effective_rate
+            raise RateLimitedError(ep.name, wait,
+                                   f"endpoint {ep.name!r} is rate limited "
+                                   f"({m.effective_rate:g}/s); retry after {wait:.3f}s")
+        self._raise_rc(ep, rc)
+
+    def _raise_rc(self, ep: _Endpoint, rc: int) -> Any:
+        if rc == lib.SG_E_COST:
+            raise PolicyError(f"cost exceeds burst {self._policy_view(ep).burst} of "
+                              f"endpoint {ep.name!r}")
+        _capi.check(rc, f"endpoint {ep.name!r}", self.name)
+
+    def _open_error(self, ep: _Endpoint) -> CircuitOpenError:
+        wait = lib.sg_breaker_retry_after(ep.h) / NS
+        return CircuitOpenError(ep.name, wait, f"circuit of endpoint {ep.name!r} is open; "
+                                               f"retry after {wait:.3f}s")
+
+    def _after(self, ep: _Endpoint, t: int, tok: int) -> None:
+        if tok & HO_FLAG:
+            self._transition(ep, lib.SG_T_TO_HALF_OPEN, False)
+        if t > 0:
+            self._transition(ep, t, bool((tok >> 34) & 0xF))
+        elif self.on_metrics_update is not None and time.monotonic() >= ep.next_metrics:
+            ep.next_metrics = time.monotonic() + self.metrics_interval
+            st = self.stats(ep.name)
+            self.on_metrics_update(ep.name, st.breaker_state, st)
+
+    def _transition(self, ep: _Endpoint, t: int, was_probe: bool) -> None:
+        new = {lib.SG_T_TO_OPEN: BreakerState.OPEN, lib.SG_T_TO_HALF_OPEN: BreakerState.HALF_OPEN,
+               lib.SG_T_TO_CLOSED: BreakerState.CLOSED}.get(t)
+        if new is None:
+            return
+        old = {BreakerState.OPEN: BreakerState.HALF_OPEN if was_probe else BreakerState.CLOSED,
+               BreakerState.HALF_OPEN: BreakerState.OPEN,
+               BreakerState.CLOSED: BreakerState.HALF_OPEN}[new]
+        if self.on_state_change is not None:
+            self.on_state_change(ep.name, old, new)
+        if self.on_metrics_update is not None:
+            ep.next_metrics = time.monotonic() + self.metrics_interval
+            self.on_metrics_update(ep.name, new, self.stats(ep.name))
+
+    def _reclaim_probes(self, ep: _Endpoint) -> int:
+        """Frees half-open permits whose holder died; returns how many."""
+        now = time.monotonic()
+        if now < ep.next_reclaim:
+            return 0
+        ep.next_reclaim = now + RECLAIM_EVERY
+        snap = self._breaker_snapshot(ep)
+        lease = self._policy_view(ep).probe_lease_ns / NS
+        freed = 0
+        for p in snap.probes:
+            if not probes.holder_alive(p.pid, started_before=time.time() - (lease - p.lease_left)):
+                freed += lib.sg_breaker_reclaim(ep.h.slot, p.index, p.word) == lib.SG_OK
+        return freed
+
+    def _force(self, ep: _Endpoint, state: int) -> None:
+        before = self._breaker_snapshot(ep).state
+        t = lib.sg_breaker_force_at(ep.h.slot, self.now_ns(), state)
+        after = self._breaker_snapshot(ep).state
+        if after != before and self.on_state_change is not None:
+            self.on_state_change(ep.name, before, after)
+        del t
+
+    # -- state and statistics --------------------------------------------------------------
+    def _policy_view(self, ep: _Endpoint) -> Any:
+        v = ffi.new("struct sg_policy_view *")
+        lib.sg_policy_read(ep.h, v)
+        return v
+
+    def _breaker_snapshot(self, ep: _Endpoint) -> BreakerSnapshot:
+        v = ffi.new("struct sg_breaker_view *")
+        _capi.check(lib.sg_breaker_snapshot_at(ep.h.slot, self.now_ns(), v), "breaker", self.name)
+        state, mode = _STATE[v.state]
+        pr = tuple(Probe(v.probe_pid[i], v.probe_lease_left_ns[i] / NS, i, v.probe_word[i])
+                   for i in range(lib.SG_MAX_PROBES) if v.probe_pid[i])
+        return BreakerSnapshot(state, mode, v.generation, v.state_age_ns / NS,
+                               v.open_remaining_ns / NS, v.calls, v.failures, v.slow,
+                               v.threshold_ppm / 1e6, v.baseline_ppm / 1e6,
+                               v.half_open_successes, pr, v.opens, v.successes_total,
+                               v.failures_total, v.ignored_total, v.rejected_total)
+
+    def _limiter_metrics(self, ep: _Endpoint, priority: Priority = Priority.HIGH) -> LimiterMetrics:
+        v = ffi.new("struct sg_limiter_view *")
+        _capi.check(lib.sg_limiter_snapshot_at(ep.h.slot, self.now_ns(), int(priority), v),
+                    "limiter", self.name)
+        by = {str(p): {"accepted": v.accepted[p], "rejected": v.rejected[p], "waited": v.waited[p]}
+              for p in Priority}
+        return LimiterMetrics(sum(v.accepted), sum(v.rejected), sum(v.waited), by,
+                              v.win_accepted, v.win_rejected, v.win_ns / NS, v.tokens,
+                              v.effective_rate, v.scale_ppm / 1e6)
+
+    def breaker_state(self, endpoint: str) -> BreakerState:
+        """Reports the endpoint's breaker state (host-wide)."""
+        return self._breaker_snapshot(self._endpoint(endpoint)).state
+
+    def stats(self, endpoint: str) -> EndpointStats:
+        """Returns the endpoint's statistics, read from the segment."""
+        ep = self._endpoint(endpoint)
+        b = self._breaker_snapshot(ep)
+        pv = self._policy_view(ep)
+        rate = None if pv.flags & lib.SG_POL_NO_LIMIT else NS / pv.emission_ns
+        return EndpointStats(ep.name, b.state, b.failure_rate, self._limiter_metrics(ep), b,
+                             rate, pv.burst)
+
+    def all_stats(self) -> list[EndpointStats]:
+        """Returns statistics for every endpoint in the segment."""
+        return [self.stats(n) for n in self.endpoints()]
+
+    def adjust_rate(self, endpoint: str, health: float) -> None:
+        """Scales the endpoint's rate by a health score in [0, 1] (drops at once, recovers gradually)."""
+        if isinstance(health, bool) or not isinstance(health, (int, float)) or not 0 <= health <= 1:
+            raise PolicyError(f"health must be in [0, 1], got {health!r}")
+        ep = self._endpoint(endpoint)
+        _capi.check(lib.sg_limiter_scale_at(ep.h.slot, self.now_ns(), round(health * 1e6)),
+                    "adjust_rate", self.name)
+
+    # -- sugar -----------------------------------------------------------------------------------
+    def protect(self, endpoint: str, *, priority: Priority = Priority.NORMAL,
+                timeout: float | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator: every call of the function goes through :meth:`execute`."""
+        def deco(fn: Callable[..., T]) -> Callable[..., T]:
+            import inspect
+            if inspect.iscoroutinefunction(fn):
+                from shmguard import aio
+                return aio.protect_async(self, endpoint, fn, priority, timeout)
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> T:
+                return self.execute(endpoint, fn, *args, priority=priority, timeout=timeout,
+                                    **kwargs)
+            return wrapper
+        return deco
+
+    def guard(self, endpoint: str, *, priority: Priority = Priority.NORMAL,
+              timeout: float | None = None) -> Any:
+        """Context manager: admits on entry, records the block's outcome on exit."""
+        return _Guard(self, endpoint, priority, timeout)
+
+
+class _Guard:
+    __slots__ = ("svc", "endpoint", "priority", "timeout", "tok")
+
+    def __init__(self, svc: ResilienceService, endpoint: str, priority: Priority,
+                 timeout: float | None) -> None:
+        self.svc, self.endpoint, self.priority, self.timeout = svc, endpoint, priority, timeout
+        self.tok = -1
+
+    def __enter__(self) -> _Guard:
+        self.tok = self.svc.admit(self.endpoint, self.priority, self.timeout)
+        return self
+
+    def __exit__(self, et: Any, exc: Any, tb: Any) -> None:
+        ep = self.svc._eps[self.endpoint]
+        if exc is None:
+            outcome = Outcome.SUCCESS
+        elif isinstance(exc, Exception):
+            outcome = ep.policy.classify(exc)
+        else:
+            outcome = Outcome.IGNORE
+        self.svc.record(self.endpoint, self.tok, outcome)
+
+    async def __aenter__(self) -> _Guard:
+        from shmguard import aio
+        self.tok = await aio.admit_async(self.svc, self.endpoint, self.priority, self.timeout)
+        return self
+
+    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> None:
+        self.__exit__(et, exc, tb)

@@ -1,0 +1,95 @@
+"""Statistics records read from the segment (host-wide: every process sees the same)."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = ["BreakerState", "BreakerMode", "BreakerSnapshot", "LimiterMetrics", "EndpointStats"]
+
+
+class BreakerState(enum.IntEnum):
+    """Breaker state; ``str()`` gives "closed", "open" or "half-open"."""
+
+    CLOSED = 0
+    OPEN = 1
+    HALF_OPEN = 2
+
+    def __str__(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+class BreakerMode(enum.IntEnum):
+    """Manual control: NORMAL follows the window; the others are forced."""
+
+    NORMAL = 0
+    FORCED_OPEN = 3
+    FORCED_CLOSED = 4
+    METRICS_ONLY = 5
+
+    def __str__(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Probe:
+    pid: int
+    lease_left: float  # seconds
+    index: int
+    word: int
+
+
+@dataclass(frozen=True)
+class BreakerSnapshot:
+    state: BreakerState
+    mode: BreakerMode
+    generation: int
+    state_age: float
+    open_remaining: float
+    window_calls: int
+    window_failures: int
+    window_slow: int
+    threshold: float
+    baseline: float
+    half_open_successes: int
+    probes: tuple[Probe, ...]
+    opens: int
+    successes: int
+    failures: int
+    ignored: int
+    rejected: int
+
+    @property
+    def failure_rate(self) -> float:
+        return self.window_failures / self.window_calls if self.window_calls else 0.0
+
+
+@dataclass(frozen=True)
+class LimiterMetrics:
+    """Limiter counters: totals since creation and the sliding window."""
+
+    accepted: int
+    rejected: int
+    waited: int
+    by_priority: dict[str, dict[str, int]] = field(default_factory=dict)
+    window_accepted: int = 0
+    window_rejected: int = 0
+    window_seconds: float = 0.0
+    tokens: float = 0.0
+    effective_rate: float = 0.0
+    rate_scale: float = 1.0
+
+    def acceptance_rate(self, *, window: bool = True) -> float:
+        """Reports accepted / decided, over the sliding window (default) or all time."""
+        a, r = (self.window_accepted, self.window_rejected) if window else (self.accepted, self.rejected)
+        return a / (a + r) if a + r else 1.0
+
+
+@dataclass(frozen=True)
+class EndpointStats:
+    endpoint: str
+    breaker_state: BreakerState
+    failure_rate: float
+    limiter_metrics: LimiterMetrics
+    breaker: BreakerSnapshot | None = None
+    rate: float | None = None
+    burst: int = 0

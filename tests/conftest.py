@@ -1,0 +1,48 @@
+"""Shared fixtures: every test gets its own segment name and leaves nothing in /dev/shm."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+import shmguard as sg
+from shmguard.segment import SHM_DIR
+
+T0 = 1_000_000_000_000  # manual clock start: 1000 s (ns)
+
+
+def _ours() -> set[str]:
+    prefix = f"shmguard.{os.geteuid()}.t-"
+    try:
+        return {e for e in os.listdir(SHM_DIR) if e.startswith(prefix)}
+    except OSError:
+        return set()
+
+
+@pytest.fixture
+def segname(request: pytest.FixtureRequest) -> str:
+    """A fresh segment name, unlinked after the test (and checked gone)."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    yield name
+    sg.unlink(name)
+    assert not os.path.exists(os.path.join(SHM_DIR, f"shmguard.{os.geteuid()}.{name}"))
+
+
+@pytest.fixture
+def svc(segname: str) -> sg.ResilienceService:
+    """A service on a fresh segment with a manual clock at T0."""
+    s = sg.ResilienceService(segname, capacity=64, manual_clock=True)
+    s.set_clock(T0)
+    yield s
+    s.close()
+    s.unlink()
+
+
+@pytest.fixture
+def realsvc(segname: str) -> sg.ResilienceService:
+    """A service on a fresh segment with the real monotonic clock."""
+    s = sg.ResilienceService(segname, capacity=64)
+    yield s
+    s.close()
+    s.unlink()
