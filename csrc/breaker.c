@@ -118,7 +118,9 @@ int64_t sg_breaker_acquire_at(void *slot, uint64_t now, uint32_t pid)
         case SG_OPEN:
             if (!have_p)
                 sg_policy_load(s, &p), have_p = 1;
-            if (state_age(w, now) < open_duration(s, &p, BW_GEN(w)))
+            /* compare in word units (2^20 ns): the word keeps no finer time,
+             * so half-open may begin up to ~2 ms before the exact duration */
+            if ((state_age(w, now) >> BW_TSHIFT) < (open_duration(s, &p, BW_GEN(w)) >> BW_TSHIFT))
                 goto rejected;
             if (transition(s, &p, &w, SG_HALF_OPEN, now))
                 flag = TK_HOFLAG;
