@@ -64,7 +64,7 @@ class Reservation:
 
     def cancel(self) -> None:
         """Gives the reserved tokens back if the reservation has not come due."""
-        if self._cancelled:
+        if self._cancelled or self._ep.svc.closed:
             return
         self._cancelled = True
         lib.sg_limiter_cancel(self._ep.h, self._cp, self._d)

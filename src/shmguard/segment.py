@@ -92,6 +92,7 @@ class Segment:
         self.created = False
         self._mm: mmap.mmap | None = None
         self._buf: Any = None
+        self._base: Any = None
         shm = None
         if create:
             try:
@@ -137,7 +138,7 @@ class Segment:
             raise _capi.raise_segment(lib.SG_E_TRUNCATED if size else lib.SG_E_NOT_READY, self.name)
         self._mm = mmap.mmap(shm.fd, size)
         self._buf = ffi.from_buffer(self._mm)
-        self.base = ffi.cast("void *", self._buf)
+        self._base = ffi.cast("void *", self._buf)
         self.size = size
         if self.created:
             flags = lib.SG_HDR_MANUAL_CLOCK if manual_clock else 0
@@ -153,6 +154,13 @@ class Segment:
             _capi.raise_segment(rc, self.name)
 
     # -- queries ------------------------------------------------------------
+    @property
+    def base(self) -> Any:
+        """The mapping's address (cffi ``void *``); raises once closed."""
+        if self._mm is None:
+            raise SegmentError(f"segment {self.name!r} is closed in this process")
+        return self._base
+
     @property
     def capacity(self) -> int:
         return int(self.header.capacity)

@@ -370,6 +370,7 @@ class ResilienceService:
 
     def _reclaim_probes(self, ep: _Endpoint) -> int:
         """Frees half-open permits whose holder died; returns how many."""
+        self.segment.base  # raises once closed
         now = time.monotonic()
         if now < ep.next_reclaim:
             return 0
@@ -392,6 +393,7 @@ class ResilienceService:
 
     # -- state and statistics --------------------------------------------------------------
     def _policy_view(self, ep: _Endpoint) -> Any:
+        self.segment.base  # raises once closed: never touch an unmapped slot
         v = ffi.new("struct sg_policy_view *")
         lib.sg_policy_read(ep.h, v)
         return v

@@ -1,0 +1,207 @@
+"""ResilienceService: execute, registration, callbacks, statistics (manual clock)."""
+from __future__ import annotations
+
+import pytest
+
+import shmguard as sg
+
+HIGH = sg.Priority.HIGH
+
+
+def boom():
+    raise ConnectionError("down")
+
+
+def test_execute_passes_value_and_records(svc):
+    assert svc.execute("ep", lambda a, b=0: a + b, 2, b=3) == 5
+    s = svc.stats("ep")
+    assert (s.breaker.successes, s.limiter_metrics.accepted) == (1, 1)
+
+
+def test_execute_auto_registers_with_default_policy(svc):
+    svc.execute("auto", lambda: None)
+    assert svc.endpoints() == ["auto"]
+    assert svc.stats("auto").rate == pytest.approx(100)  # standard preset
+
+
+def test_failures_open_then_reject_with_retry_after(svc):
+    svc.register_endpoint("dep", sg.Policy(min_requests=3, open_timeout=7.0))
+    for _ in range(3):
+        with pytest.raises(ConnectionError):
+            svc.execute("dep", boom)
+    assert svc.breaker_state("dep") == sg.BreakerState.OPEN
+    ran = []
+    with pytest.raises(sg.CircuitOpenError) as ei:
+        svc.execute("dep", lambda: ran.append(1))
+    assert ran == []
+    assert ei.value.endpoint == "dep" and ei.value.retry_after == pytest.approx(7.0, abs=0.01)
+    svc.advance(3)
+    with pytest.raises(sg.CircuitOpenError) as ei:
+        svc.execute("dep", lambda: 1)
+    assert ei.value.retry_after == pytest.approx(4.0, abs=0.01)
+
+
+def test_try_execute(svc):
+    assert svc.try_execute("t", lambda: 4).unwrap() == 4
+    r = svc.try_execute("t", boom)
+    assert r.is_err() and isinstance(r.error, ConnectionError)
+    with pytest.raises(ConnectionError):
+        r.unwrap()
+    assert r.unwrap_or(9) == 9 and sg.Ok(1).is_ok() and sg.Ok(1).value == 1
+
+
+def test_exception_classification(svc):
+    svc.register_endpoint("net", sg.PolicyPresets.network().replace(min_requests=2))
+    for _ in range(5):
+        with pytest.raises(KeyError):
+            svc.execute("net", lambda: {}["x"])          # not a network error: a success
+    assert svc.breaker_state("net") == sg.BreakerState.CLOSED
+    svc.register_endpoint("ign", sg.Policy(min_requests=2, ignored_exceptions=(KeyError,)))
+    for _ in range(5):
+        with pytest.raises(KeyError):
+            svc.execute("ign", lambda: {}["x"])
+    b = svc.stats("ign").breaker
+    assert (b.ignored, b.window_calls, b.state) == (5, 0, sg.BreakerState.CLOSED)
+
+
+def test_base_exceptions_are_ignored(svc):
+    with pytest.raises(KeyboardInterrupt):
+        svc.execute("k", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert svc.stats("k").breaker.ignored == 1
+
+
+def test_rate_limited_error(svc):
+    svc.register_endpoint("rl", sg.Policy(rate=10, burst=5))
+    got = [svc.try_execute("rl", lambda: 1, priority=HIGH) for _ in range(7)]
+    assert [r.is_ok() for r in got] == [True] * 5 + [False] * 2
+    err = got[-1].error
+    assert isinstance(err, sg.RateLimitedError) and err.retry_after == pytest.approx(0.1, abs=1e-3)
+    svc.advance(0.1)
+    assert svc.try_execute("rl", lambda: 1, priority=HIGH).is_ok()
+    m = svc.stats("rl").limiter_metrics
+    assert (m.accepted, m.rejected) == (6, 2)
+    assert m.by_priority["high"] == {"accepted": 6, "rejected": 2, "waited": 0}
+    assert m.acceptance_rate() == pytest.approx(6 / 8)
+
+
+def test_execute_waits_within_timeout(realsvc):
+    realsvc.register_endpoint("w", sg.Policy(rate=50, burst=1))
+    assert realsvc.execute("w", lambda: 1, priority=HIGH) == 1
+    assert realsvc.execute("w", lambda: 2, priority=HIGH, timeout=1.0) == 2   # waited ~20 ms
+    with pytest.raises(sg.RateLimitedError):
+        realsvc.execute("w", lambda: 3, priority=HIGH, timeout=0.001)
+    m = realsvc.stats("w").limiter_metrics
+    assert (m.accepted, m.rejected, m.waited) == (2, 1, 1)
+
+
+def test_register_is_idempotent_and_conflicts(segname, svc):
+    p = sg.Policy(rate=10, burst=5)
+    svc.register_endpoint("r", p)
+    svc.register_endpoint("r", sg.Policy(rate=10, burst=5))          # same policy: fine
+    with pytest.raises(sg.PolicyConflictError, match="'r' already exists"):
+        svc.register_endpoint("r", sg.Policy(rate=20, burst=5))
+    other = sg.ResilienceService(segname, create=False)
+    try:
+        other.register_endpoint("r", sg.Policy(rate=20, burst=7), replace=True)
+        # the first process sees the new policy at once
+        assert svc.stats("r").rate == pytest.approx(20) and svc.stats("r").burst == 7
+    finally:
+        other.close()
+
+
+def test_callbacks_fire_in_the_transitioning_process(svc):
+    changes, metrics = [], []
+    svc.on_state_change = lambda ep, old, new: changes.append((ep, str(old), str(new)))
+    svc.on_metrics_update = lambda ep, st, m: metrics.append((ep, str(st)))
+    svc.register_endpoint("cb", sg.Policy(min_requests=2, open_timeout=1.0))
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            svc.execute("cb", boom)
+    svc.advance(1.5)
+    svc.execute("cb", lambda: None)
+    assert changes == [("cb", "closed", "open"), ("cb", "open", "half-open"),
+                       ("cb", "half-open", "closed")]
+    assert ("cb", "open") in metrics and ("cb", "closed") in metrics
+
+
+def test_breaker_two_step_and_manual_control(svc):
+    br = svc.breaker("m")
+    p = br.allow()
+    p.failure()
+    with pytest.raises(RuntimeError, match="once"):
+        p.success()
+    br.force_open()
+    assert br.allow() is None and br.state == sg.BreakerState.OPEN
+    assert br.mode == sg.BreakerMode.FORCED_OPEN
+    svc.advance(3600)
+    assert br.allow() is None                      # forced: never half-opens
+    br.force_closed()
+    assert br.state == sg.BreakerState.CLOSED and br.allow() is not None
+    br.reset()
+    assert br.mode == sg.BreakerMode.NORMAL
+    with pytest.raises(sg.CircuitOpenError):
+        br.force_open() or br.call(lambda: 1)
+
+
+def test_protect_and_guard(svc):
+    svc.register_endpoint("p", sg.Policy(min_requests=2))
+
+    @svc.protect("p")
+    def f(x):
+        if x < 0:
+            raise ConnectionError("neg")
+        return x * 2
+    assert f(4) == 8
+    with svc.guard("p"):
+        pass
+    with pytest.raises(ConnectionError):
+        with svc.guard("p"):
+            raise ConnectionError()
+    with pytest.raises(ConnectionError):
+        f(-1)
+    assert svc.breaker_state("p") == sg.BreakerState.OPEN
+    with pytest.raises(sg.CircuitOpenError):
+        f(1)
+
+
+def test_limiter_verbs(svc):
+    svc.register_endpoint("l", sg.Policy(rate=10, burst=2))
+    lim = svc.limiter("l")
+    assert lim.tokens() == pytest.approx(2)
+    assert lim.allow(2, HIGH) and not lim.allow(priority=HIGH)
+    r = lim.reserve(priority=HIGH, max_wait=0.05)
+    assert not r.ok and r.delay == pytest.approx(0.1)
+    r = lim.reserve(priority=HIGH)
+    assert r.ok and r.delay == pytest.approx(0.1)
+    r.cancel()
+    svc.advance(0.1)
+    assert lim.tokens() == pytest.approx(1)
+    assert lim.wait(priority=HIGH, timeout=0) is True
+    assert lim.wait(priority=HIGH, timeout=0) is False
+    with pytest.raises(sg.PolicyError, match="cost"):
+        lim.allow(0)
+    with pytest.raises(sg.PolicyError, match="priority"):
+        lim.allow(1, 7)
+
+
+def test_adjust_rate(svc):
+    svc.register_endpoint("a", sg.Policy(rate=100, burst=10, recovery=10.0))
+    svc.adjust_rate("a", 0.4)
+    assert svc.stats("a").limiter_metrics.effective_rate == pytest.approx(40, rel=1e-3)
+    svc.adjust_rate("a", 1.0)
+    svc.advance(5)
+    assert svc.stats("a").limiter_metrics.effective_rate == pytest.approx(70, rel=0.02)
+    with pytest.raises(sg.PolicyError, match="health"):
+        svc.adjust_rate("a", 1.5)
+
+
+def test_all_stats_is_host_wide(segname, svc):
+    other = sg.ResilienceService(segname, create=False)
+    try:
+        other.execute("x", lambda: 1)
+        svc.execute("y", lambda: 1)
+        names = [s.endpoint for s in svc.all_stats()]
+        assert names == ["x", "y"]
+        assert [s.limiter_metrics.accepted for s in other.all_stats()] == [1, 1]
+    finally:
+        other.close()
