@@ -192,7 +192,10 @@ int sg_breaker_record_at(void *slot, uint64_t now, int64_t token)
     case SG_CLOSED:
     case SG_METRICS_ONLY: {
         sg_window_add(s, &p, now, outcome, slow);
-        if (BW_STATE(w) != SG_CLOSED || outcome == SG_IGNORE)
+        /* The window is judged when a failure or a slow call lands (as
+         * gobreaker's ReadyToTrip): a plain success cannot raise the ratio,
+         * and skipping the sum keeps the success path short. */
+        if (BW_STATE(w) != SG_CLOSED || outcome == SG_IGNORE || (outcome == SG_SUCCESS && !slow))
             return SG_T_NONE;
         struct sg_window_sum sum;
         sg_window_sum(s, &p, now, &sum);
@@ -309,7 +312,10 @@ int64_t sg_breaker_acquire(const struct sg_handle *h)
 
 int sg_breaker_record(const struct sg_handle *h, int64_t token)
 {
-    return sg_breaker_record_at(h->slot, sg_now_h(h), token);
+    int t = sg_breaker_record_at(h->slot, sg_now_h(h), token);
+    /* SG_T_ECHO_HALF_OPEN: the admission of this token moved the breaker to
+     * half-open; the caller fires that callback now (one check, not two). */
+    return token >= 0 && ((uint64_t)token & TK_HOFLAG) ? (t & 7) | SG_T_ECHO_HALF_OPEN : t;
 }
 
 uint64_t sg_breaker_retry_after(const struct sg_handle *h)

@@ -213,10 +213,15 @@ static inline uint64_t sg_sat_mul(uint64_t a, uint64_t b)
     uint64_t r;
     return __builtin_mul_overflow(a, b, &r) ? UINT64_MAX : r;
 }
+/* a * ppm / 1e6, saturating. Split so both divisions are by the constant
+ * 1e6 (a multiply and shift), never a 128-bit division: this is on the
+ * limiter's hot path. Exact: (q*1e6 + r)*ppm/1e6 = q*ppm + r*ppm/1e6. */
 static inline uint64_t sg_mul_ppm(uint64_t a, uint64_t ppm)
 {
-    unsigned __int128 r = (unsigned __int128)a * ppm / SG_PPM;
-    return r > UINT64_MAX ? UINT64_MAX : (uint64_t)r;
+    uint64_t q = a / SG_PPM, r = a % SG_PPM, hi, lo;
+    if (__builtin_mul_overflow(q, ppm, &hi) || __builtin_mul_overflow(r, ppm, &lo))
+        return UINT64_MAX;
+    return sg_sat_add(hi, lo / SG_PPM);
 }
 
 /* Internal, shared between csrc files. */

@@ -52,8 +52,9 @@ class Permit:
         if self._done:
             raise RuntimeError("permit already used: report an outcome once")
         self._done = True
-        t = self._ep.record(self._ep.h, self._tok | outcome)
-        if t > 0:
+        # allow() already reported a half-open transition: drop its echo
+        t = self._ep.record(self._ep.h, self._tok | outcome) & 7
+        if t in (1, 2, 3):
             self._ep.svc._transition(self._ep, t, self.is_probe)
 
     def success(self) -> None:

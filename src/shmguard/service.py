@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from shmguard import _capi, probes
 from shmguard._capi import ffi, lib
-from shmguard.breaker import HO_FLAG, Breaker
+from shmguard.breaker import Breaker
 from shmguard.errors import (CircuitOpenError, InvalidNameError, PolicyConflictError,
                              PolicyError, RateLimitedError, ShmguardError)
 from shmguard.limiter import NS, Limiter, pack, wait_ns
@@ -28,6 +28,7 @@ T = TypeVar("T")
 __all__ = ["ResilienceService"]
 
 _CP = tuple(pack(1, p) for p in Priority)
+_NORMAL = Priority.NORMAL
 _STATE = {0: (BreakerState.CLOSED, BreakerMode.NORMAL), 1: (BreakerState.OPEN, BreakerMode.NORMAL),
           2: (BreakerState.HALF_OPEN, BreakerMode.NORMAL),
           3: (BreakerState.OPEN, BreakerMode.FORCED_OPEN),
@@ -255,22 +256,24 @@ class ResilienceService:
         :returns: what ``fn`` returns; its exceptions are re-raised.
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        h = ep.h
         if timeout is None:
-            tok = ep.admit(ep.h, _CP[priority])
+            tok = ep.admit(h, 5 if priority is _NORMAL else _CP[priority])
             if tok < 0:
                 tok = self._admit_slow(ep, tok, priority, None)
         else:
             tok = self._admit_slow(ep, None, priority, timeout)
         try:
-            result = fn(*args, **kwargs)
+            result = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException as exc:
-            t = ep.record(ep.h, tok | (ep.policy.classify(exc) if isinstance(exc, Exception)
-                                       else Outcome.IGNORE))
-            if t > 0 or tok & HO_FLAG or self.on_metrics_update is not None:
+            t = ep.record(h, tok | (ep.policy.classify(exc) if isinstance(exc, Exception)
+                                    else Outcome.IGNORE))
+            if t or self.on_metrics_update is not None:
                 self._after(ep, t, tok)
             raise
-        t = ep.record(ep.h, tok | 1)
-        if t > 0 or tok & HO_FLAG or self.on_metrics_update is not None:
+        # one C call records; non-zero only when the breaker changed state
+        t = ep.record(h, tok | 1)
+        if t or self.on_metrics_update is not None:
             self._after(ep, t, tok)
         return result
 
@@ -297,7 +300,8 @@ class ResilienceService:
         """Records the outcome of a call admitted by :meth:`admit`."""
         ep = self._eps[endpoint]
         t = ep.record(ep.h, token | int(outcome))
-        self._after(ep, t, token)
+        if t or self.on_metrics_update is not None:
+            self._after(ep, t, token)
 
     def _admit_slow(self, ep: _Endpoint, tok: int | None, priority: Priority,
                     timeout: float | None) -> int:
@@ -345,9 +349,11 @@ class ResilienceService:
                                                f"retry after {wait:.3f}s")
 
     def _after(self, ep: _Endpoint, t: int, tok: int) -> None:
-        if tok & HO_FLAG:
+        """Fires callbacks for what sg_breaker_record reported (``t``)."""
+        if t & lib.SG_T_ECHO_HALF_OPEN:
             self._transition(ep, lib.SG_T_TO_HALF_OPEN, False)
-        if t > 0:
+        t &= 7
+        if t in (lib.SG_T_TO_OPEN, lib.SG_T_TO_HALF_OPEN, lib.SG_T_TO_CLOSED):
             self._transition(ep, t, bool((tok >> 34) & 0xF))
         elif self.on_metrics_update is not None and time.monotonic() >= ep.next_metrics:
             ep.next_metrics = time.monotonic() + self.metrics_interval
