@@ -1,0 +1,156 @@
+"""Core benchmarks of shmguard (issue targets), printed as a table.
+
+    python bench/core.py [--quick]
+
+Targets on a 2-core machine (medians): limiter.allow() <= 200 ns; execute()
+overhead over a bare call <= 700 ns; C-level GCRA decision <= 40 ns; two
+processes on one endpoint >= 3 M allow()/s together; slot <= 1 KiB.
+Prints figures; asserts nothing about time.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import shmguard as sg
+from shmguard._capi import lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSRC = os.path.join(ROOT, "csrc")
+
+
+def per_call(fn, n: int, reps: int) -> tuple[float, float, float]:
+    """Median, p25 and p75 ns per call of ``fn(n)`` (a loop of n calls)."""
+    fn(n // 10)  # warm up
+    xs = []
+    for _ in range(reps):
+        t = time.perf_counter_ns()
+        fn(n)
+        xs.append((time.perf_counter_ns() - t) / n)
+    q = statistics.quantiles(xs, n=4)
+    return statistics.median(xs), q[0], q[2]
+
+
+def python_rows(n: int, reps: int) -> list[tuple[str, float, float, float]]:
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    svc = sg.ResilienceService(name, capacity=8)
+    try:
+        svc.register_endpoint("ep", sg.Policy(rate=1e9, burst=10**9))
+        lim, br = svc.limiter("ep"), svc.breaker("ep")
+
+        def f() -> None:
+            return None
+
+        def bare(k: int) -> None:
+            for _ in range(k):
+                f()
+
+        def allow(k: int) -> None:
+            a = lim.allow
+            for _ in range(k):
+                a()
+
+        def breaker(k: int) -> None:
+            a = br.allow
+            for _ in range(k):
+                a().success()
+
+        def execute(k: int) -> None:
+            e = svc.execute
+            for _ in range(k):
+                e("ep", f)
+
+        rows = [("bare call f()", *per_call(bare, n, reps)),
+                ("limiter.allow()", *per_call(allow, n, reps)),
+                ("breaker.allow() + success()", *per_call(breaker, n, reps))]
+        ex = per_call(execute, n, reps)
+        rows.append(("svc.execute(ep, f)", *ex))
+        rows.append(("execute overhead over f()", ex[0] - rows[0][1], ex[1] - rows[0][1],
+                     ex[2] - rows[0][1]))
+        return rows
+    finally:
+        svc.close()
+        svc.unlink()
+
+
+def c_rows() -> list[tuple[str, float, float, float]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "gcra_bench")
+        srcs = [os.path.join(CSRC, f) for f in
+                ("segment.c", "table.c", "policy.c", "window.c", "breaker.c", "gcra.c")]
+        subprocess.run(["gcc", "-std=c11", "-O2", "-D_POSIX_C_SOURCE=200809L", "-I", CSRC,
+                        os.path.join(ROOT, "bench", "gcra_bench.c"), *srcs, "-o", exe], check=True)
+        out = subprocess.run([exe], check=True, capture_output=True, text=True).stdout
+    labels = {"gcra_decide_ns": "C: GCRA decision (explicit now)",
+              "allow_with_clock_ns": "C: sg_allow (reads the clock)",
+              "breaker_acquire_record_ns": "C: breaker acquire + record"}
+    rows = []
+    for line in out.splitlines():
+        k, med, lo, hi = line.split()
+        rows.append((labels[k], float(med), float(lo), float(hi)))
+    return rows
+
+
+def _hammer(name: str, go, out, seconds: float) -> None:
+    svc = sg.ResilienceService(name, create=False)
+    a = svc.limiter("ep").allow
+    go.wait()
+    n, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(1000):
+            a()
+        n += 1000
+    out.put(n)
+    svc.close()
+
+
+def multi_rows(seconds: float) -> list[tuple[str, float]]:
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    svc = sg.ResilienceService(name, capacity=8)
+    rows = []
+    try:
+        svc.register_endpoint("ep", sg.Policy(rate=1e9, burst=10**9))
+        ctx = mp.get_context("fork")
+        for procs in (1, 2):
+            go, out = ctx.Event(), ctx.Queue()
+            ps = [ctx.Process(target=_hammer, args=(name, go, out, seconds)) for _ in range(procs)]
+            for p in ps:
+                p.start()
+            time.sleep(0.2)
+            go.set()
+            total = sum(out.get() for _ in ps)
+            for p in ps:
+                p.join()
+            rows.append((f"{procs} process(es), one endpoint: allow()/s", total / seconds))
+    finally:
+        svc.close()
+        svc.unlink()
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = ap.parse_args()
+    n, reps, secs = (50_000, 7, 1.0) if args.quick else (200_000, 15, 2.0)
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if "model name" in l), "?")
+    print(f"machine: {os.cpu_count()} cores, {cpu}, Python {sys.version.split()[0]}")
+    print(f"\n| decision | median ns | p25 | p75 |\n|---|---:|---:|---:|")
+    for label, med, lo, hi in python_rows(n, reps) + c_rows():
+        print(f"| {label} | {med:.1f} | {lo:.1f} | {hi:.1f} |")
+    print("\n| across processes | decisions/s |\n|---|---:|")
+    for label, rate in multi_rows(secs):
+        print(f"| {label} | {rate / 1e6:.2f} M |")
+    print(f"\nslot size (breaker + limiter + stats): {lib.SG_SLOT_SIZE} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
