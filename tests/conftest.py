@@ -46,3 +46,15 @@ def realsvc(segname: str) -> sg.ResilienceService:
     yield s
     s.close()
     s.unlink()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fails the run if any test segment (``t-*``) is left in /dev/shm."""
+    if hasattr(session.config, "workerinput"):
+        return  # an xdist worker: the controller checks once, at the very end
+    left = _ours()
+    if left:
+        for name in sorted(left):
+            os.unlink(os.path.join(SHM_DIR, name))
+        print(f"\nshmguard: tests left {len(left)} segment(s) in {SHM_DIR}: {sorted(left)}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
