@@ -205,3 +205,28 @@ def test_all_stats_is_host_wide(segname, svc):
         assert [s.limiter_metrics.accepted for s in other.all_stats()] == [1, 1]
     finally:
         other.close()
+
+
+def test_health_probe_stands_in_for_real_traffic(svc):
+    healthy = []
+    svc.register_endpoint("hp", sg.Policy(min_requests=2, open_timeout=5.0),
+                          health_probe=lambda: healthy and healthy[-1])
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            svc.execute("hp", boom)
+    assert svc.probe("hp") is None                    # still open: no probe due
+    svc.advance(5)
+    ran = []
+    healthy.append(False)
+    with pytest.raises(sg.CircuitOpenError):
+        svc.execute("hp", lambda: ran.append(1))      # the probe failed instead of the call
+    assert ran == [] and svc.breaker_state("hp") == sg.BreakerState.OPEN
+    svc.advance(5)
+    healthy.append(True)
+    assert svc.execute("hp", lambda: ran.append(1) or "real") == "real"
+    assert ran == [1] and svc.breaker_state("hp") == sg.BreakerState.CLOSED
+    # explicit probing from a monitor thread or loop
+    svc.breaker("hp").open()
+    svc.advance(60)
+    assert svc.probe("hp") is True and svc.breaker_state("hp") == sg.BreakerState.CLOSED
+    assert svc.probe("hp") is None

@@ -29,6 +29,7 @@ __all__ = ["ResilienceService"]
 
 _CP = tuple(pack(1, p) for p in Priority)
 _NORMAL = Priority.NORMAL
+_LEASE = 0xF << 34  # token bits naming a half-open probe lease
 _STATE = {0: (BreakerState.CLOSED, BreakerMode.NORMAL), 1: (BreakerState.OPEN, BreakerMode.NORMAL),
           2: (BreakerState.HALF_OPEN, BreakerMode.NORMAL),
           3: (BreakerState.OPEN, BreakerMode.FORCED_OPEN),
@@ -58,7 +59,7 @@ class _Endpoint:
     """Process-local view of one slot: handle, bound C calls, local policy."""
 
     __slots__ = ("name", "index", "h", "policy", "svc", "admit", "record", "acquire", "allow1",
-                 "allow_cp", "next_reclaim", "next_metrics", "breaker", "limiter")
+                 "allow_cp", "next_reclaim", "next_metrics", "breaker", "limiter", "probe")
 
     def __init__(self, svc: ResilienceService, name: str, index: int, policy: Policy) -> None:
         self.svc = svc
@@ -71,6 +72,7 @@ class _Endpoint:
         self.bind()
         self.next_reclaim = 0.0
         self.next_metrics = 0.0
+        self.probe: Callable[[], Any] | None = None
         self.breaker = Breaker(self)
         self.limiter = Limiter(self)
 
@@ -161,17 +163,22 @@ class ResilienceService:
 
     # -- registration ---------------------------------------------------------------
     def register_endpoint(self, name: str, policy: Policy | None = None, *,
-                          replace: bool = False) -> None:
+                          replace: bool = False,
+                          health_probe: Callable[[], Any] | None = None) -> None:
         """Registers ``name`` with ``policy`` (default: the service's).
 
         Idempotent for the same policy. Another policy for an existing
         endpoint raises :class:`PolicyConflictError` unless ``replace=True``,
         which publishes it to every process.
+
+        :param health_probe: see :meth:`set_health_probe`.
         """
         policy = policy or self.default_policy
         if not isinstance(policy, Policy):
             raise PolicyError(f"policy must be a shmguard.Policy, got {policy!r}")
         ep, created = self._register(name, policy)
+        if health_probe is not None:
+            self.set_health_probe(name, health_probe)
         if created:
             return
         view = self._policy_view(ep)
@@ -227,6 +234,53 @@ class ResilienceService:
             ep, _ = self._register(name, self.default_policy)
         return ep
 
+    def set_health_probe(self, endpoint: str, probe: Callable[[], Any] | None) -> None:
+        """Lets ``probe()`` stand in for real traffic as the half-open probe.
+
+        When this process gets a probe permit, it runs ``probe()`` (an
+        exception or a false result is a failure) instead of the caller's
+        call; if that closes the breaker the call proceeds, otherwise it is
+        rejected with :class:`CircuitOpenError`. Per process.
+        """
+        if probe is not None and not callable(probe):
+            raise PolicyError(f"health_probe must be callable, got {probe!r}")
+        self._endpoint(endpoint).probe = probe
+
+    def probe(self, endpoint: str) -> bool | None:
+        """Runs the endpoint's health probe if a half-open permit is free now.
+
+        :returns: the probe's outcome (True: healthy), or None when no probe
+            was due (closed, still open, or every permit out).
+        """
+        ep = self._endpoint(endpoint)
+        if ep.probe is None:
+            raise ShmguardError(f"endpoint {endpoint!r} has no health probe in this process")
+        tok = ep.acquire(ep.h)
+        if tok < 0 and tok == -lib.SG_R_PROBES_FULL and self._reclaim_probes(ep):
+            tok = ep.acquire(ep.h)
+        if tok < 0 or not tok & _LEASE:
+            return None  # nothing due; a closed-state token needs no record
+        return self._run_probe(ep, tok)
+
+    def _run_probe(self, ep: _Endpoint, tok: int) -> bool:
+        assert ep.probe is not None
+        try:
+            ok = bool(ep.probe())
+        except Exception:
+            ok = False
+        except BaseException:
+            self.record(ep.name, tok, Outcome.IGNORE)
+            raise
+        self.record(ep.name, tok, Outcome.SUCCESS if ok else Outcome.FAILURE)
+        return ok
+
+    def _probe_instead(self, ep: _Endpoint, tok: int, priority: Priority,
+                       timeout: float | None) -> int:
+        """The admitted call got a probe permit and a health probe exists."""
+        if self._run_probe(ep, tok) and self.breaker_state(ep.name) == BreakerState.CLOSED:
+            return self._admit_slow(ep, None, priority, timeout)
+        raise self._open_error(ep)
+
     def endpoints(self) -> list[str]:
         """Returns the names of every endpoint in the segment (all processes)."""
         seg, out = self.segment, []
@@ -263,6 +317,8 @@ class ResilienceService:
                 tok = self._admit_slow(ep, tok, priority, None)
         else:
             tok = self._admit_slow(ep, None, priority, timeout)
+        if tok & _LEASE and ep.probe is not None:
+            tok = self._probe_instead(ep, tok, priority, timeout)
         try:
             result = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException as exc:
