@@ -11,7 +11,7 @@ def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return False
 
@@ -28,6 +28,6 @@ def holder_alive(pid: int, started_before: float, slack: float = 1.0) -> bool:
         p = psutil.Process(pid)
         if p.status() == psutil.STATUS_ZOMBIE:
             return False
-        return p.create_time() <= started_before + slack
+        return bool(p.create_time() <= started_before + slack)
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return False

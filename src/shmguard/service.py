@@ -9,8 +9,7 @@ import functools
 import os
 import threading
 import time
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 from shmguard import _capi, probes
 from shmguard._capi import ffi, lib
@@ -361,27 +360,14 @@ class ResilienceService:
 
     def _admit_slow(self, ep: _Endpoint, tok: int | None, priority: Priority,
                     timeout: float | None) -> int:
+        """Admits (waiting up to ``timeout``) or raises the matching rejection."""
         cp = pack(1, priority)
-        for attempt in range(2):
-            if tok is None:
-                if timeout is None:
-                    tok = ep.admit(ep.h, cp)
-                else:
-                    d = ffi.new("struct sg_decision *")
-                    tok = lib.sg_admit_wait(ep.h, cp, wait_ns(timeout), d)
-                    if tok >= 0 and d.delay_ns > 0:
-                        try:
-                            time.sleep(d.delay_ns / NS)
-                        except BaseException:
-                            lib.sg_release_probe(ep.h, tok)
-                            lib.sg_limiter_cancel(ep.h, cp, d)
-                            raise
-            if tok >= 0:
-                return tok
-            if tok == -lib.SG_R_PROBES_FULL and attempt == 0 and self._reclaim_probes(ep):
-                tok = None
-                continue
-            break
+        if tok is None:
+            tok = self._admit_once(ep, cp, timeout)
+        if tok == -lib.SG_R_PROBES_FULL and self._reclaim_probes(ep):
+            tok = self._admit_once(ep, cp, timeout)  # a dead holder's permit came back
+        if tok >= 0:
+            return tok
         rc = -tok
         if rc in (lib.SG_R_OPEN, lib.SG_R_PROBES_FULL):
             raise self._open_error(ep)
@@ -391,13 +377,34 @@ class ResilienceService:
             raise RateLimitedError(ep.name, wait,
                                    f"endpoint {ep.name!r} is rate limited "
                                    f"({m.effective_rate:g}/s); retry after {wait:.3f}s")
-        self._raise_rc(ep, rc)
+        raise self._rc_error(ep, rc)
 
-    def _raise_rc(self, ep: _Endpoint, rc: int) -> Any:
+    def _admit_once(self, ep: _Endpoint, cp: int, timeout: float | None) -> int:
+        if timeout is None:
+            return int(ep.admit(ep.h, cp))
+        d = ffi.new("struct sg_decision *")
+        tok = int(lib.sg_admit_wait(ep.h, cp, wait_ns(timeout), d))
+        if tok >= 0 and d.delay_ns > 0:
+            try:
+                time.sleep(d.delay_ns / NS)
+            except BaseException:
+                lib.sg_release_probe(ep.h, tok)
+                lib.sg_limiter_cancel(ep.h, cp, d)
+                raise
+        return tok
+
+    def _rc_error(self, ep: _Endpoint, rc: int) -> ShmguardError:
         if rc == lib.SG_E_COST:
-            raise PolicyError(f"cost exceeds burst {self._policy_view(ep).burst} of "
-                              f"endpoint {ep.name!r}")
-        _capi.check(rc, f"endpoint {ep.name!r}", self.name)
+            return PolicyError(f"cost exceeds burst {self._policy_view(ep).burst} of "
+                               f"endpoint {ep.name!r}")
+        try:
+            _capi.check(rc, f"endpoint {ep.name!r}", self.name)
+        except ShmguardError as exc:
+            return exc
+        return ShmguardError(f"endpoint {ep.name!r}: unexpected code {rc}")
+
+    def _raise_rc(self, ep: _Endpoint, rc: int) -> NoReturn:
+        raise self._rc_error(ep, rc)
 
     def _open_error(self, ep: _Endpoint) -> CircuitOpenError:
         wait = lib.sg_breaker_retry_after(ep.h) / NS
@@ -515,7 +522,7 @@ class ResilienceService:
             import inspect
             if inspect.iscoroutinefunction(fn):
                 from shmguard import aio
-                return aio.protect_async(self, endpoint, fn, priority, timeout)
+                return aio.protect_async(self, endpoint, fn, priority, timeout)  # type: ignore[return-value]
 
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> T:
