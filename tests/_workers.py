@@ -83,3 +83,9 @@ def register(segname: str, names: list[str], go, out) -> None:
         got[n] = svc._eps[n].index
     out.put(got)
     svc.close()
+
+
+def use_pickled_service(svc, out) -> None:
+    """Receives a pickled ResilienceService (re-attached by name) and uses it."""
+    out.put((svc.name, svc.execute("shared", lambda: "ok"), svc.stats("shared").limiter_metrics.accepted))
+    svc.close()

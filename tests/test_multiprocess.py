@@ -91,7 +91,7 @@ def _open_breaker(svc: sg.ResilienceService, ep: str) -> None:
     svc.advance(60)
 
 
-@pytest.mark.parametrize("method", ["fork"])
+@pytest.mark.parametrize("method", METHODS)
 def test_half_open_admits_exactly_max_calls_across_processes(segname, method):
     svc = sg.ResilienceService(segname, capacity=16, manual_clock=True)
     svc.set_clock(10**12)
@@ -101,7 +101,7 @@ def test_half_open_admits_exactly_max_calls_across_processes(segname, method):
         ctx = ctx_of(method)
         out, release = ctx.Queue(), ctx.Event()
         ps = [ctx.Process(target=_workers.take_probe, args=(segname, "ho", out, release))
-              for _ in range(7)]
+              for _ in range(5)]
         for p in ps:
             p.start()
         got = [out.get(timeout=60) for _ in ps]
@@ -165,6 +165,24 @@ def test_concurrent_registration_yields_one_slot(segname, method):
         assert all(m == maps[0] for m in maps)            # everyone got the same slots
         assert len(set(maps[0].values())) == len(names)
         assert svc.endpoints() == sorted(names)           # each name exactly once
+    finally:
+        svc.close()
+        svc.unlink()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_service_pickles_as_attach_by_name(segname, method):
+    svc = sg.ResilienceService(segname, capacity=8)
+    try:
+        svc.execute("shared", lambda: 1)
+        ctx = ctx_of(method)
+        out = ctx.Queue()
+        p = ctx.Process(target=_workers.use_pickled_service, args=(svc, out))
+        p.start()
+        assert out.get(timeout=60) == (segname, "ok", 2)
+        p.join(30)
+        assert p.exitcode == 0
+        assert svc.stats("shared").limiter_metrics.accepted == 2
     finally:
         svc.close()
         svc.unlink()

@@ -89,6 +89,7 @@ class Segment:
                 1 <= capacity <= lib.SG_MAX_CAPACITY):
             raise SegmentError(f"capacity must be 1..{lib.SG_MAX_CAPACITY}, got {capacity!r}")
         self.object_name = object_name(name)
+        self.allow_foreign = allow_foreign
         self.created = False
         self._mm: mmap.mmap | None = None
         self._buf: Any = None

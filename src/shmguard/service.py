@@ -127,6 +127,10 @@ class ResilienceService:
         self.metrics_interval = 1.0
 
     # -- life cycle -----------------------------------------------------------
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as "attach to the same segment by name" (spawn children, executors)."""
+        return (_reattach, (self.name, self.default_policy, self.segment.allow_foreign))
+
     def __enter__(self) -> ResilienceService:
         return self
 
@@ -535,6 +539,10 @@ class ResilienceService:
               timeout: float | None = None) -> Any:
         """Context manager: admits on entry, records the block's outcome on exit."""
         return _Guard(self, endpoint, priority, timeout)
+
+
+def _reattach(name: str, policy: Policy, allow_foreign: bool) -> ResilienceService:
+    return ResilienceService(name, policy=policy, create=False, allow_foreign=allow_foreign)
 
 
 class _Guard:
