@@ -140,3 +140,15 @@ def test_env_default_name(segname, monkeypatch):
     with sg.ResilienceService(capacity=4) as svc:
         assert svc.name == segname
         svc.unlink()
+
+
+def test_creator_that_died_before_publishing_is_replaced(segname):
+    import posix_ipc
+    from shmguard.segment import object_name
+    # a "creator" that died right after O_CREAT|O_EXCL: an object of size 0
+    posix_ipc.SharedMemory(object_name(segname), posix_ipc.O_CREX, mode=0o600).close_fd()
+    with pytest.raises(sg.SegmentCorruptError, match="never initialised"):
+        sg.ResilienceService(segname, create=False)
+    with sg.ResilienceService(segname, capacity=4) as svc:   # replaces it
+        assert svc.segment.created and svc.execute("e", lambda: 3) == 3
+        svc.unlink()

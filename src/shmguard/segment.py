@@ -20,8 +20,8 @@ import posix_ipc
 
 from shmguard import _capi
 from shmguard._capi import ffi, lib
-from shmguard.errors import (InvalidNameError, SegmentError, SegmentNotFoundError,
-                             SegmentPermissionError)
+from shmguard.errors import (InvalidNameError, SegmentCorruptError, SegmentError,
+                             SegmentNotFoundError, SegmentPermissionError)
 
 __all__ = ["Segment", "object_name", "validate_name", "unlink", "list_segments", "SHM_DIR"]
 
@@ -94,6 +94,19 @@ class Segment:
         self._mm: mmap.mmap | None = None
         self._buf: Any = None
         self._base: Any = None
+        try:
+            self._open(create, capacity, manual_clock, allow_foreign)
+        except SegmentCorruptError as exc:
+            # A creator that died between O_CREAT and publishing the header
+            # leaves an object nobody can use: no live process can be
+            # initialising it after ATTACH_WAIT, so replace it once.
+            if not (create and exc.args and "never initialised" in str(exc.args[0])):
+                raise
+            unlink(name)
+            self._open(create, capacity, manual_clock, allow_foreign)
+
+    def _open(self, create: bool, capacity: int, manual_clock: bool, allow_foreign: bool) -> None:
+        name = self.name
         shm = None
         if create:
             try:
