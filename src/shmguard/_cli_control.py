@@ -1,0 +1,108 @@
+"""Control commands: host-wide, immediate changes to one endpoint's slot.
+
+Each returns a one-line "before -> after" report. The breaker is moved by
+``sg_breaker_force_at`` (one CAS, read at the segment's own clock); the
+rate by publishing a new policy view with ``sg_policy_publish``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+from shmguard import _capi
+from shmguard._capi import ffi, lib
+from shmguard._cli_render import count, rate
+from shmguard.errors import PolicyError, ShmguardError
+from shmguard.inspector import STATES, find_endpoint, policy_view, slot_handle
+from shmguard.policy import MAX_RATE
+from shmguard.segment import Segment
+
+__all__ = ["FORCE", "force", "set_rate", "parse_rate"]
+
+NS = 1_000_000_000
+PUBLISH_WAIT = 5.0
+#: command -> C breaker state it forces
+FORCE = {"force-open": lib.SG_FORCED_OPEN, "force-closed": lib.SG_FORCED_CLOSED,
+         "reset": lib.SG_CLOSED, "metrics-only": lib.SG_METRICS_ONLY}
+
+
+def _state(h: Any, now: int) -> tuple[str, int]:
+    v = ffi.new("struct sg_breaker_view *")
+    _capi.check(lib.sg_breaker_snapshot_at(h.slot, now, v), "breaker snapshot")
+    state, mode = STATES[v.state]
+    return (str(mode) if mode else str(state)), int(v.generation)
+
+
+def force(seg: Segment, endpoint: str, command: str) -> str:
+    """Forces the breaker of ``endpoint`` as ``command`` says; reports the change."""
+    h = slot_handle(seg, find_endpoint(seg, endpoint))
+    now = int(lib.sg_clock_now(seg.base))
+    before, gen0 = _state(h, now)
+    rc = lib.sg_breaker_force_at(h.slot, now, FORCE[command])  # a transition code, or E_ARG
+    if rc == lib.SG_E_ARG:
+        _capi.check(rc, command, seg.name)
+    after, gen1 = _state(h, now)
+    return f"{endpoint}: {before} -> {after} (generation {gen0} -> {gen1})"
+
+
+def parse_rate(text: str) -> float | None:
+    """Returns the rate in requests/s, or None for ``off`` (no limit).
+
+    :raises PolicyError: not a positive finite number.
+    """
+    if text.lower() in ("off", "none", "unlimited"):
+        return None
+    try:
+        r = float(text)
+    except ValueError:
+        raise PolicyError(f"rate must be a number of requests per second or 'off', "
+                          f"got {text!r}") from None
+    if not math.isfinite(r) or r <= 0 or r > MAX_RATE:
+        raise PolicyError(f"rate must be > 0 and <= {MAX_RATE:g}, got {text!r}")
+    return r
+
+
+def _describe(pol: Any) -> str:
+    if pol.flags & lib.SG_POL_NO_LIMIT:
+        return "no limit"
+    return f"rate {rate(NS / pol.emission_ns)}/s burst {count(pol.burst)}"
+
+
+def set_rate(seg: Segment, endpoint: str, new_rate: float | None, burst: int | None) -> str:
+    """Replaces the endpoint's rate (and burst, if given) for every process.
+
+    The burst is kept unless ``burst`` is given; an endpoint that had no
+    limit gets ``max(1, rate)`` as its burst, as a new policy would.
+    """
+    if burst is not None and not 1 <= burst <= 2**31:
+        raise PolicyError(f"burst must be 1..{2**31}, got {burst}")
+    h = slot_handle(seg, find_endpoint(seg, endpoint))
+    old = policy_view(h)
+    before = _describe(old)
+    new = ffi.new("struct sg_policy_view *")
+    ffi.memmove(new, old, ffi.sizeof("struct sg_policy_view"))
+    if new_rate is None:
+        new.flags |= lib.SG_POL_NO_LIMIT
+        if burst is not None:
+            new.burst = burst
+    else:
+        if old.flags & lib.SG_POL_NO_LIMIT and burst is None:
+            burst = max(1, int(new_rate))
+        new.flags &= ~lib.SG_POL_NO_LIMIT
+        new.emission_ns = max(1, math.ceil(NS / new_rate))
+        if burst is not None:
+            new.burst = burst
+        if new.burst * new.emission_ns > 2**62:
+            raise PolicyError(f"burst {new.burst} at rate {new_rate:g}/s spans beyond the "
+                              "limiter's horizon of 2**62 ns")
+    deadline = time.monotonic() + PUBLISH_WAIT
+    while (rc := lib.sg_policy_publish(h, new, os.getpid())) == lib.SG_E_BUSY:
+        if time.monotonic() > deadline:
+            raise ShmguardError(f"endpoint {endpoint!r}: the policy writer lease stayed busy")
+        time.sleep(0.001)
+    if rc == lib.SG_E_ARG:
+        raise PolicyError(f"endpoint {endpoint!r}: the resulting policy is invalid")
+    _capi.check(rc, f"publish policy of {endpoint!r}", seg.name)
+    return f"{endpoint}: {before} -> {_describe(policy_view(h))}"

@@ -1,0 +1,112 @@
+"""Prometheus text exposition (format 0.0.4) of an inspector snapshot.
+
+Every metric is named ``shmguard_*`` and labelled with ``segment`` and
+``endpoint``; counters end in ``_total``. Enum-like values (breaker state,
+mode) are one gauge per value, 1 for the current one and 0 for the others.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+__all__ = ["exposition"]
+
+_STATES = ("closed", "open", "half-open")
+_MODES = ("normal", "forced-open", "forced-closed", "metrics-only")
+
+Getter = Callable[[dict[str, Any]], Any]
+# (name, type, help, value getter): one sample per endpoint
+_SIMPLE: list[tuple[str, str, str, Getter]] = [
+    ("breaker_state_seconds", "gauge", "Time the breaker has been in its current state.",
+     lambda e: e["state_seconds"]),
+    ("breaker_generation", "gauge", "Breaker generation (bumped by every transition).",
+     lambda e: e["generation"]),
+    ("breaker_window_calls", "gauge", "Calls (successes + failures) in the rolling window.",
+     lambda e: e["window"]["calls"]),
+    ("breaker_window_failures", "gauge", "Failures in the rolling window.",
+     lambda e: e["window"]["failures"]),
+    ("breaker_failure_ratio", "gauge", "Failure ratio over the rolling window.",
+     lambda e: e["window"]["failure_rate"]),
+    ("breaker_threshold_ratio", "gauge", "Effective failure-ratio threshold (after adaptation).",
+     lambda e: e["threshold"]),
+    ("breaker_probes_in_flight", "gauge", "Half-open probe permits currently leased.",
+     lambda e: e["probes_in_flight"]),
+    ("breaker_opens_total", "counter", "Transitions to open since the endpoint was created.",
+     lambda e: e["opens"]),
+    ("breaker_rejected_total", "counter", "Calls rejected by the breaker (open, probes out).",
+     lambda e: e["totals"]["rejected"]),
+    ("limiter_rate", "gauge", "Configured rate limit (requests per second).",
+     lambda e: e["limiter"]["rate"]),
+    ("limiter_burst", "gauge", "Configured burst (tokens).",
+     lambda e: e["limiter"]["burst"] if e["limiter"]["limited"] else None),
+    ("limiter_effective_rate", "gauge", "Rate limit after adaptive scaling (per second).",
+     lambda e: e["limiter"]["effective_rate"]),
+    ("limiter_tokens", "gauge", "Tokens free now at full-burst priority.",
+     lambda e: e["limiter"]["tokens"]),
+    ("limiter_acceptance_ratio", "gauge", "Admitted / decided over the statistics window.",
+     lambda e: e["limiter"]["acceptance_rate"]),
+]
+_PER_PRIORITY = [
+    ("limiter_admitted_total", "Calls the rate limiter admitted, by priority.", "admitted"),
+    ("limiter_rejected_total", "Calls the rate limiter rejected, by priority.", "rejected"),
+    ("limiter_waited_total", "Admitted calls that had to wait, by priority.", "waited"),
+]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(**kv: str) -> str:
+    return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in kv.items()) + "}"
+
+
+def _num(v: float | int | bool) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int):
+        return str(v)
+    return repr(float(v))
+
+
+def exposition(snap: dict[str, Any]) -> str:
+    """Returns the snapshot as Prometheus text, ending with a newline."""
+    seg = snap["segment"]["name"]
+    eps = snap["endpoints"]
+    out: list[str] = []
+
+    def family(name: str, kind: str, help_: str) -> None:
+        out.append(f"# HELP shmguard_{name} {help_}")
+        out.append(f"# TYPE shmguard_{name} {kind}")
+
+    def sample(name: str, value: Any, **labels: str) -> None:
+        out.append(f"shmguard_{name}{_labels(segment=seg, **labels)} {_num(value)}")
+
+    family("segment_endpoints", "gauge", "Endpoints registered in the segment.")
+    sample("segment_endpoints", snap["segment"]["used"])
+    family("segment_capacity", "gauge", "Endpoint slots in the segment.")
+    sample("segment_capacity", snap["segment"]["capacity"])
+    family("breaker_state", "gauge", "Breaker state: 1 for the current state, 0 otherwise.")
+    for e in eps:
+        for s in _STATES:
+            sample("breaker_state", int(e["breaker_state"] == s), endpoint=e["name"], state=s)
+    family("breaker_mode", "gauge", "Manual control mode: 1 for the current mode, 0 otherwise.")
+    for e in eps:
+        for m in _MODES:
+            sample("breaker_mode", int(e["mode"] == m), endpoint=e["name"], mode=m)
+    family("breaker_calls_total", "counter", "Outcomes recorded by the breaker.")
+    for e in eps:
+        for outcome, key in (("success", "successes"), ("failure", "failures"),
+                             ("ignored", "ignored")):
+            sample("breaker_calls_total", e["totals"][key], endpoint=e["name"], outcome=outcome)
+    for name, kind, help_, get in _SIMPLE:
+        family(name, kind, help_)
+        for e in eps:
+            v = get(e)
+            if v is not None:
+                sample(name, v, endpoint=e["name"])
+    for name, help_, key in _PER_PRIORITY:
+        family(name, "counter", help_)
+        for e in eps:
+            for prio, counts in e["limiter"]["by_priority"].items():
+                sample(name, counts[key], endpoint=e["name"], priority=prio)
+    return "\n".join(out) + "\n"
