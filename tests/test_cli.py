@@ -402,8 +402,9 @@ def test_gc_removes_a_segment_whose_creator_was_killed(pool: Any, segname: str) 
     p.start()
     try:
         assert conn.poll(TIMEOUT)
-        assert conn.recv() == p.pid and os.path.exists(shm(dead))
-        os.kill(p.pid, signal.SIGKILL)
+        pid = conn.recv()
+        assert pid == p.pid and os.path.exists(shm(dead))
+        os.kill(pid, signal.SIGKILL)
         p.join(TIMEOUT)
         assert p.exitcode == -signal.SIGKILL
         pats = [dead, segname]

@@ -103,7 +103,10 @@ def test_demo_forwards_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     from shmguard import cli as climod
     seen: list[list[str]] = []
     fake = ModuleType("shmguard.demo")
-    fake.main = lambda argv: seen.append(argv) or 7  # type: ignore[attr-defined]
+    def fake_main(argv: list[str]) -> int:
+        seen.append(argv)
+        return 7
+    fake.main = fake_main  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "shmguard.demo", fake)
     assert climod.main(["demo", "--workers", "3", "x", "--help"]) == 7
     assert seen == [["--workers", "3", "x", "--help"]]

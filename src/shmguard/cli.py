@@ -162,6 +162,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             for r in report:
                 print(f"{r['action']:<12} {r['name']}  ({r['reason']})")
+            if not report:
+                print("(no shmguard segments)")
         return 0
     raise AssertionError(cmd)
 
