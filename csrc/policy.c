@@ -82,8 +82,14 @@ static void sanitize(struct sg_policy_view *v)
     if (v->success_threshold < 1) v->success_threshold = 1;
     if (v->min_requests < 1) v->min_requests = 1;
     if (v->backoff_milli < 1000) v->backoff_milli = 1000;
+    if (v->failure_ppm < 1) v->failure_ppm = 1;
     if (v->failure_ppm > SG_PPM) v->failure_ppm = SG_PPM;
     if (v->rate_floor_ppm > SG_PPM) v->rate_floor_ppm = SG_PPM;
+    /* ratios above 1: a threshold no window can reach (breaker never opens)
+     * and a jitter above 100% (open_duration's d - delta would wrap) */
+    if (v->slow_ppm > SG_PPM) v->slow_ppm = SG_PPM;
+    if (v->adaptive_max_ppm > SG_PPM) v->adaptive_max_ppm = SG_PPM;
+    if (v->jitter_ppm > SG_PPM) v->jitter_ppm = SG_PPM;
     for (int i = 0; i < 4; i++)
         if (v->share_ppm[i] > 4 * SG_PPM) v->share_ppm[i] = 4 * SG_PPM;
 }
