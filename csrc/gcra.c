@@ -244,7 +244,7 @@ int sg_limiter_snapshot_at(const void *slot, uint64_t now, uint32_t prio, struct
         out->tokens = (double)p.burst;
     else
         out->tokens = ahead >= L.tol ? 0.0 : (double)(L.tol - ahead) / (double)L.T;
-    out->effective_rate = 1e9 / (double)L.T;
+    out->effective_rate = (p.flags & SG_POL_NO_LIMIT) ? 0.0 : 1e9 / (double)L.T; /* 0: no limit */
     out->scale_ppm = scale_now(s, now, p.recovery_ns, &out->scale_target_ppm);
     for (int i = 0; i < SG_PRIORITIES; i++) {
         out->accepted[i] = LD(&s->accepted[i]);

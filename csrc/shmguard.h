@@ -65,6 +65,11 @@ enum sg_transition {
 /* Outcome bits ORed into a token by the caller of sg_record(). */
 enum sg_outcome { SG_SUCCESS = 1, SG_FAILURE = 2, SG_IGNORE = 3 };
 
+/* Slot kinds (sg_slot_view.kind). */
+#define SG_SLOT_EMPTY 0
+#define SG_SLOT_CLAIMED 1
+#define SG_SLOT_READY 2
+
 /* Header flags. */
 #define SG_HDR_MANUAL_CLOCK 1
 

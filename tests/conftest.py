@@ -12,8 +12,17 @@ from shmguard.segment import SHM_DIR
 T0 = 1_000_000_000_000  # manual clock start: 1000 s (ns)
 
 
+def _token() -> str:
+    """This pytest session's token (set once by the controller, inherited by xdist workers)."""
+    return os.environ.setdefault("SHMGUARD_TEST_TOKEN", uuid.uuid4().hex[:6])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _token()
+
+
 def _ours() -> set[str]:
-    prefix = f"shmguard.{os.geteuid()}.t-"
+    prefix = f"shmguard.{os.geteuid()}.t-{_token()}-"
     try:
         return {e for e in os.listdir(SHM_DIR) if e.startswith(prefix)}
     except OSError:
@@ -23,7 +32,7 @@ def _ours() -> set[str]:
 @pytest.fixture
 def segname(request: pytest.FixtureRequest) -> str:
     """A fresh segment name, unlinked after the test (and checked gone)."""
-    name = f"t-{uuid.uuid4().hex[:12]}"
+    name = f"t-{_token()}-{uuid.uuid4().hex[:10]}"
     yield name
     sg.unlink(name)
     assert not os.path.exists(os.path.join(SHM_DIR, f"shmguard.{os.geteuid()}.{name}"))
@@ -49,7 +58,7 @@ def realsvc(segname: str) -> sg.ResilienceService:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fails the run if any test segment (``t-*``) is left in /dev/shm."""
+    """Fails the run if any segment of this session (``t-<token>-*``) is left in /dev/shm."""
     if hasattr(session.config, "workerinput"):
         return  # an xdist worker: the controller checks once, at the very end
     left = _ours()

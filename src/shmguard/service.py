@@ -289,7 +289,7 @@ class ResilienceService:
         seg, out = self.segment, []
         v = ffi.new("struct sg_slot_view *")
         for i in range(seg.refresh().capacity):
-            if lib.sg_slot_snapshot(seg.base, seg.size, i, v) == 0 and v.kind == 2:
+            if lib.sg_slot_snapshot(seg.base, seg.size, i, v) == 0 and v.kind == lib.SG_SLOT_READY:
                 out.append(ffi.unpack(v.name, v.name_len).decode("ascii", "replace"))
         return sorted(out)
 
