@@ -1,0 +1,153 @@
+"""The demo's flaky "remote cache": a loopback HTTP server that falls ill, then recovers.
+
+Healthy, it answers ``GET /cache/<key>`` with 200 at once. Unhealthy, it
+answers 503, and every fourth request only after a delay longer than the
+clients' timeout. For each request it reads the endpoint's breaker state
+from the segment as the request arrives, so the summary can tell which calls
+reached it while the breaker was open or half-open (probes).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+from shmguard.stats import BreakerState
+
+__all__ = ["Schedule", "FlakyCache", "Hit"]
+
+SLOW_RESPONSE = 0.4  # seconds; the clients give up after 0.25
+SLOW_EVERY = 4
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the cache is ill, in seconds from the start of the run."""
+
+    sick_from: float
+    sick_until: float
+
+    @classmethod
+    def for_duration(cls, duration: float) -> Schedule:
+        """Returns healthy for the first quarter, then ill for 30% (1.5..6 s), then well."""
+        start = 0.25 * duration
+        return cls(start, start + min(6.0, max(1.5, 0.3 * duration)))
+
+    def phase(self, t: float) -> str:
+        """Reports "healthy", "unhealthy" or "recovered" at ``t`` seconds."""
+        if t < self.sick_from:
+            return "healthy"
+        return "unhealthy" if t < self.sick_until else "recovered"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One request as the cache saw it."""
+
+    t: float
+    pid: int
+    state: BreakerState
+    status: int
+
+
+@dataclass
+class _Tally:
+    hits: list[Hit] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class FlakyCache:
+    """The server; thread safe. ``state_of()`` reads the breaker as a request arrives.
+
+    :param schedule: when to be ill.
+    :param state_of: returns the endpoint's breaker state (from the segment).
+    """
+
+    def __init__(self, schedule: Schedule, state_of: Callable[[], BreakerState]) -> None:
+        self.schedule = schedule
+        self.state_of = state_of
+        self.start = time.monotonic()
+        self._tally = _Tally()
+        self._sick_count = 0
+        self._httpd = _Server(("127.0.0.1", 0), _handler_for(self))
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
+                                        name="shmguard-demo-cache", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def now(self) -> float:
+        """Reports seconds since the start of the run."""
+        return time.monotonic() - self.start
+
+    def phase(self) -> str:
+        return self.schedule.phase(self.now())
+
+    def begin(self) -> None:
+        """Starts serving; the schedule's clock starts now."""
+        self.start = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+            self._thread.join()
+        self._httpd.server_close()
+
+    def hits(self) -> list[Hit]:
+        """Returns every request seen so far, in arrival order."""
+        with self._tally.lock:
+            return list(self._tally.hits)
+
+    def answer(self, pid: int) -> tuple[int, float]:
+        """Records a request; returns (status, delay before answering)."""
+        t = self.now()
+        state = self.state_of()
+        sick = self.schedule.phase(t) == "unhealthy"
+        slow = False
+        with self._tally.lock:
+            status = 503 if sick else 200
+            self._tally.hits.append(Hit(t, pid, state, status))
+            if sick:
+                self._sick_count += 1
+                slow = self._sick_count % SLOW_EVERY == 0
+        return status, SLOW_RESPONSE if sick and slow else 0.0
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hung up mid-request is expected here
+
+
+def _handler_for(cache: FlakyCache) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            try:
+                pid = int(self.headers.get("X-Worker", "0"))
+            except ValueError:
+                pid = 0
+            status, delay = cache.answer(pid)
+            if delay:
+                time.sleep(delay)
+            body = (f"artifact {self.path}\n" if status == 200 else "unavailable\n").encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:
+                pass  # the client gave up (timeout): that is the point
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    return Handler

@@ -1,0 +1,134 @@
+"""asyncio doors to a :class:`~shmguard.service.ResilienceService`.
+
+:func:`execute_async` is :meth:`ResilienceService.execute` for coroutines;
+``svc.protect(endpoint)`` on an ``async def`` and ``async with
+svc.guard(endpoint)`` come here too. Waiting for the rate limit reserves a
+place (one C call) and then awaits ``asyncio.sleep`` for exactly the computed
+delay: the loop never blocks and nothing polls.
+
+Cancellation: a task cancelled while it waits gives back its reservation and
+its half-open probe; a task cancelled while its call runs records
+:attr:`Outcome.IGNORE` (neither success nor failure), which frees a probe.
+
+>>> async def main(svc):                                    # doctest: +SKIP
+...     return await execute_async(svc, "cache", fetch, "key", timeout=1.0)
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
+
+from shmguard._capi import ffi, lib
+from shmguard.limiter import NS, pack, wait_ns
+from shmguard.policy import Outcome, Priority
+from shmguard.stats import BreakerState
+
+if TYPE_CHECKING:
+    from shmguard.service import ResilienceService, _Endpoint
+
+T = TypeVar("T")
+_LEASE = 0xF << 34  # token bits naming a half-open probe lease
+__all__ = ["admit_async", "execute_async", "protect_async"]
+
+
+async def _admit(svc: ResilienceService, endpoint: str, priority: Priority,
+                 timeout: float | None) -> tuple[_Endpoint, int]:
+    ep = svc._eps.get(endpoint) or svc._endpoint(endpoint)
+    cp = pack(1, priority)
+    if timeout is None:
+        tok = ep.admit(ep.h, cp)
+        return ep, tok if tok >= 0 else svc._admit_slow(ep, tok, priority, None)
+    budget = wait_ns(timeout)
+    for attempt in range(2):
+        d = ffi.new("struct sg_decision *")
+        tok = lib.sg_admit_wait(ep.h, cp, budget, d)
+        if tok >= 0:
+            if d.delay_ns > 0:
+                try:
+                    await asyncio.sleep(d.delay_ns / NS)
+                except BaseException:  # cancelled: give the place and the probe back
+                    lib.sg_release_probe(ep.h, tok)
+                    lib.sg_limiter_cancel(ep.h, cp, d)
+                    raise
+            return ep, tok
+        if tok != -lib.SG_R_PROBES_FULL or attempt or not svc._reclaim_probes(ep):
+            break
+    # a rejection: the sync path maps it to the right error (it does not wait)
+    return ep, svc._admit_slow(ep, tok, priority, None)
+
+
+async def admit_async(svc: ResilienceService, endpoint: str,
+                      priority: Priority = Priority.NORMAL, timeout: float | None = None) -> int:
+    """Returns an admission token, awaiting the rate limit up to ``timeout`` seconds.
+
+    The asyncio twin of :meth:`ResilienceService.admit`; finish with
+    :meth:`ResilienceService.record`.
+
+    :raises CircuitOpenError: the breaker is open (or its probes are out).
+    :raises RateLimitedError: no token within ``timeout`` (None: do not wait).
+    """
+    return (await _admit(svc, endpoint, priority, timeout))[1]
+
+
+async def execute_async(svc: ResilienceService, endpoint: str,
+                        coro_fn: Callable[..., Awaitable[T]], /, *args: Any,
+                        priority: Priority = Priority.NORMAL, timeout: float | None = None,
+                        **kwargs: Any) -> T:
+    """Awaits ``coro_fn(*args, **kwargs)`` if the endpoint admits it, and records the outcome.
+
+    :param timeout: how long to wait for the rate limit (None: do not wait).
+    :raises CircuitOpenError: the breaker is open.
+    :raises RateLimitedError: no token within ``timeout``.
+    :returns: what the coroutine returns; its exceptions are re-raised, and
+        ``asyncio.CancelledError`` counts as neither success nor failure.
+    """
+    ep, tok = await _admit(svc, endpoint, priority, timeout)
+    if tok & _LEASE and ep.probe is not None:
+        tok = await _probe_instead(svc, ep, tok, priority, timeout)
+    try:
+        result = await coro_fn(*args, **kwargs)
+    except BaseException as exc:
+        t = ep.record(ep.h, tok | (ep.policy.classify(exc) if isinstance(exc, Exception)
+                                   else Outcome.IGNORE))
+        if t or svc.on_metrics_update is not None:
+            svc._after(ep, t, tok)
+        raise
+    t = ep.record(ep.h, tok | Outcome.SUCCESS)
+    if t or svc.on_metrics_update is not None:
+        svc._after(ep, t, tok)
+    return result
+
+
+async def _probe_instead(svc: ResilienceService, ep: _Endpoint, tok: int, priority: Priority,
+                         timeout: float | None) -> int:
+    """The call got a probe permit and a health probe exists: it probes instead.
+
+    As in the sync path: if the probe closes the breaker the call is admitted
+    anew, otherwise it is rejected. A probe may be ``async def``.
+    """
+    assert ep.probe is not None
+    try:
+        res = ep.probe()
+        ok = bool(await res) if inspect.isawaitable(res) else bool(res)
+    except Exception:
+        ok = False
+    except BaseException:
+        svc.record(ep.name, tok, Outcome.IGNORE)
+        raise
+    svc.record(ep.name, tok, Outcome.SUCCESS if ok else Outcome.FAILURE)
+    if ok and svc.breaker_state(ep.name) == BreakerState.CLOSED:
+        return (await _admit(svc, ep.name, priority, timeout))[1]
+    raise svc._open_error(ep)
+
+
+def protect_async(svc: ResilienceService, endpoint: str, fn: Callable[..., Awaitable[T]],
+                  priority: Priority = Priority.NORMAL,
+                  timeout: float | None = None) -> Callable[..., Awaitable[T]]:
+    """Returns an ``async def`` wrapper of ``fn`` whose every call goes through :func:`execute_async`."""
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> T:
+        return await execute_async(svc, endpoint, fn, *args, priority=priority, timeout=timeout,
+                                   **kwargs)
+    return wrapper

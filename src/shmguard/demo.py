@@ -1,0 +1,226 @@
+"""``shmguard demo``: see a pool share one breaker and one rate limit, live, in ~20 s.
+
+A loopback HTTP "remote cache" serves well, falls ill (503s and slow
+answers), then recovers. N worker processes fetch from it through one
+endpoint of a :class:`~shmguard.executor.ResilientExecutor`; when a fetch is
+refused or fails they "build locally" instead. The live view shows the
+endpoint as every process sees it; the summary then checks, from the
+segment's own counters, that (a) the pool kept the rate limit, (b) the
+breaker opened for all workers at once and the failing calls stopped, and
+(c) it recovered through half-open to closed. Exit status 1 if a check fails.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from concurrent.futures import ProcessPoolExecutor
+from types import FrameType
+from typing import Any, Iterator
+
+from shmguard import _demo_worker as worker
+from shmguard._demo_checks import Evidence, check_all
+from shmguard._demo_server import FlakyCache, Schedule
+from shmguard._demo_view import Sample, Tally, make_view
+from shmguard.errors import CircuitOpenError, RateLimitedError
+from shmguard.executor import ResilientExecutor
+from shmguard.limiter import NS
+from shmguard.policy import NETWORK_ERRORS, Policy
+from shmguard.segment import unlink
+from shmguard.service import ResilienceService
+from shmguard.stats import BreakerState
+
+__all__ = ["main", "demo_policy"]
+
+ENDPOINT = "cache"
+RATE_WAIT = 0.05    # a fetch may wait this long for its rate-limit slot
+LOCAL_BUILD = 0.02  # what a refused or failed fetch costs instead
+SAMPLE_EVERY = 0.05
+
+
+def demo_policy(rate: float) -> Policy:
+    """Returns the demo's policy: a 1 s window, 50% of >= 5 calls opens it for 1 s."""
+    return Policy(failure_threshold=0.5, min_requests=5, window=1.0, window_buckets=10,
+                  open_timeout=1.0, half_open_max_calls=1, probe_lease=2.0, rate=rate,
+                  burst=max(1, round(rate / 5)),
+                  failure_exceptions=NETWORK_ERRORS + (worker.CacheDown,))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shmguard demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds (default 20, min 4)")
+    p.add_argument("--rate", type=float, default=50.0,
+                   help="the endpoint's rate limit, requests/s for the whole pool (default 50)")
+    p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+    p.add_argument("--segment", default=None, help="segment name (default: a fresh one)")
+    return p
+
+
+def _lane(i: int, ex: ResilientExecutor, url: str, tally: Tally, stop: threading.Event,
+          errors: list[BaseException]) -> None:
+    """One client: fetch, and on refusal or failure build locally, until told to stop."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        try:
+            pid, _ = ex.submit(ENDPOINT, worker.fetch, url, f"artifact-{i}-{n}",
+                               timeout=RATE_WAIT).result()
+            tally.add(pid, "ok")
+            continue
+        except CircuitOpenError as exc:
+            tally.add(getattr(exc, "worker_pid", 0), "open")
+        except RateLimitedError as exc:
+            tally.add(getattr(exc, "worker_pid", 0), "limited")
+        except worker.CacheDown as exc:
+            tally.add(exc.pid, "failed")
+        except BaseException as exc:  # a broken pool, say: stop the run
+            errors.append(exc)
+            stop.set()
+            return
+        stop.wait(LOCAL_BUILD)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Interrupted(f"signal {signum}")
+
+
+def _sample(svc: ResilienceService, cache: FlakyCache) -> Sample:
+    st = svc.stats(ENDPOINT)
+    b, m = st.breaker, st.limiter_metrics
+    assert b is not None
+    return Sample(cache.now(), cache.phase(), b.state, b.failure_rate, m.accepted, m.rejected,
+                  b.rejected, len(cache.hits()))
+
+
+def _watch(svc: ResilienceService, cache: FlakyCache, tally: Tally, view: Any,
+           duration: float, stop: threading.Event) -> None:
+    """Main thread: sample the segment, report transitions and probes, redraw."""
+    state, seen, next_draw = BreakerState.CLOSED, 0, 0.0
+    while not stop.is_set() and cache.now() < duration:
+        now_state = svc.breaker_state(ENDPOINT)
+        hits = cache.hits()
+        for h in hits[seen:]:
+            if h.state == BreakerState.HALF_OPEN:
+                if state != BreakerState.HALF_OPEN:  # too brief for sampling to catch
+                    view.event(h.t, f"breaker {state} -> {h.state}: one probe may go")
+                    state = BreakerState.HALF_OPEN
+                verdict = "ok: closes it" if h.status == 200 else f"{h.status}: reopens it"
+                view.event(h.t, f"probe from {tally.label(h.pid)} -> {verdict}")
+        seen = len(hits)
+        if now_state != state:
+            view.event(cache.now(), f"breaker {state} -> {now_state} (seen by every worker)")
+            state = now_state
+        if cache.now() >= next_draw:
+            view.update(_sample(svc, cache), tally.workers())
+            next_draw += view.interval
+        stop.wait(SAMPLE_EVERY)
+
+
+def _run(args: argparse.Namespace, segment: str) -> int:
+    policy = demo_policy(args.rate)
+    schedule = Schedule.for_duration(args.duration)
+    tally, stop, errors = Tally(), threading.Event(), []
+    lanes: list[threading.Thread] = []
+    view: Any = None
+    t0 = 0
+    with ProcessPoolExecutor(args.workers, initializer=worker.ignore_sigint) as pool:
+        ex = ResilientExecutor(pool, segment, policy=policy)
+        svc = ex.service
+        cache: FlakyCache | None = None
+        try:
+            svc.register_endpoint(ENDPOINT, policy)
+            # start every worker before any thread of ours exists (fork safety)
+            for f in [pool.submit(worker.warm_up, segment, 0.1) for _ in range(args.workers)]:
+                f.result()
+            cache = FlakyCache(schedule, lambda: svc.breaker_state(ENDPOINT))
+            view = make_view(args.plain)
+            view.start(f"shmguard demo: {args.workers} workers -> endpoint {ENDPOINT!r} "
+                       f"(limit {args.rate:g}/s, burst {policy.effective_burst}) -> flaky cache "
+                       f"{cache.url}; ill from {schedule.sick_from:.1f}s to "
+                       f"{schedule.sick_until:.1f}s")
+            t0 = svc.now_ns()
+            cache.begin()
+            lanes = [threading.Thread(target=_lane, args=(i, ex, cache.url, tally, stop, errors),
+                                      name=f"lane-{i}", daemon=True) for i in range(args.workers)]
+            for lane in lanes:
+                lane.start()
+            _watch(svc, cache, tally, view, args.duration, stop)
+        finally:
+            stop.set()
+            for lane in lanes:
+                lane.join()
+            if view is not None:
+                view.stop()
+            if cache is not None:
+                cache.stop()
+            pool.shutdown(wait=True, cancel_futures=True)
+        elapsed = (svc.now_ns() - t0) / NS
+    if errors:
+        print(f"demo failed: {errors[0]!r}", file=sys.stderr)
+        return 1
+    ev = Evidence(svc.stats(ENDPOINT), args.rate, policy.half_open_max_calls, elapsed,
+                  tally.workers(), args.workers, cache.hits())
+    svc.close()
+    return _report(ev, segment)
+
+
+def _report(ev: Evidence, segment: str) -> int:
+    checks = check_all(ev)
+    w = [c for _, _, c in ev.workers]
+    print(f"\nSummary, from the counters of segment {segment!r} (endpoint {ENDPOINT!r}):")
+    print(f"  calls: {sum(c.ok for c in w)} served, {sum(c.failed for c in w)} failed, "
+          f"{sum(c.open for c in w)} stopped by the breaker, {sum(c.limited for c in w)} "
+          f"rate-limited; the cache saw {len(ev.hits)} requests in {ev.elapsed:.1f}s")
+    for c in checks:
+        print(c.line())
+    bad = [c.label for c in checks if not c.ok]
+    print("All three checks passed." if not bad else f"FAILED: check(s) {', '.join(bad)}")
+    return 1 if bad else 0
+
+
+@contextmanager
+def _signals() -> Iterator[None]:
+    """SIGTERM ends the run like Ctrl-C does (only the main thread may set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def main(argv: list[str]) -> int:
+    """Runs the demo with command-line ``argv`` (without the program name); returns the exit status."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    if args.workers < 1 or args.duration < 4 or not args.rate > 0:
+        print("shmguard demo: need --workers >= 1, --duration >= 4 and --rate > 0",
+              file=sys.stderr)
+        return 2
+    segment = args.segment or f"demo-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    try:
+        with _signals():
+            return _run(args, segment)
+    except (KeyboardInterrupt, _Interrupted):
+        print("\ninterrupted: workers stopped, segment removed", file=sys.stderr)
+        return 130
+    finally:
+        unlink(segment)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

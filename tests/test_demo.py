@@ -1,0 +1,77 @@
+"""``shmguard demo``: a short real run, the argument checks, and the checks' verdicts."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import shmguard as sg
+from shmguard import demo
+from shmguard._demo_checks import Evidence, check_all
+from shmguard._demo_server import Hit, Schedule
+from shmguard._demo_view import Counts
+from shmguard.stats import BreakerMode, BreakerSnapshot
+
+CLOSED, OPEN, HALF = sg.BreakerState.CLOSED, sg.BreakerState.OPEN, sg.BreakerState.HALF_OPEN
+
+
+def test_short_run_passes_its_checks_and_cleans_up(segname: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "shmguard", "demo", "--duration", "5", "--workers", "2", "--plain",
+         "--segment", segname], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "All three checks passed." in proc.stdout
+    assert proc.stdout.count("[PASS]") == 3
+    assert segname not in sg.list_segments()
+
+
+@pytest.mark.parametrize("argv", [["--duration", "1"], ["--workers", "0"], ["--rate", "0"],
+                                  ["--bogus"]])
+def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert demo.main(argv) == 2
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert demo.main(["--help"]) == 0
+    assert "--duration" in capsys.readouterr().out
+
+
+def test_schedule() -> None:
+    s = Schedule.for_duration(20)
+    assert (s.sick_from, s.sick_until) == (5.0, 11.0)
+    assert [s.phase(t) for t in (0, 4.9, 5, 10.9, 11)] == [
+        "healthy", "healthy", "unhealthy", "unhealthy", "recovered"]
+    assert Schedule.for_duration(5).sick_until - Schedule.for_duration(5).sick_from == 1.5
+
+
+def _evidence(accepted: int = 100, opens: int = 2, leaked: int = 2, final: sg.BreakerState = CLOSED,
+              stopped: tuple[int, int] = (5, 7)) -> Evidence:
+    snap = BreakerSnapshot(final, BreakerMode.NORMAL, 7, 1.0, 0.0, 10, 0, 0, 0.5, 0.0, 0, (),
+                           opens, 90, 10, 0, sum(stopped))
+    metrics = sg.LimiterMetrics(accepted, 3, 1)
+    stats = sg.EndpointStats("cache", final, 0.0, metrics, snap, 50.0, 10)
+    hits = ([Hit(1.0, 1, CLOSED, 200), Hit(2.0, 1, CLOSED, 503)]
+            + [Hit(2.5, 2, OPEN, 503)] * (leaked - 1) + [Hit(3.0, 1, HALF, 200),
+                                                        Hit(3.5, 2, CLOSED, 200)])
+    workers = [("w1", 1, Counts(40, 5, stopped[0], 0)), ("w2", 2, Counts(40, 5, stopped[1], 0))]
+    return Evidence(stats, 50.0, 1, 2.0, workers, 2, hits)
+
+
+def test_checks_pass_on_good_evidence() -> None:
+    assert [c.ok for c in check_all(_evidence())] == [True, True, True]
+
+
+@pytest.mark.parametrize("bad, failing", [
+    (dict(accepted=111), "a"),           # > burst 10 + 50/s x 2 s
+    (dict(opens=0), "bc"),               # never opened
+    (dict(stopped=(5, 0)), "b"),         # one worker kept calling
+    (dict(leaked=9), "b"),               # > 2 in flight + 2 probes
+    (dict(final=OPEN), "c"),             # did not end closed
+])
+def test_checks_fail_and_the_demo_exits_1(bad: dict, failing: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    ev = _evidence(**bad)
+    assert "".join(c.label for c in check_all(ev) if not c.ok) == failing
+    assert demo._report(ev, "seg") == 1
+    assert "FAILED" in capsys.readouterr().out
