@@ -36,7 +36,7 @@ def test_execute_async_records_outcomes(svc: sg.ResilienceService) -> None:
         with pytest.raises(ConnectionError):
             await aio.execute_async(svc, "dep", fail)
     run(main())
-    b = svc.stats("dep").breaker
+    b = svc.breaker("dep").snapshot()
     assert (b.successes, b.failures) == (1, 1)
 
 
@@ -66,7 +66,7 @@ def test_protect_and_guard(svc: sg.ResilienceService) -> None:
             async with svc.guard("dep"):
                 raise ConnectionError("down")
     run(main())
-    b = svc.stats("dep").breaker
+    b = svc.breaker("dep").snapshot()
     assert (b.successes, b.failures) == (2, 1)
 
 

@@ -1,9 +1,14 @@
 """``shmguard demo``: a short real run, the argument checks, and the checks' verdicts."""
 from __future__ import annotations
 
+import io
+import os
+import signal
 import subprocess
 import sys
+from typing import Any
 
+import psutil
 import pytest
 
 import shmguard as sg
@@ -69,9 +74,58 @@ def test_checks_pass_on_good_evidence() -> None:
     (dict(leaked=9), "b"),               # > 2 in flight + 2 probes
     (dict(final=OPEN), "c"),             # did not end closed
 ])
-def test_checks_fail_and_the_demo_exits_1(bad: dict, failing: str,
+def test_checks_fail_and_the_demo_exits_1(bad: dict[str, Any], failing: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     ev = _evidence(**bad)
     assert "".join(c.label for c in check_all(ev) if not c.ok) == failing
     assert demo._report(ev, "seg") == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_workers_and_removes_the_segment(segname: str) -> None:
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from shmguard.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "demo", "--duration", "30", "--workers", "2", "--plain",
+         "--segment", segname], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the first status line: workers and server are up
+            if line.startswith("[  1."):
+                break
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert len(workers) >= 2 and segname in sg.list_segments()
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out
+    assert "interrupted" in out
+    assert segname not in sg.list_segments()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == []
+
+
+def test_views_render() -> None:
+    from shmguard._demo_view import PlainView, Sample
+    buf = io.StringIO()
+    view = PlainView(buf)
+    view.start("title")
+    workers = [("w1", 11, Counts(3, 1, 2, 0))]
+    view.update(Sample(0.0, "healthy", CLOSED, 0.0, 0, 0, 0, 0), workers)
+    view.update(Sample(1.0, "unhealthy", OPEN, 0.5, 50, 10, 20, 49), workers)
+    view.event(1.5, "breaker closed -> open")
+    text = buf.getvalue()
+    assert "admitted/s=   50 rejected/s=   30 hits/s=  49" in text and "w1 3/1/2/0" in text
+    rich = pytest.importorskip("rich.console")
+    from shmguard._demo_view import RichView
+    rbuf = io.StringIO()
+    rv = RichView(rich.Console(file=rbuf, force_terminal=True, width=120))
+    rv.start("title")
+    rv.event(1.5, "breaker closed -> open")
+    rv.update(Sample(1.0, "unhealthy", HALF, 0.5, 50, 10, 20, 49), workers)
+    rv.stop()
+    assert "half-open" in rbuf.getvalue() and "breaker closed -> open" in rbuf.getvalue()

@@ -77,8 +77,7 @@ class FlakyCache:
 
     @property
     def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def now(self) -> float:
         """Reports seconds since the start of the run."""

@@ -113,10 +113,10 @@ class RichView:
 
     interval = 0.25
 
-    def __init__(self) -> None:
+    def __init__(self, console: Any = None) -> None:
         from rich.console import Console
         from rich.live import Live
-        self.console = Console()
+        self.console = console or Console()
         self._live = Live(console=self.console, refresh_per_second=8, transient=False)
         self._last: Sample | None = None
         self._events: list[str] = []

@@ -129,7 +129,8 @@ def _watch(svc: ResilienceService, cache: FlakyCache, tally: Tally, view: Any,
 def _run(args: argparse.Namespace, segment: str) -> int:
     policy = demo_policy(args.rate)
     schedule = Schedule.for_duration(args.duration)
-    tally, stop, errors = Tally(), threading.Event(), []
+    tally, stop = Tally(), threading.Event()
+    errors: list[BaseException] = []
     lanes: list[threading.Thread] = []
     view: Any = None
     t0 = 0

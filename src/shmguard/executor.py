@@ -23,7 +23,7 @@ import threading
 from concurrent.futures import Executor, Future
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, TypeVar
 
-from shmguard.errors import CircuitOpenError, RateLimitedError, RejectedError
+from shmguard.errors import CircuitOpenError, RateLimitedError, RejectedError, SegmentError
 from shmguard.limiter import pack, wait_ns
 from shmguard.policy import Policy, Priority
 from shmguard.service import ResilienceService, validate_endpoint
@@ -31,7 +31,7 @@ from shmguard.service import ResilienceService, validate_endpoint
 T = TypeVar("T")
 __all__ = ["ResilientExecutor", "attach", "detach"]
 
-_ATTACHED: dict[tuple[str, int], ResilienceService] = {}
+_ATTACHED: dict[tuple[str, int], tuple[ResilienceService, tuple[int, int]]] = {}
 _LOCK = threading.Lock()
 
 
@@ -57,24 +57,38 @@ for _cls in (RejectedError, CircuitOpenError, RateLimitedError):
     copyreg.pickle(_cls, _reduce_rejected)
 
 
-def attach(segment: str) -> ResilienceService:
+def _identity(svc: ResilienceService) -> tuple[int, int]:
+    """Tells one incarnation of a segment name from another (creation time, creator pid)."""
+    h = svc.segment.header
+    return int(h.created_unix_ns), int(h.creator_pid)
+
+
+def attach(segment: str, identity: tuple[int, int] | None = None) -> ResilienceService:
     """Returns this process's attachment to ``segment``, attaching on first use.
 
     Cached per (segment, pid): after a fork the child's pid differs, so the
     child attaches anew instead of sharing its parent's handles. Thread safe.
 
+    :param identity: the incarnation expected (see :class:`ResilientExecutor`);
+        a cached attachment to an older one is replaced.
     :raises SegmentNotFoundError: the segment does not exist.
+    :raises SegmentError: the segment under that name is not ``identity``.
     """
     key = (segment, os.getpid())
-    svc = _ATTACHED.get(key)
-    if svc is not None and not svc.closed:
-        return svc
+    entry = _ATTACHED.get(key)
+    if entry is not None and not entry[0].closed and identity in (None, entry[1]):
+        return entry[0]
     with _LOCK:
-        svc = _ATTACHED.get(key)
-        if svc is None or svc.closed:
+        entry = _ATTACHED.get(key)
+        if entry is None or entry[0].closed or identity not in (None, entry[1]):
             svc = ResilienceService(segment, create=False)
-            _ATTACHED[key] = svc
-        return svc
+            entry = (svc, _identity(svc))
+            if identity not in (None, entry[1]):
+                svc.close()
+                raise SegmentError(f"segment {segment!r} was removed and made anew since this "
+                                   "executor attached to it; wrap the pool again")
+            _ATTACHED[key] = entry  # an older attachment is left to the GC (calls may run)
+        return entry[0]
 
 
 def detach(segment: str | None = None) -> int:
@@ -85,7 +99,7 @@ def detach(segment: str | None = None) -> int:
     pid, n = os.getpid(), 0
     with _LOCK:
         for key in [k for k in _ATTACHED if k[1] == pid and segment in (None, k[0])]:
-            _ATTACHED.pop(key).close()
+            _ATTACHED.pop(key)[0].close()
             n += 1
     return n
 
@@ -94,13 +108,14 @@ class _Ticket(NamedTuple):
     """What a worker needs to find the endpoint: the segment and the local policy."""
 
     segment: str
+    identity: tuple[int, int]
     policy: Policy | None
 
 
 def _run(ticket: _Ticket, endpoint: str, fn: Callable[..., T], args: tuple[Any, ...],
          kwargs: dict[str, Any], priority: Priority, timeout: float | None) -> T:
     """Runs in the worker: admits, calls ``fn``, records the outcome there."""
-    svc = attach(ticket.segment)
+    svc = attach(ticket.segment, ticket.identity)
     if ticket.policy is not None:
         ep = svc._eps.get(endpoint)
         if ep is None or ep.policy.fingerprint != ticket.policy.fingerprint:
@@ -137,7 +152,7 @@ class ResilientExecutor:
         self.executor = executor
         self.service = ResilienceService(segment, policy=policy)
         self.segment = self.service.name
-        self._ticket = _Ticket(self.segment, policy)
+        self._ticket = _Ticket(self.segment, _identity(self.service), policy)
         self._known: set[str] = set()
 
     def _prepare(self, endpoint: str, priority: Priority, timeout: float | None) -> None:
