@@ -37,6 +37,14 @@ def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str
     assert demo.main(argv) == 2
 
 
+def test_refuses_a_bad_or_existing_segment(svc: sg.ResilienceService, segname: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert demo.main(["--segment", "../x"]) == 2
+    assert demo.main(["--segment", segname]) == 2  # exists: the demo would remove it
+    assert "already exists" in capsys.readouterr().err
+    assert segname in sg.list_segments()
+
+
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert demo.main(["--help"]) == 0
     assert "--duration" in capsys.readouterr().out

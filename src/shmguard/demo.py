@@ -27,11 +27,11 @@ from shmguard import _demo_worker as worker
 from shmguard._demo_checks import Evidence, check_all
 from shmguard._demo_server import FlakyCache, Schedule
 from shmguard._demo_view import Sample, Tally, make_view
-from shmguard.errors import CircuitOpenError, RateLimitedError
+from shmguard.errors import CircuitOpenError, InvalidNameError, RateLimitedError
 from shmguard.executor import ResilientExecutor
 from shmguard.limiter import NS
 from shmguard.policy import NETWORK_ERRORS, Policy
-from shmguard.segment import unlink
+from shmguard.segment import list_segments, unlink, validate_name
 from shmguard.service import ResilienceService
 from shmguard.stats import BreakerState
 
@@ -44,8 +44,12 @@ SAMPLE_EVERY = 0.05
 
 
 def demo_policy(rate: float) -> Policy:
-    """Returns the demo's policy: a 1 s window, 50% of >= 5 calls opens it for 1 s."""
-    return Policy(failure_threshold=0.5, min_requests=5, window=1.0, window_buckets=10,
+    """Returns the demo's policy: 50% of >= 5 calls in a short window opens it for 1 s.
+
+    The window (1 s, longer below 10 req/s) holds about ten calls.
+    """
+    return Policy(failure_threshold=0.5, min_requests=5, window=max(1.0, 10 / rate),
+                  window_buckets=10,
                   open_timeout=1.0, half_open_max_calls=1, probe_lease=2.0, rate=rate,
                   burst=max(1, round(rate / 5)),
                   failure_exceptions=NETWORK_ERRORS + (worker.CacheDown,))
@@ -56,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
     p.add_argument("--duration", type=float, default=20.0, help="seconds (default 20, min 4)")
     p.add_argument("--rate", type=float, default=50.0,
-                   help="the endpoint's rate limit, requests/s for the whole pool (default 50)")
+                   help="the endpoint's rate limit, requests/s for the whole pool (default 50, min 5)")
     p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     p.add_argument("--segment", default=None, help="segment name (default: a fresh one)")
     return p
@@ -208,11 +212,19 @@ def main(argv: list[str]) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    if args.workers < 1 or args.duration < 4 or not args.rate > 0:
-        print("shmguard demo: need --workers >= 1, --duration >= 4 and --rate > 0",
+    if args.workers < 1 or not args.duration >= 4 or not 5 <= args.rate <= 10_000:
+        print("shmguard demo: need --workers >= 1, --duration >= 4 and 5 <= --rate <= 10000",
               file=sys.stderr)
         return 2
     segment = args.segment or f"demo-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    try:
+        validate_name(segment)
+    except InvalidNameError as exc:
+        print(f"shmguard demo: {exc}", file=sys.stderr)
+        return 2
+    if segment in list_segments():  # the demo removes its segment at the end: never another's
+        print(f"shmguard demo: segment {segment!r} already exists", file=sys.stderr)
+        return 2
     try:
         with _signals():
             return _run(args, segment)
