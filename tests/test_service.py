@@ -230,3 +230,21 @@ def test_health_probe_stands_in_for_real_traffic(svc):
     svc.advance(60)
     assert svc.probe("hp") is True and svc.breaker_state("hp") == sg.BreakerState.CLOSED
     assert svc.probe("hp") is None
+
+
+def test_bad_token_raises_instead_of_a_false_transition(svc):
+    seen = []
+    svc.on_state_change = lambda *a: seen.append(a)
+    svc.execute("bt", lambda: 1)
+    with pytest.raises(sg.ShmguardError, match="invalid argument"):
+        svc.record("bt", -1, sg.Outcome.SUCCESS)
+    assert seen == [] and svc.breaker_state("bt") == sg.BreakerState.CLOSED
+
+
+def test_rejections_pickle_with_their_fields():
+    import pickle
+    for cls in (sg.CircuitOpenError, sg.RateLimitedError):
+        e = cls("ep", 1.5, "message")
+        e.worker_pid = 42
+        f = pickle.loads(pickle.dumps(e))
+        assert (type(f), f.endpoint, f.retry_after, str(f), f.worker_pid) == (cls, "ep", 1.5, "message", 42)

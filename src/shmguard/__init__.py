@@ -6,6 +6,7 @@ from shmguard.errors import (CapacityError, CircuitOpenError, InvalidNameError, 
                              PolicyError, RateLimitedError, RejectedError, SegmentCorruptError,
                              SegmentError, SegmentIncompatibleError, SegmentNotFoundError,
                              SegmentPermissionError, ShmguardError)
+from shmguard.executor import ResilientExecutor
 from shmguard.limiter import Limiter, Reservation
 from shmguard.policy import Outcome, Policy, PolicyBuilder, PolicyPresets, Priority
 from shmguard.result import Err, Ok
@@ -18,7 +19,7 @@ __all__ = [
     "Breaker", "BreakerMode", "BreakerState", "CapacityError", "CircuitOpenError", "EndpointStats",
     "Err", "InvalidNameError", "Limiter", "LimiterMetrics", "Ok", "Outcome", "Permit", "Policy",
     "PolicyBuilder", "PolicyConflictError", "PolicyError", "PolicyPresets", "Priority",
-    "RateLimitedError", "RejectedError", "Reservation", "ResilienceService", "SegmentCorruptError",
+    "RateLimitedError", "RejectedError", "Reservation", "ResilienceService", "ResilientExecutor", "SegmentCorruptError",
     "SegmentError", "SegmentIncompatibleError", "SegmentNotFoundError", "SegmentPermissionError",
     "ShmguardError", "list_segments", "unlink",
 ]

@@ -53,7 +53,10 @@ class Permit:
             raise RuntimeError("permit already used: report an outcome once")
         self._done = True
         # allow() already reported a half-open transition: drop its echo
-        t = self._ep.record(self._ep.h, self._tok | outcome) & 7
+        t = self._ep.record(self._ep.h, self._tok | outcome)
+        if t < 0:
+            raise self._ep.svc._rc_error(self._ep, -t)
+        t &= 7
         if t in (1, 2, 3):
             self._ep.svc._transition(self._ep, t, self.is_probe)
 

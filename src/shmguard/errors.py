@@ -45,10 +45,18 @@ class SegmentPermissionError(SegmentError, PermissionError):
 class RejectedError(ShmguardError):
     """A call was not admitted; ``retry_after`` says when to try again (seconds)."""
 
+    #: the process that refused the call (set by ResilientExecutor workers)
+    worker_pid: int | None = None
+
     def __init__(self, endpoint: str, retry_after: float, message: str) -> None:
         super().__init__(message)
         self.endpoint = endpoint
         self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # args holds only the message: rebuild from all three (rejections
+        # cross process pools; a result that fails to unpickle breaks a pool)
+        return (type(self), (self.endpoint, self.retry_after, str(self)), self.__dict__)
 
 
 class CircuitOpenError(RejectedError):

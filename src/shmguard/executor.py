@@ -17,13 +17,12 @@ or forkserver), including one built before; no initializer is needed.
 """
 from __future__ import annotations
 
-import copyreg
 import os
 import threading
 from concurrent.futures import Executor, Future
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, TypeVar
 
-from shmguard.errors import CircuitOpenError, RateLimitedError, RejectedError, SegmentError
+from shmguard.errors import RejectedError, SegmentError
 from shmguard.limiter import pack, wait_ns
 from shmguard.policy import Policy, Priority
 from shmguard.service import ResilienceService, validate_endpoint
@@ -44,17 +43,6 @@ def _reset_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
-
-
-def _reduce_rejected(exc: RejectedError) -> tuple[Any, ...]:
-    return type(exc), (exc.endpoint, exc.retry_after, str(exc)), exc.__dict__
-
-
-# RejectedError takes three arguments but stores one in ``args``, so the
-# default pickling cannot rebuild it, and a process pool that fails to unpickle
-# a result marks itself broken. These reducers make rejections travel.
-for _cls in (RejectedError, CircuitOpenError, RateLimitedError):
-    copyreg.pickle(_cls, _reduce_rejected)
 
 
 def _identity(svc: ResilienceService) -> tuple[int, int]:
@@ -123,7 +111,7 @@ def _run(ticket: _Ticket, endpoint: str, fn: Callable[..., T], args: tuple[Any, 
     try:
         return svc.execute(endpoint, fn, *args, priority=priority, timeout=timeout, **kwargs)
     except RejectedError as exc:
-        exc.worker_pid = os.getpid()  # type: ignore[attr-defined]
+        exc.worker_pid = os.getpid()
         raise
 
 

@@ -9,7 +9,8 @@ import functools
 import os
 import threading
 import time
-from typing import Any, Callable, NoReturn, TypeVar
+import weakref
+from typing import Any, Awaitable, Callable, NoReturn, TypeVar
 
 from shmguard import _capi, probes
 from shmguard._capi import ffi, lib
@@ -122,6 +123,7 @@ class ResilienceService:
         self.name = name
         self._eps: dict[str, _Endpoint] = {}
         self._lock = threading.Lock()  # guards _eps inserts only (process-local)
+        _LIVE.add(self)
         self.on_state_change: Callable[[str, BreakerState, BreakerState], Any] | None = None
         self.on_metrics_update: Callable[[str, BreakerState, EndpointStats], Any] | None = None
         self.metrics_interval = 1.0
@@ -336,6 +338,19 @@ class ResilienceService:
             self._after(ep, t, tok)
         return result
 
+    async def execute_async(self, endpoint: str, coro_fn: Callable[..., Awaitable[T]], /,
+                            *args: Any, priority: Priority = Priority.NORMAL,
+                            timeout: float | None = None, **kwargs: Any) -> T:
+        """Awaits ``coro_fn(*args, **kwargs)`` if admitted, like :meth:`execute`.
+
+        Waiting for the rate limit sleeps with ``asyncio.sleep`` (never blocks
+        the loop); cancelling gives back the reservation and any probe permit,
+        and a cancelled call counts as neither success nor failure.
+        """
+        from shmguard import aio
+        return await aio.execute_async(self, endpoint, coro_fn, *args, priority=priority,
+                                       timeout=timeout, **kwargs)
+
     def try_execute(self, endpoint: str, fn: Callable[..., T], /, *args: Any,
                     priority: Priority = Priority.NORMAL, timeout: float | None = None,
                     **kwargs: Any) -> Ok[T] | Err:
@@ -417,6 +432,8 @@ class ResilienceService:
 
     def _after(self, ep: _Endpoint, t: int, tok: int) -> None:
         """Fires callbacks for what sg_breaker_record reported (``t``)."""
+        if t < 0:
+            raise self._rc_error(ep, -t)  # a bad token: never decode it as a transition
         if t & lib.SG_T_ECHO_HALF_OPEN:
             self._transition(ep, lib.SG_T_TO_HALF_OPEN, False)
         t &= 7
@@ -539,6 +556,19 @@ class ResilienceService:
               timeout: float | None = None) -> Any:
         """Context manager: admits on entry, records the block's outcome on exit."""
         return _Guard(self, endpoint, priority, timeout)
+
+
+_LIVE: weakref.WeakSet[ResilienceService] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A parent thread may have held a service's lock at fork: the child's
+    # copy would stay locked forever. The mapping itself is inherited as is.
+    for svc in list(_LIVE):
+        svc._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _reattach(name: str, policy: Policy, allow_foreign: bool) -> ResilienceService:
