@@ -293,7 +293,10 @@ int sg_breaker_snapshot_at(const void *slot, uint64_t now, struct sg_breaker_vie
         if (st == SG_HALF_OPEN && i < p.half_open_max && lease_live(lw, BW_GEN(w), now)) {
             out->probes_in_flight++;
             out->probe_pid[i] = LS_PID(lw);
-            out->probe_lease_left_ns[i] = (uint64_t)(LS_DEADLINE(lw) - LS_UNITS(now)) << 20;
+            /* exact: the lease ends at deadline << 20 (live: >= 1 unit ahead,
+             * so this is > 0 and never more than the policy's lease) */
+            out->probe_lease_left_ns[i] = ((uint64_t)(LS_DEADLINE(lw) - LS_UNITS(now)) << 20) -
+                                          (now & ((1ULL << 20) - 1));
         }
     }
     out->opens = LD(&s->opens);
