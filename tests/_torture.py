@@ -1,0 +1,684 @@
+"""Crash torture: K workers hammer one segment while a killer SIGKILLs them at random.
+
+Each worker (a fork of this process) loops over a random mix of decisions:
+limiter allow / reserve (+ cancel) at every priority, breaker permits with
+half-open probes (held for a random while, some overrunning their lease),
+``execute`` through breaker + limiter, and registration of new endpoint
+names (several workers race for the same new name). The parent is the
+killer: at random moments it SIGKILLs a random worker, reaps it and forks a
+replacement; it also plants claims of a dead process ("stale claims") in
+empty slots that workers are about to register, and samples the breakers.
+
+Afterwards it checks, and reports as ``violations`` (must be empty):
+
+- no deadlock: every surviving worker, then a freshly started process,
+  completes 10,000 decisions within SPRINT_LIMIT seconds (time reported);
+- the rate bound: the segment's own accepted counter of each limited
+  endpoint never exceeds tolerance + rate x (elapsed + max wait), where
+  tolerance is the burst scaled by the highest priority share used;
+- the probe bound: replaying every probe permit's logged interval (start
+  logged after the grant, end before the release, a killed holder's end at
+  the moment of its kill, each clipped at its lease expiry), no generation
+  of a half-open breaker ever had more than half_open_max permits at once;
+  and no sampled permit ever showed more lease left than its lease;
+- the slot table: every slot passes sg_slot_snapshot, READY names are
+  unique and found by sg_table_find at their slot, no claim of a live
+  process is older than the claim bound, and every name (including those
+  behind planted dead claims) registers into exactly one slot.
+
+Run it:  python tests/_torture.py --seconds 10 --workers 4 [--seed N] [--json]
+(``bench/torture.py --seconds N`` is the long version; tests/test_torture.py
+runs a short one in the normal suite). Run as a program, so the killer is a
+single-threaded process and fork() is safe.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import json
+import mmap
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from typing import Any
+
+import shmguard as sg
+from shmguard import probes as sg_probes
+from shmguard._capi import ffi, lib
+
+NS = 1_000_000_000
+SPRINT = 10_000          # decisions each survivor / fresh process must complete
+SPRINT_LIMIT = 120.0     # generous bound (s) for one sprint on a loaded 2-core box
+STALL_LIMIT = 20.0       # a live worker making no progress this long is a violation
+CLAIM_BOUND_MS = 2_000   # service.CLAIM_STALE_NS: a live claim older than this is stuck
+MAX_WAIT = 0.02          # reserve()'s max_wait in the workers (s)
+LEASE_UNIT = 1 << 20     # lease deadlines are kept in 2**20 ns units
+
+HDR_SLOT = 256           # struct sg_header
+SLOT = 1024              # struct sg_slot
+BREAKER_EPS = ("brk", "lease", "mix")
+EP_ID = {"brk": 0, "lease": 1, "mix": 2}
+
+PRIOS = (sg.Priority.LOW, sg.Priority.NORMAL, sg.Priority.HIGH, sg.Priority.CRITICAL)
+POLICIES = {
+    # limiter only (its breaker never sees an outcome): the rate bound
+    "lim": sg.Policy(rate=2000, burst=40),
+    # breaker only: probes with a long lease (a live holder never overruns it)
+    "brk": sg.Policy(failure_threshold=0.25, min_requests=4, window=1.0, open_timeout=0.004,
+                     half_open_max_calls=3, probe_lease=5.0,
+                     failure_exceptions=(ConnectionError,)),
+    # breaker only: a short lease that holders sometimes overrun
+    "lease": sg.Policy(failure_threshold=0.25, min_requests=4, window=1.0, open_timeout=0.004,
+                       half_open_max_calls=2, probe_lease=0.03,
+                       failure_exceptions=(ConnectionError,)),
+    # both, through execute(): admission = breaker + limiter in one C call
+    "mix": sg.Policy(rate=500, burst=10, failure_threshold=0.25, min_requests=4, window=1.0,
+                     open_timeout=0.004, half_open_max_calls=2, probe_lease=5.0,
+                     failure_exceptions=(ConnectionError,)),
+}
+REG_POLICY = sg.Policy(rate=1000, burst=10)
+MAX_WAIT_NS = {"lim": int(MAX_WAIT * NS), "mix": 0}
+PRIOS_USED = {"lim": PRIOS, "mix": (sg.Priority.NORMAL,)}
+
+# Shared log: an anonymous MAP_SHARED mapping made before any fork. Words.
+G_PHASE, G_INJECTED, G_T0, G_NEW_PER_S = 0, 1, 2, 3
+GLOBAL = 16
+H_DEC, H_NREC, H_PID, H_SPRINT_NS, H_SPRINT_N, H_DONE, H_REG = 0, 1, 2, 3, 4, 5, 6
+HWORDS = 8
+REC = 4                  # [ep << 32 | gen, token start (ns >> 16, 31 bits), start ns, end ns]
+MAX_REC = 40_000          # probe records per worker slot (at least; grows with --seconds)
+
+
+def fnv1a(raw: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for b in raw:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def _load_cas() -> Any:
+    path = ctypes.util.find_library("atomic") or "libatomic.so.1"
+    try:
+        f = ctypes.CDLL(path).__atomic_compare_exchange_8
+    except (OSError, AttributeError):
+        return None
+    f.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64), ctypes.c_uint64,
+                  ctypes.c_int, ctypes.c_int]
+    f.restype = ctypes.c_bool
+    return f
+
+
+_CAS = _load_cas()
+
+
+def cas64(addr: int, expected: int, desired: int) -> bool:
+    """Compare-and-swaps the 64-bit word at ``addr`` (libatomic; plain store if absent)."""
+    if _CAS is None:
+        p = ffi.cast("uint64_t *", addr)
+        if p[0] != expected:
+            return False
+        p[0] = desired
+        return True
+    e = ctypes.c_uint64(expected)
+    return bool(_CAS(addr, ctypes.byref(e), desired, 5, 5))
+
+
+def slot_addr(svc: sg.ResilienceService, index: int) -> int:
+    return int(ffi.cast("uintptr_t", svc.segment.base)) + HDR_SLOT + index * SLOT
+
+
+def claim_word(pid: int, mono_ns: int | None = None) -> int:
+    """Returns a CLAIMED(pid, time) slot state word (layout.h: kind 2 | pid 30 | time 32)."""
+    t = (time.monotonic_ns() if mono_ns is None else mono_ns) >> 20
+    return (1 << 62) | ((pid & 0x3FFFFFFF) << 32) | (t & 0xFFFFFFFF)
+
+
+def plant_claim(svc: sg.ResilienceService, name: str, pid: int,
+                mono_ns: int | None = None) -> int | None:
+    """Plants CLAIMED(pid) in the first non-READY slot on ``name``'s probe path.
+
+    That is exactly the slot sg_table_register would claim for ``name``.
+    Returns its index, or None if that slot is not EMPTY (someone got there).
+    """
+    cap = svc.segment.capacity
+    h = fnv1a(name.encode("ascii"))
+    for i in range(cap):
+        idx = (h + i) % cap
+        addr = slot_addr(svc, idx)
+        w = ffi.cast("uint64_t *", addr)[0]
+        if w >> 62 == 2:
+            continue
+        if w != 0:
+            return None
+        return idx if cas64(addr, 0, claim_word(pid, mono_ns)) else None
+    return None
+
+
+def table_report(svc: sg.ResilienceService, expected: set[str] | None) -> tuple[dict, list[str]]:
+    """Checks the slot table; returns (figures, violations)."""
+    seg, bad = svc.segment, []
+    v = ffi.new("struct sg_slot_view *")
+    idx = ffi.new("uint32_t *")
+    names: dict[str, int] = {}
+    claims_dead = claims_live = 0
+    for i in range(seg.capacity):
+        rc = lib.sg_slot_snapshot(seg.base, seg.size, i, v)
+        if rc != lib.SG_OK:
+            bad.append(f"slot {i}: sg_slot_snapshot returned {rc}")
+            continue
+        if v.kind == 2:
+            raw = ffi.unpack(v.name, v.name_len)
+            try:
+                name = raw.decode("ascii")
+            except UnicodeDecodeError:
+                bad.append(f"slot {i}: READY with a non-ASCII name {raw!r}")
+                continue
+            if name in names:
+                bad.append(f"name {name!r} is in two slots ({names[name]} and {i})")
+            names[name] = i
+            rc = lib.sg_table_find(seg.base, seg.size, raw, len(raw), idx)
+            if rc != lib.SG_OK or idx[0] != i:
+                bad.append(f"sg_table_find({name!r}) gave rc {rc} index {idx[0]}, slot is {i}")
+        elif v.kind == 1:
+            if sg_probes.pid_alive(v.claim_pid):
+                claims_live += 1
+                if v.claim_age_ms > CLAIM_BOUND_MS:
+                    bad.append(f"slot {i}: claim of live pid {v.claim_pid} is {v.claim_age_ms} ms "
+                               f"old (bound {CLAIM_BOUND_MS} ms)")
+            else:
+                claims_dead += 1
+    if expected is not None:
+        missing, stray = expected - names.keys(), names.keys() - expected
+        if missing:
+            bad.append(f"{len(missing)} registered names have no slot, e.g. {sorted(missing)[:3]}")
+        if stray:
+            bad.append(f"{len(stray)} slots hold names nobody registered, e.g. {sorted(stray)[:3]}")
+    return {"ready": len(names), "claims_live": claims_live, "claims_dead": claims_dead}, bad
+
+
+# ---------------------------------------------------------------- workers ----
+
+class _Worker:
+    """One worker incarnation: runs until the phase flips, then sprints."""
+
+    def __init__(self, cfg: dict, mm: mmap.mmap, slot: int) -> None:
+        self.cfg = cfg
+        self.q = memoryview(mm).cast("q")
+        self.b = GLOBAL + slot * cfg["region"]
+        self.rng = random.Random(f"{cfg['seed']}-{os.getpid()}-{time.monotonic_ns()}")
+        self.svc = sg.ResilienceService(cfg["name"], create=False)
+        for name, pol in POLICIES.items():
+            self.svc.register_endpoint(name, pol)
+        self.lim = self.svc.limiter("lim")
+        self.brk = self.svc.breaker("brk")
+        self.lease = self.svc.breaker("lease")
+        self.ops = [(0.30, self.op_allow), (0.15, self.op_reserve), (0.20, self.op_permit_brk),
+                    (0.10, self.op_permit_lease), (0.17, self.op_execute), (0.08, self.op_register)]
+
+    # -- the probe log --------------------------------------------------------------
+    def log_start(self, ep: str, tok: int) -> int:
+        q, b = self.q, self.b
+        n = q[b + H_NREC]
+        if n >= self.cfg["max_rec"]:
+            return -1
+        r = b + HWORDS + n * REC
+        q[r] = (EP_ID[ep] << 32) | ((tok >> 38) & 0x1FFFFFF)
+        q[r + 1] = (tok >> 2) & 0x7FFFFFFF
+        q[r + 3] = 0
+        q[r + 2] = time.monotonic_ns()      # after the grant: never earlier than it
+        q[b + H_NREC] = n + 1               # visible only once complete
+        return r
+
+    def log_end(self, r: int) -> None:
+        if r >= 0:
+            self.q[r + 3] = time.monotonic_ns()   # before the release: never later
+
+    # -- operations (each returns how many decisions it made) -------------------------
+    def op_allow(self) -> int:
+        self.lim.allow(1, self.rng.choice(PRIOS))
+        return 1
+
+    def op_reserve(self) -> int:
+        r = self.lim.reserve(1, self.rng.choice(PRIOS), max_wait=MAX_WAIT)
+        if r.ok and self.rng.random() < 0.5:
+            r.cancel()
+            return 2
+        return 1
+
+    def _permit(self, br: sg.Breaker, ep: str, holds: tuple[float, ...]) -> int:
+        permit = br.allow()
+        if permit is None:
+            return 1
+        rec = -1
+        if permit.is_probe:     # hold a probe a while: kills land while it is out
+            rec = self.log_start(ep, permit._tok)
+            hold = self.rng.choice(holds)
+            if hold:
+                time.sleep(hold)
+        x = self.rng.random()
+        self.log_end(rec)
+        if x < 0.35:
+            permit.failure()
+        elif x < 0.40:
+            permit.ignore()
+        else:
+            permit.success()
+        return 2
+
+    def op_permit_brk(self) -> int:
+        return self._permit(self.brk, "brk", (0, 0, 0, 0.0005, 0.002))
+
+    def op_permit_lease(self) -> int:
+        # 0.04 s overruns the 0.03 s lease: the permit must be reusable after it
+        return self._permit(self.lease, "lease", (0, 0, 0.001, 0.001, 0.04))
+
+    def op_execute(self) -> int:
+        ep = "mix" if self.rng.random() < 0.7 else "brk"
+        fail = self.rng.random() < 0.35
+
+        def call() -> int:
+            if fail:
+                raise ConnectionError("torture")
+            return 1
+        try:
+            self.svc.execute(ep, call)
+        except (sg.CircuitOpenError, sg.RateLimitedError, ConnectionError):
+            pass
+        return 1
+
+    def op_register(self) -> int:
+        q, cfg = self.q, self.cfg
+        frontier = min(cfg["nreg"], 1 + (time.monotonic_ns() - q[G_T0]) * cfg["new_per_s"] // NS)
+        inj = q[G_INJECTED]
+        x = self.rng.random()
+        if inj and x < 0.3:
+            name = f"inj-{self.rng.randrange(max(0, inj - 3), inj)}"
+        elif x < 0.7:
+            name = f"reg-{self.rng.randrange(max(0, frontier - 4), frontier)}"  # the newest: races
+        else:
+            name = f"reg-{self.rng.randrange(frontier)}"
+        self.svc.register_endpoint(name, REG_POLICY)
+        self.svc.limiter(name).allow()
+        q[self.b + H_REG] += 1
+        return 2
+
+    def run(self, fresh: bool) -> None:
+        q, b, rng = self.q, self.b, self.rng
+        q[b + H_PID] = os.getpid()
+        if not fresh:
+            cum, acc = [], 0.0
+            for w, _ in self.ops:
+                acc += w
+                cum.append(acc)
+            fns = [f for _, f in self.ops]
+            n = q[b + H_DEC]
+            while q[G_PHASE] == 0:
+                x = rng.random() * acc
+                i = 0
+                while cum[i] < x:
+                    i += 1
+                n += fns[i]()
+                q[b + H_DEC] = n
+        self.sprint(fresh)
+
+    def sprint(self, fresh: bool) -> None:
+        """Completes SPRINT decisions (a fresh process first registers every name)."""
+        q, b, svc = self.q, self.b, self.svc
+        t = time.monotonic_ns()
+        if fresh:
+            for k in range(self.cfg["nreg"]):
+                svc.register_endpoint(f"reg-{k}", REG_POLICY)
+            for k in range(q[G_INJECTED]):
+                svc.register_endpoint(f"inj-{k}", REG_POLICY)
+        reg = svc.limiter("reg-0")
+        lim_allow, high = self.lim.allow, sg.Priority.HIGH
+        for i in range(SPRINT):
+            k = i & 3
+            if k == 0:
+                lim_allow(1, high)
+            elif k == 1:
+                permit = self.brk.allow()
+                if permit is not None:
+                    permit.success()
+            elif k == 2:
+                try:
+                    svc.execute("mix", int)
+                except (sg.CircuitOpenError, sg.RateLimitedError):
+                    pass
+            else:
+                reg.allow()
+        q[b + H_SPRINT_NS] = time.monotonic_ns() - t
+        q[b + H_SPRINT_N] = SPRINT
+        q[b + H_DONE] = 1
+
+
+def _child(cfg: dict, mm: mmap.mmap, slot: int, fresh: bool) -> None:
+    code = 0
+    try:
+        _Worker(cfg, mm, slot).run(fresh)
+    except BaseException:
+        code = 3
+        try:
+            with open(os.path.join(cfg["errdir"], f"{os.getpid()}.err"), "w") as f:
+                f.write(traceback.format_exc())
+        except BaseException:
+            pass
+    finally:
+        os._exit(code)
+
+
+# ------------------------------------------------------------------ killer ----
+
+class Torture:
+    def __init__(self, seconds: float, workers: int, seed: int, name: str | None,
+                 kill_every: tuple[float, float]) -> None:
+        self.seconds, self.k, self.seed = seconds, workers, seed
+        self.kill_every = kill_every
+        self.rng = random.Random(seed)
+        self.name = name or f"torture-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        new_per_s = 30
+        nreg = int(min(20_000, 40 + new_per_s * seconds))
+        self.ninj_max = int(min(200, 10 + seconds * 3))
+        cap = min(lib.SG_MAX_CAPACITY, int((nreg + self.ninj_max + 8) * 1.25))
+        max_rec = int(max(MAX_REC, 300 * seconds))
+        region = HWORDS + max_rec * REC
+        self.cfg = {"name": self.name, "seed": seed, "nreg": nreg, "new_per_s": new_per_s,
+                    "region": region, "max_rec": max_rec,
+                    "errdir": tempfile.mkdtemp(prefix="shmguard-torture-")}
+        self.cap = cap
+        self.mm = mmap.mmap(-1, 8 * (GLOBAL + (workers + 1) * region))
+        self.q = memoryview(self.mm).cast("q")
+        self.procs: dict[int, int] = {}
+        self.violations: list[str] = []
+        self.kills = self.respawns = self.injected = self.samples = 0
+        self.max_probes_seen = {ep: 0 for ep in BREAKER_EPS}
+        self.corpse = 0
+
+    # -- processes -------------------------------------------------------------------
+    def spawn(self, slot: int, fresh: bool = False) -> None:
+        pid = os.fork()
+        if pid == 0:
+            _child(self.cfg, self.mm, slot, fresh)
+        self.procs[slot] = pid
+
+    def _err_text(self, pid: int) -> str:
+        path = os.path.join(self.cfg["errdir"], f"{pid}.err")
+        try:
+            with open(path) as f:
+                return f.read().strip().splitlines()[-1]
+        except OSError:
+            return "no traceback"
+
+    def _close_open_record(self, slot: int, t_kill: int) -> None:
+        q, b = self.q, GLOBAL + slot * self.cfg["region"]
+        n = q[b + H_NREC]
+        if n:
+            r = b + HWORDS + (n - 1) * REC
+            if q[r + 3] == 0:
+                q[r + 3] = t_kill   # its holder was alive until at least now
+
+    def kill(self, slot: int) -> None:
+        pid = self.procs.pop(slot)
+        t_kill = time.monotonic_ns()
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            self.kills += 1
+        else:
+            self._exited(slot, pid, status)
+        self._close_open_record(slot, t_kill)
+
+    def _exited(self, slot: int, pid: int, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        self.violations.append(f"worker {pid} (slot {slot}) ended by itself with {code}: "
+                               f"{self._err_text(pid)}")
+
+    def reap_dead(self) -> None:
+        for slot, pid in list(self.procs.items()):
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got:
+                del self.procs[slot]
+                self._exited(slot, pid, status)
+                self._close_open_record(slot, time.monotonic_ns())
+                self.spawn(slot)
+                self.respawns += 1
+
+    # -- sampling ----------------------------------------------------------------------
+    def sample(self, svc: sg.ResilienceService) -> None:
+        self.samples += 1
+        for ep in BREAKER_EPS:
+            b = svc.stats(ep).breaker
+            lease, n = POLICIES[ep].probe_lease, POLICIES[ep].half_open_max_calls
+            self.max_probes_seen[ep] = max(self.max_probes_seen[ep], len(b.probes))
+            if len(b.probes) > n:
+                self.violations.append(f"{ep}: {len(b.probes)} live probe permits, max {n}")
+            for p in b.probes:
+                if not 0 < p.lease_left <= lease:
+                    self.violations.append(f"{ep}: probe of pid {p.pid} shows {p.lease_left:.4f} s "
+                                           f"of lease left; the lease is {lease} s")
+
+    def inject(self, svc: sg.ResilienceService) -> None:
+        """Plants a dead process's claim where the next inj-<k> name will be registered."""
+        k = self.q[G_INJECTED]
+        if k >= self.ninj_max:
+            return
+        if plant_claim(svc, f"inj-{k}", self.corpse) is not None:
+            self.injected += 1
+        self.q[G_INJECTED] = k + 1   # workers may now register inj-k
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> dict:
+        t_start = time.monotonic()
+        svc = sg.ResilienceService(self.name, capacity=self.cap)
+        try:
+            return self._run(svc, t_start)
+        finally:
+            for pid in list(self.procs.values()):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except OSError:
+                    pass
+            if self.corpse:
+                os.waitpid(self.corpse, 0)
+            svc.close()
+            svc.unlink()
+            shutil.rmtree(self.cfg["errdir"], ignore_errors=True)
+
+    def _run(self, svc: sg.ResilienceService, t_start: float) -> dict:
+        q, k = self.q, self.k
+        for name, pol in POLICIES.items():
+            svc.register_endpoint(name, pol)
+        self.corpse = os.fork()        # stays a zombie until the end: a pid that is dead
+        if self.corpse == 0:           # (psutil) and cannot be reused meanwhile
+            os._exit(0)
+        t0 = svc.now_ns()
+        q[G_T0] = time.monotonic_ns()
+        for slot in range(k):
+            self.spawn(slot)
+        region = self.cfg["region"]
+        last_dec = {s: (0, time.monotonic()) for s in range(k)}
+        deadline = time.monotonic() + self.seconds
+        next_inject = next_table = time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(self.rng.uniform(*self.kill_every))
+            self.reap_dead()
+            self.sample(svc)
+            now = time.monotonic()
+            if now >= next_inject:
+                self.inject(svc)
+                next_inject = now + 0.25
+            if now >= next_table:
+                _, bad = table_report(svc, None)
+                self.violations += bad
+                next_table = now + 1.0
+            for s in range(k):
+                d = q[GLOBAL + s * region + H_DEC]
+                if d != last_dec[s][0]:
+                    last_dec[s] = (d, now)
+                elif now - last_dec[s][1] > STALL_LIMIT:
+                    self.violations.append(f"worker slot {s} made no decision for {STALL_LIMIT} s")
+                    last_dec[s] = (d, now)
+            victim = self.rng.randrange(k)
+            self.kill(victim)
+            self.spawn(victim)
+            self.respawns += 1
+        decisions = sum(q[GLOBAL + s * region + H_DEC] for s in range(k))
+        registrations = sum(q[GLOBAL + s * region + H_REG] for s in range(k))
+        # -- end: survivors, then a fresh process, must each complete SPRINT decisions
+        q[G_PHASE] = 1
+        sprints = [self._await_sprint(s, "survivor") for s in range(k)]
+        self.spawn(k, fresh=True)
+        sprints.append(self._await_sprint(k, "fresh"))
+        decisions += sum(s["decisions"] for s in sprints)
+        t_end = svc.now_ns()
+        limiter = {ep: self._rate_bound(svc, ep, t0, t_end) for ep in MAX_WAIT_NS}
+        probes = self._probe_replay()
+        expected = set(POLICIES) | {f"reg-{i}" for i in range(self.cfg["nreg"])} | {
+            f"inj-{i}" for i in range(q[G_INJECTED])}
+        table, bad = table_report(svc, expected)
+        self.violations += bad
+        self.sample(svc)
+        return {
+            "seconds": round(time.monotonic() - t_start, 1), "workers": k, "seed": self.seed,
+            "kills": self.kills, "respawns": self.respawns, "decisions": decisions,
+            "registrations": registrations, "stale_claims_planted": self.injected,
+            "breaker_samples": self.samples, "max_live_probes_sampled": self.max_probes_seen,
+            "sprints": sprints, "limiter": limiter, "probes": probes, "table": table,
+            "violations": self.violations,
+        }
+
+    def _await_sprint(self, slot: int, who: str) -> dict:
+        pid = self.procs[slot]
+        b = GLOBAL + slot * self.cfg["region"]
+        limit = time.monotonic() + SPRINT_LIMIT + 10
+        while True:
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got:
+                del self.procs[slot]
+                if os.waitstatus_to_exitcode(status) != 0:
+                    self._exited(slot, pid, status)
+                break
+            if time.monotonic() > limit:
+                self.violations.append(f"{who} {pid} did not finish {SPRINT} decisions in "
+                                       f"{SPRINT_LIMIT} s: deadlock?")
+                self.kill(slot)
+                break
+            time.sleep(0.01)
+        took = self.q[b + H_SPRINT_NS] / NS
+        done = self.q[b + H_DONE] == 1
+        if done and took > SPRINT_LIMIT:
+            self.violations.append(f"{who} {pid} took {took:.1f} s for {SPRINT} decisions")
+        return {"who": who, "pid": pid, "decisions": self.q[b + H_SPRINT_N] if done else 0,
+                "seconds": round(took, 3)}
+
+    def _rate_bound(self, svc: sg.ResilienceService, ep: str, t0: int, t_end: int) -> dict:
+        m = svc.stats(ep).limiter_metrics
+        pv = ffi.new("struct sg_policy_view *")
+        lib.sg_policy_read(svc._eps[ep].h, pv)
+        T = pv.emission_ns
+        tol = max(max(T * pv.burst * pv.share_ppm[int(p)] // 1_000_000, T)
+                  for p in PRIOS_USED[ep])
+        elapsed = t_end - t0
+        bound = (elapsed + MAX_WAIT_NS[ep] + tol) // T
+        if m.accepted > bound:
+            self.violations.append(f"{ep}: accepted {m.accepted} > bound {bound} "
+                                   f"(tolerance {tol / T:g} + rate x {elapsed / NS:.3f} s)")
+        return {"accepted": m.accepted, "rejected": m.rejected, "bound": bound,
+                "rate": NS / T, "burst": pv.burst, "elapsed_s": round(elapsed / NS, 3),
+                "fill": round(m.accepted / bound, 3) if bound else 0.0}
+
+    def _probe_replay(self) -> dict:
+        """Replays every logged probe interval: <= half_open_max per generation at once."""
+        q, region = self.q, self.cfg["region"]
+        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        logged = truncated = 0
+        lease_ns = {EP_ID[ep]: int(POLICIES[ep].probe_lease * NS) for ep in BREAKER_EPS}
+        for s in range(self.k + 1):
+            b = GLOBAL + s * region
+            n = q[b + H_NREC]
+            truncated += n >= self.cfg["max_rec"]
+            for i in range(n):
+                r = b + HWORDS + i * REC
+                key, tstart, start, end = q[r], q[r + 1], q[r + 2], q[r + 3]
+                if end == 0:
+                    self.violations.append(f"probe record {s}/{i} was never closed")
+                    continue
+                ep = key >> 32
+                u = start >> 16                          # grant time, 2**16 ns units
+                g = (u & ~0x7FFFFFFF) | tstart
+                if g > u:
+                    g -= 1 << 31
+                expiry = ((g << 16) + lease_ns[ep]) // LEASE_UNIT * LEASE_UNIT  # earliest
+                end = min(end, expiry)
+                if end > start:
+                    groups.setdefault((ep, key & 0xFFFFFFFF), []).append((start, end))
+                logged += 1
+        names = {v: k for k, v in EP_ID.items()}
+        worst = {ep: 0 for ep in ("brk", "lease")}   # the endpoints whose permits are logged
+        for (ep, gen), iv in groups.items():
+            events = sorted([(s, 1) for s, _ in iv] + [(e, -1) for _, e in iv],
+                            key=lambda x: (x[0], x[1]))
+            cur = peak = 0
+            for _, d in events:
+                cur += d
+                peak = max(peak, cur)
+            name = names[ep]
+            worst[name] = max(worst[name], peak)
+            if peak > POLICIES[name].half_open_max_calls:
+                self.violations.append(f"{name}: generation {gen} had {peak} probe permits at "
+                                       f"once, max {POLICIES[name].half_open_max_calls}")
+        return {"permits_logged": logged, "generations": len(groups), "max_at_once": worst,
+                "half_open_max": {ep: POLICIES[ep].half_open_max_calls for ep in worst},
+                "log_truncated": bool(truncated)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=10.0, help="how long the killer runs")
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--name", default=None, help="segment name (default: a fresh one)")
+    ap.add_argument("--kill-every", type=float, nargs=2, default=(0.005, 0.06),
+                    metavar=("MIN", "MAX"), help="seconds between kills (uniform)")
+    ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    a = ap.parse_args(argv)
+    seed = a.seed if a.seed is not None else random.randrange(2**32)
+    rep = Torture(a.seconds, a.workers, seed, a.name, tuple(a.kill_every)).run()
+    rep["command"] = " ".join([os.path.basename(sys.argv[0]) or "torture"] + (
+        sys.argv[1:] if argv is None else argv))
+    if a.json:
+        print(json.dumps(rep))
+    else:
+        print(summary(rep))
+    return 1 if rep["violations"] else 0
+
+
+def summary(rep: dict) -> str:
+    lines = [f"torture: {rep['workers']} workers, {rep['seconds']} s, seed {rep['seed']}",
+             f"  kills survived: {rep['kills']}   decisions: {rep['decisions']}   "
+             f"registrations: {rep['registrations']}   stale claims planted: "
+             f"{rep['stale_claims_planted']}"]
+    for s in rep["sprints"]:
+        lines.append(f"  {s['who']:8} {s['pid']}: {s['decisions']} decisions in {s['seconds']} s")
+    for ep, m in rep["limiter"].items():
+        lines.append(f"  {ep}: accepted {m['accepted']} <= bound {m['bound']} "
+                     f"({m['rate']:g}/s, burst {m['burst']}, {m['elapsed_s']} s, fill {m['fill']})")
+    p = rep["probes"]
+    lines.append(f"  probes: {p['permits_logged']} permits in {p['generations']} half-open "
+                 f"generations; most at once {p['max_at_once']} (max {p['half_open_max']})")
+    lines.append(f"  table: {rep['table']}")
+    lines.append(f"  violations: {len(rep['violations'])}")
+    lines += [f"    - {v}" for v in rep["violations"][:20]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
