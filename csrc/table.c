@@ -130,24 +130,12 @@ static int probe(void *base, uint64_t len, const char *name, uint32_t n,
                 return SG_OK;
             }
             continue;
-        case SG_SK_EMPTY: {
+        case SG_SK_EMPTY:
             if (!pol)
                 return SG_E_NOT_FOUND; /* lookup: the name would be here */
-            uint64_t now = sg_mono_ns();
-            uint64_t claim = SK_MAKE(SG_SK_CLAIMED, pid, now >> CLAIM_SHIFT);
-            /* acq_rel: on success we own the slot; on failure w is
-             * refreshed (acquire, as A1) and we look at the slot again. */
-            if (atomic_compare_exchange_strong_explicit(&s->state, &w, claim,
-                                                        memory_order_acq_rel,
-                                                        memory_order_acquire)) {
-                *index_out = idx;
-                return publish(base, s, claim, hash, name, n, pol);
-            }
-            goto again;
-        }
-        case SG_SK_CLAIMED: {
-            uint64_t now = sg_mono_ns();
-            if ((uint64_t)claim_age_ms(w, now) * 1000000ULL < stale_ns) {
+            break;                     /* claim it below */
+        case SG_SK_CLAIMED:
+            if ((uint64_t)claim_age_ms(w, sg_mono_ns()) * 1000000ULL < stale_ns) {
                 *index_out = idx;
                 if (claim_out)
                     *claim_out = w;
@@ -155,18 +143,19 @@ static int probe(void *base, uint64_t len, const char *name, uint32_t n,
             }
             if (!pol)
                 continue; /* lookup passes a dead claim */
-            uint64_t claim = SK_MAKE(SG_SK_CLAIMED, pid, now >> CLAIM_SHIFT);
-            if (atomic_compare_exchange_strong_explicit(&s->state, &w, claim,
-                                                        memory_order_acq_rel,
-                                                        memory_order_acquire)) {
-                *index_out = idx;
-                return publish(base, s, claim, hash, name, n, pol);
-            }
-            goto again;
-        }
+            break;        /* a dead or stalled claim: take it over below */
         default:
             return SG_E_CORRUPT;
         }
+        uint64_t claim = SK_MAKE(SG_SK_CLAIMED, pid, sg_mono_ns() >> CLAIM_SHIFT);
+        /* acq_rel: on success we own the slot; on failure w is refreshed
+         * (acquire, as A1) and we look at the slot again. */
+        if (atomic_compare_exchange_strong_explicit(&s->state, &w, claim, memory_order_acq_rel,
+                                                    memory_order_acquire)) {
+            *index_out = idx;
+            return publish(base, s, claim, hash, name, n, pol);
+        }
+        goto again;
     }
     return pol ? SG_E_FULL : SG_E_NOT_FOUND;
 }
