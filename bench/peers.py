@@ -66,7 +66,56 @@ def machine_info() -> dict:
         info["usable_cpus"] = len(os.sched_getaffinity(0))
     except AttributeError:
         pass
+    try:
+        info["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
     return info
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _system_cpu() -> dict:
+    """Busy and steal CPU-seconds of the whole machine so far (/proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return {}
+    # user nice system idle iowait irq softirq steal ...
+    busy = v[0] + v[1] + v[2] + v[5] + v[6]
+    return {"busy_s": busy / _TICK, "steal_s": (v[7] if len(v) > 7 else 0) / _TICK}
+
+
+def _tree_cpu() -> float:
+    """CPU-seconds used by this process, its reaped children and its live descendants."""
+    t = os.times()
+    total = t.user + t.system + t.children_user + t.children_system
+    try:
+        stats = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                    stats[int(d)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+                except (OSError, ValueError, IndexError):
+                    pass
+        kids: dict = {}
+        for pid, (ppid, _) in stats.items():
+            kids.setdefault(ppid, []).append(pid)
+        todo, seen = list(kids.get(os.getpid(), [])), set()
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            total += stats[pid][1] / _TICK
+            todo.extend(kids.get(pid, []))
+    except OSError:
+        pass
+    return total
 
 
 def versions() -> dict:
@@ -128,8 +177,14 @@ def main(argv=None) -> int:
         return only is None or bool(only.search(name))
 
     mi = machine_info()
+    cpu0, tree0 = _system_cpu(), _tree_cpu()
     log(f"machine: {mi['cpu_model']} | os.cpu_count()={mi['cpu_count']} "
-        f"(usable {mi.get('usable_cpus', '?')}) | Python {mi['python']} | {mi['platform']}")
+        f"(usable {mi.get('usable_cpus', '?')}) | Python {mi['python']} | {mi['platform']} | "
+        f"load average {mi.get('loadavg_start', '?')}")
+    busy = (mi.get("loadavg_start") or [0])[0] > 0.5 * (mi.get("usable_cpus") or mi["cpu_count"] or 1)
+    if busy:
+        log("warning: the machine is busy (1-minute load average above half the CPUs): "
+            "figures will be inflated and noisy")
     vers = versions()
     log("peers: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
 
@@ -184,7 +239,7 @@ def main(argv=None) -> int:
                 data["redis"] = {"version": redis.version}
             else:
                 msg = f"Redis rows skipped: {redis.skip_reason}"
-                log("\n" + msg.upper() if "binary" in msg else "\n" + msg)
+                log(f"\n*** {msg} ***")
                 data["messages"].append(msg)
         elif want_redis:
             data["messages"].append("Redis rows skipped: --no-redis")
@@ -315,13 +370,60 @@ def main(argv=None) -> int:
         "purgatory 3.0.1: its sync Redis unit of work (SyncRedisUnitOfWork) builds a redis.asyncio "
         "client, so every sync call gets a coroutine and fails; only its in-memory sync API is "
         "measured, and it has no shared-backend row.",
+        "circuitbreaker 2.1.3: CircuitBreaker.call() does not check the state (only the decorator "
+        "does), so every row goes through a decorated function.",
+        "pyrate-limiter 4.5.1 with a bucket that brings its own cross-process lock (MultiprocessBucket, "
+        "SQLiteBucket with file lock): try_acquire(blocking=False) returns False whenever another process "
+        "holds the lock (a spurious denial), and with filelock 4.x it raises TypeError (combined_lock "
+        "passes False positionally as FileLock.acquire's timeout). Part 2 therefore calls "
+        "try_acquire(blocking=True) for every pyrate bucket (a huge rate never makes it wait for tokens); "
+        "part 3 uses blocking=False, except blocking=True with a 5 ms timeout for those two buckets.",
         "limits: windows are whole seconds, with no burst notion: the correctness rows use 200 per "
         "1 s (effective burst 200). pyrate-limiter's log buckets get 50 per 250 ms (burst 50, 200/s "
         "sustained); its TokenBucket and token-bucket take rate 200/s and burst 50 exactly.",
+        "pyrate-limiter SQLiteBucket without file lock keeps SQLite's default rollback journal "
+        "(synchronous=FULL: an fsync per admit) and its count-then-insert is not atomic across "
+        "processes; with use_file_lock=True it switches to WAL + synchronous=NORMAL and serialises "
+        "on the file lock. The database file is in the system temp directory.",
+        "pybreaker's CircuitRedisStorage stores opened_at in whole seconds, so a reset_timeout of "
+        f"{shared_rows.BREAKER_RESET_S} s opens for between {shared_rows.BREAKER_RESET_S - 1} and "
+        f"{shared_rows.BREAKER_RESET_S} s. Its half-open state lets every process through, not one probe.",
         "Every shared backend here is reached from Python: Redis rows include redis-py and a TCP "
-        "loopback round trip; the MultiprocessBucket rows go through a multiprocessing.Manager "
-        "server process.",
+        "loopback round trip; the Multiprocess* rows go through a multiprocessing.Manager server "
+        "process (one IPC round trip per list operation).",
     ]
+    try:
+        mi["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    cpu1, tree1 = _system_cpu(), _tree_cpu()
+    wall = time.monotonic() - t_start
+    if cpu0 and cpu1 and wall > 0:
+        foreign = max(0.0, (cpu1["busy_s"] - cpu0["busy_s"]) - (tree1 - tree0))
+        steal = cpu1["steal_s"] - cpu0["steal_s"]
+        mi["foreign_cpu_s"] = round(foreign, 1)
+        mi["steal_cpu_s"] = round(steal, 1)
+        mi["foreign_cpu_share"] = round(foreign / wall, 2)
+        log(f"other processes used {foreign:.1f} CPU-s during the {wall:.0f} s run "
+            f"({foreign / wall:.2f} CPUs on average); hypervisor steal {steal:.1f} CPU-s")
+    ncpu = mi.get("usable_cpus") or mi["cpu_count"] or 1
+    if busy:
+        data["notes"].append(
+            f"The machine was busy when the run started (load average {mi.get('loadavg_start')} on "
+            f"{ncpu} CPUs): figures are inflated and noisy.")
+    if mi.get("foreign_cpu_share", 0) > 0.15:
+        data["notes"].append(
+            f"Other processes used {mi['foreign_cpu_s']} CPU-seconds during the run "
+            f"({mi['foreign_cpu_share']} of {ncpu} CPUs on average): figures are inflated and noisy.")
+    data["notes"].append(
+        "Multi-process figures come from one short run each and vary run to run on a shared VM "
+        "(tens of percent for the Redis rows); read them as orders of magnitude. Raw per-worker "
+        "counts and per-batch timings are in peers.json.")
+    if (mi.get("usable_cpus") or mi["cpu_count"] or 0) < max(args.procs + [args.correct_procs]):
+        data["notes"].append(
+            f"This machine has {mi.get('usable_cpus') or mi['cpu_count']} usable CPUs: runs with more "
+            "processes than that (and the Redis server or Manager process beside them) measure "
+            "contention, not parallel speed-up.")
     data["ratios"] = report.compute_ratios(data)
     data["elapsed_s"] = time.monotonic() - t_start
     paths = report.write_all(data, args.out)

@@ -59,6 +59,10 @@ class RedisServer:
                  "--save", "", "--appendonly", "no", "--dir", self.dir,
                  "--daemonize", "no", "--protected-mode", "yes"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                # own session: a Ctrl-C in the terminal reaches this script, which
+                # then stops the server by pid (a dead server mid-run would make
+                # redis-py retry with back-off instead of failing fast)
+                start_new_session=True,
             )
             log.close()
             if self._wait_ready(timeout):
@@ -75,7 +79,8 @@ class RedisServer:
             if self.proc is None or self.proc.poll() is not None:
                 return False
             try:
-                if redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1).ping():
+                if redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1,
+                               socket_connect_timeout=1).ping():
                     return True
             except Exception:
                 time.sleep(0.05)
@@ -83,11 +88,14 @@ class RedisServer:
 
     def client(self):
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
-        return redis.Redis(host="127.0.0.1", port=self.port)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5,
+                           socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
 
     def flushall(self) -> None:
-        if self.proc is not None:
+        if self.proc is not None and self.proc.poll() is None:
             try:
                 self.client().flushall()
             except Exception:

@@ -34,6 +34,15 @@ def _fmt_ops(x: Optional[float]) -> str:
     return f"{x:,.0f}"
 
 
+def _times(ratio: float, better: str, worse: str) -> str:
+    """ratio > 1 means shmguard is better."""
+    if ratio >= 1:
+        return f"{ratio:,.1f}x {better}"
+    if better == worse:
+        return f"{ratio:,.2f}x {better}"
+    return f"{1 / ratio:,.1f}x {worse}"
+
+
 # ----------------------------------------------------------------------------
 # ratios
 # ----------------------------------------------------------------------------
@@ -55,7 +64,7 @@ def compute_ratios(data: Dict[str, Any]) -> List[Dict[str, Any]]:
     if mine and best:
         line["value"] = best["median_ns"] / mine["median_ns"]
         line["detail"] = (f"{_fmt_ns(mine['median_ns'])} vs {_fmt_ns(best['median_ns'])} "
-                          f"({best['name']}): {line['value']:.1f}x faster")
+                          f"({best['name']}): {_times(line['value'], 'faster', 'slower')}")
     elif best:
         line["detail"] = f"n/a (fastest peer: {best['name']}, {_fmt_ns(best['median_ns'])})"
     out.append(line)
@@ -71,7 +80,7 @@ def compute_ratios(data: Dict[str, Any]) -> List[Dict[str, Any]]:
         mo, po = max(mine["median_ns"] - base, 1e-9), max(best["median_ns"] - base, 1e-9)
         line["value"] = po / mo
         line["detail"] = (f"{_fmt_ns(mo)} vs {_fmt_ns(po)} ({best['name']}): "
-                          f"{line['value']:.1f}x less overhead")
+                          f"{_times(line['value'], 'less overhead', 'more overhead')}")
     elif best:
         line["detail"] = (f"n/a (fastest peer: {best['name']}, {_fmt_ns(best['median_ns'])}, "
                           f"{_fmt_ns(best['median_ns'] - base)} over a bare call)")
@@ -91,7 +100,7 @@ def compute_ratios(data: Dict[str, Any]) -> List[Dict[str, Any]]:
     if mine and best:
         line["value"] = two(mine) / two(best)
         line["detail"] = (f"{_fmt_ops(two(mine))}/s vs {_fmt_ops(two(best))}/s ({best['name']}): "
-                          f"{line['value']:.1f}x")
+                          f"{_times(line['value'], 'the throughput', 'the throughput')}")
     elif best:
         line["detail"] = f"n/a (best Redis peer: {best['name']}, {_fmt_ops(two(best))}/s)"
     out.append(line)
@@ -121,11 +130,13 @@ def _verdict_breaker(r: Dict[str, Any]) -> str:
     bits = []
     extra = r.get("calls_after_threshold")
     if extra:
-        bits.append(f"{extra} extra calls after the threshold")
+        bits.append(f"{extra} calls started after the threshold was reached")
     mp_ = r.get("max_probes")
     if mp_ and mp_ > 1:
         bits.append(f"up to {mp_} probes per half-open")
-    if not r.get("recoveries"):
+    if r.get("dependency_calls") and not r.get("rejected_by_breaker"):
+        bits = ["never opened during the run"]
+    elif not r.get("recoveries"):
         bits.append("no recovery seen in the run")
     return "; ".join(bits) if bits else "ok"
 
@@ -136,7 +147,10 @@ def markdown(data: Dict[str, Any]) -> str:
     L.append("# Peer benchmark (shmguard issue 6)")
     L.append("")
     L.append(f"Machine: {m['cpu_model']}, {m['cpu_count']} logical CPUs (os.cpu_count()), "
-             f"Python {m['python']} on {m['platform']}. Run took {data.get('elapsed_s', 0):.0f} s.")
+             f"Python {m['python']} on {m['platform']}. Run took {data.get('elapsed_s', 0):.0f} s; "
+             f"load average {m.get('loadavg_start', '?')} at start, {m.get('loadavg_end', '?')} at end; "
+             f"other processes used {m.get('foreign_cpu_s', '?')} CPU-s during the run "
+             f"(hypervisor steal {m.get('steal_cpu_s', '?')} CPU-s).")
     vers = ", ".join(f"{k} {v}" for k, v in sorted(data.get("versions", {}).items()))
     L.append(f"Peers: {vers}.")
     if data.get("redis", {}).get("version"):
@@ -222,9 +236,12 @@ def markdown(data: Dict[str, Any]) -> str:
     L.append(f"Breakers: {c.get('procs', '?')} processes call a dependency that always fails "
              f"(after {c.get('dep_ms', '?')} ms) through one breaker for {c.get('breaker_duration_s', '?')} s. "
              "Calls that reach the dependency are grouped into bursts separated by >0.4 s: the first burst is "
-             "the trip, each later one is a half-open recovery (ideal: threshold calls, then 1 probe each).")
+             "the trip, each later one is a half-open recovery (ideal: threshold calls, then 1 probe each). "
+             "*After threshold* counts calls that started after the threshold-th failure had returned "
+             "from the dependency (calls already in flight then are not counted; the breaker's own "
+             "bookkeeping delay after that return does count against it).")
     L.append("")
-    L.append("| contender | configured as | dependency calls | before first open | beyond threshold | recoveries | probes per recovery | verdict |")
+    L.append("| contender | configured as | dependency calls | before first open | after threshold | recoveries | probes per recovery | verdict |")
     L.append("|---|---|---:|---:|---:|---:|---|---|")
     for r in c.get("breakers", []):
         if "error" in r or "dependency_calls" not in r:
@@ -336,8 +353,8 @@ def chart(data: Dict[str, Any], path: str) -> Optional[str]:
         c = data["correctness"]
         ax.set_xlabel(f"admitted / (burst + rate × D)   [{c.get('procs')} procs, {c.get('duration_s')} s, "
                       f"{c.get('rate')}/s, burst {c.get('burst')}]")
-        ax.set_title("3. Correctness: red = breaks its own promise / not shared, "
-                     "orange = over target but within own promise", fontsize=9)
+        ax.set_title("3. Correctness: admitted vs target (red: breaks own promise or not shared;\n"
+                     "orange: over target, within own promise)", fontsize=10)
     else:
         ax.set_axis_off()
         ax.text(0.5, 0.5, "no correctness rows", ha="center")
@@ -351,7 +368,38 @@ def chart(data: Dict[str, Any], path: str) -> Optional[str]:
     return None
 
 
+def _scrub(obj: Any, subs: List[tuple]) -> Any:
+    """Replace this machine's absolute paths in error texts before writing."""
+    if isinstance(obj, str):
+        for old, new in subs:
+            obj = obj.replace(old, new)
+        return obj
+    if isinstance(obj, dict):
+        return {k: _scrub(v, subs) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_scrub(v, subs) for v in obj]
+    return obj
+
+
+def scrub_paths(data: Dict[str, Any]) -> Dict[str, Any]:
+    import site
+    import sys
+    import tempfile
+
+    bench = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cands = [(os.path.dirname(bench), "<repo>")]
+    try:
+        cands += [(p, "<site-packages>") for p in site.getsitepackages()]
+    except AttributeError:
+        pass
+    cands += [(sys.prefix, "<python>"), (sys.base_prefix, "<python>"),
+              (tempfile.gettempdir(), "<tmp>"), (os.path.expanduser("~"), "~")]
+    subs = sorted({(p, n) for p, n in cands if p and len(p) > 1}, key=lambda x: -len(x[0]))
+    return _scrub(data, subs)
+
+
 def write_all(data: Dict[str, Any], out_dir: str) -> Dict[str, str]:
+    data.update(scrub_paths(data))
     os.makedirs(out_dir, exist_ok=True)
     md = markdown(data)
     paths = {"md": os.path.join(out_dir, "peers.md"), "json": os.path.join(out_dir, "peers.json"),

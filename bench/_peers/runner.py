@@ -15,9 +15,9 @@ until start + duration and sends back what it recorded.
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import os
+import signal
 import statistics
 import time
 import traceback
@@ -84,7 +84,8 @@ def bench_inproc(make: Callable[[], Any], is_async: bool, repeats: int = 20,
     q = np.percentile(per_call, [25, 50, 75])
     return {"median_ns": float(q[1]), "p25_ns": float(q[0]), "p75_ns": float(q[2]),
             "calls_per_batch": n, "batches": repeats,
-            "min_ns": float(min(per_call)), "mean_ns": float(statistics.fmean(per_call))}
+            "min_ns": float(min(per_call)), "mean_ns": float(statistics.fmean(per_call)),
+            "per_batch_ns": [round(x, 2) for x in per_call]}
 
 
 # ----------------------------------------------------------------------------
@@ -169,7 +170,7 @@ class DependencyDown(Exception):
 
 def _loop_breaker(guarded, deadline_ns, dep_s):
     """Call a failing dependency through the breaker until deadline."""
-    calls = array("q")
+    calls, ends = array("q"), array("q")
     mono = time.monotonic_ns
     sleep = time.sleep
 
@@ -177,6 +178,7 @@ def _loop_breaker(guarded, deadline_ns, dep_s):
         calls.append(mono())
         if dep_s:
             sleep(dep_s)
+        ends.append(mono())
         raise DependencyDown("dependency down")
 
     n = 0
@@ -186,10 +188,12 @@ def _loop_breaker(guarded, deadline_ns, dep_s):
             guarded(dep)
         except Exception:  # noqa: BLE001 - breaker-open errors and dep failures alike
             pass
-    return {"n": n, "calls": calls}
+    return {"n": n, "calls": calls, "ends": ends}
 
 
 def _worker(kind, setup, cfg, ready, go, start_val, duration_ns, opts, conn):
+    # Ctrl-C is the parent's business: it terminates the workers by pid.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         try:
             decide = setup(cfg)
@@ -275,6 +279,8 @@ def run_workers(ctx, kind: str, setup, cfg: Dict[str, Any], nprocs: int, duratio
                 "start_ns": start_val.value, "duration_s": duration_s}
     finally:
         for p in procs:
+            if p.pid is None:  # never started
+                continue
             p.join(timeout=5)
             if p.is_alive():
                 p.terminate()
@@ -311,7 +317,9 @@ def summarize_throughput(run: Dict[str, Any]) -> Dict[str, Any]:
     n = sum(r["n"] for r in res)
     out = {"ops_per_s": ops, "p50_us": p50 / 1e3, "p99_us": p99 / 1e3,
            "decisions": n, "denied": sum(r["denied"] for r in res),
-           "errors": sum(r["errors"] for r in res), "workers_ok": len(res)}
+           "errors": sum(r["errors"] for r in res), "workers_ok": len(res),
+           "per_worker": [{"decisions": r["n"], "elapsed_s": r["elapsed_ns"] / 1e9,
+                           "denied": r["denied"], "errors": r["errors"]} for r in res]}
     errs = [r["first_error"] for r in res if r.get("first_error")]
     if errs:
         out["first_error"] = errs[0]
@@ -368,6 +376,8 @@ def analyze_admits(run: Dict[str, Any], promise: Optional[Dict[str, Any]],
         "bound_rate_burst": bound, "ratio_to_bound": admitted / bound if bound else float("nan"),
         "over_rate_burst": admitted > bound + 1,
         "workers_ok": len(res),
+        "per_worker": [{"attempts": r["n"], "admitted": len(r["a"]), "denied": r["denied"],
+                        "errors": r["errors"]} for r in res],
     }
     errs = [r["first_error"] for r in res if r.get("first_error")]
     if errs:
@@ -404,9 +414,15 @@ def analyze_breaker(run: Dict[str, Any], threshold: Optional[int], gap_s: float 
     res = run["results"]
     if not res:
         return {"error": "; ".join(run["errors"]) or "no result"}
-    calls = np.sort(np.concatenate([np.frombuffer(r["calls"], dtype=np.int64) for r in res]))
-    out: Dict[str, Any] = {"dependency_calls": int(calls.size), "attempts": sum(r["n"] for r in res),
-                           "duration_s": run["duration_s"], "threshold": threshold}
+    calls = np.concatenate([np.frombuffer(r["calls"], dtype=np.int64) for r in res])
+    ends = np.concatenate([np.frombuffer(r["ends"], dtype=np.int64) for r in res])
+    order = np.argsort(calls)
+    calls, ends = calls[order], ends[order]
+    attempts = sum(r["n"] for r in res)
+    out: Dict[str, Any] = {"dependency_calls": int(calls.size), "attempts": attempts,
+                           "rejected_by_breaker": attempts - int(calls.size),
+                           "duration_s": run["duration_s"], "threshold": threshold,
+                           "per_worker_dependency_calls": [len(r["calls"]) for r in res]}
     if run["errors"]:
         out["worker_errors"] = run["errors"]
     if calls.size == 0:
@@ -417,7 +433,13 @@ def analyze_breaker(run: Dict[str, Any], threshold: Optional[int], gap_s: float 
     first = clusters[0]
     probes = clusters[1:]
     out["calls_before_first_open"] = first
-    out["calls_after_threshold"] = (first - threshold) if threshold is not None else None
+    out["calls_after_threshold"] = None
+    if threshold is not None and first >= threshold:
+        # the moment the threshold-th failure returned to its caller: calls that
+        # started later leaked past the breaker (earlier ones were in flight)
+        t_thr = np.sort(ends[:first])[threshold - 1]
+        out["calls_after_threshold"] = int(np.count_nonzero(calls[:first] > t_thr))
+        out["in_flight_at_threshold"] = int(first - threshold - out["calls_after_threshold"])
     out["probes_per_recovery"] = probes
     out["recoveries"] = len(probes)
     out["max_probes"] = max(probes) if probes else None

@@ -145,14 +145,31 @@ def _promise(cfg):
                          f"token bucket {int(cfg['rate'])}/s, burst {int(cfg['burst'])}")
 
 
+# Breaker check, configured like the pybreaker row: every call fails, so a
+# failure-ratio breaker with min_requests=5 opens after 5 failures; open for
+# 2 s; one half-open probe (the preset's default).
+BREAKER_MIN_REQUESTS = 5
+BREAKER_OPEN_S = 2.0
+
+
+def _breaker_policy():
+    b = (sg.PolicyBuilder.from_preset(sg.PolicyPresets.standard())
+         .with_rate_limit(float(HUGE), burst=HUGE))
+    if hasattr(b, "with_min_requests"):
+        b = b.with_min_requests(BREAKER_MIN_REQUESTS)
+    if hasattr(b, "with_open_timeout"):
+        b = b.with_open_timeout(BREAKER_OPEN_S)
+    return b.build()
+
+
 def _check_breaker(cfg):
-    svc = _open(cfg["shared"]["name"], _policy(float(HUGE), HUGE))
+    svc = _open(cfg["shared"]["name"], _breaker_policy())
     return partial(svc.execute, "ep")
 
 
 def _parent_setup_breaker(cfg):
     name = f"bench-{cfg['key']}"
-    _PARENT_SERVICES[name] = _open(name, _policy(float(HUGE), HUGE))
+    _PARENT_SERVICES[name] = _open(name, _breaker_policy())
     return {"name": name}
 
 
@@ -175,9 +192,13 @@ def register() -> bool:
                                         "shm", _child_breaker, peer="shmguard",
                                         parent_setup=_parent_setup, parent_teardown=_parent_teardown,
                                         correctness=False))
-    REGISTRY.add_breaker_check(BreakerCheck("shmguard execute (shared memory)", _check_breaker,
-                                            peer="shmguard", parent_setup=_parent_setup_breaker,
-                                            parent_teardown=_parent_teardown, threshold=None,
-                                            note="standard preset (failure-ratio breaker: "
-                                                 "no fixed call-count threshold)"))
+    configurable = all(hasattr(sg.PolicyBuilder, m) for m in ("with_min_requests", "with_open_timeout"))
+    REGISTRY.add_breaker_check(BreakerCheck(
+        "shmguard execute (shared memory)", _check_breaker, peer="shmguard",
+        parent_setup=_parent_setup_breaker, parent_teardown=_parent_teardown,
+        threshold=BREAKER_MIN_REQUESTS if configurable else None,
+        reset_s=BREAKER_OPEN_S if configurable else 0.0,
+        note=(f"standard preset, min_requests={BREAKER_MIN_REQUESTS} (all calls fail), "
+              f"open_timeout={BREAKER_OPEN_S:g}s" if configurable
+              else "standard preset (failure-ratio breaker)")))
     return True
