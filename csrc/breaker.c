@@ -72,6 +72,16 @@ static int lease_live(uint64_t lw, uint32_t gen, uint64_t now)
     return (int32_t)(LS_DEADLINE(lw) - LS_UNITS(now)) > 0; /* serial compare */
 }
 
+/* An unexpired lease of a generation AFTER gen (serial compare of the low
+ * 10 bits: 1..511 ahead). Seen by a caller whose breaker word is stale (it
+ * was preempted after reading it): that lease belongs to a newer half-open
+ * episode and must not be taken as free. */
+static int lease_ahead(uint64_t lw, uint32_t gen, uint64_t now)
+{
+    uint32_t d = (LS_GEN(lw) - gen) & 0x3ffu;
+    return lw != 0 && d != 0 && d < 0x200u && (int32_t)(LS_DEADLINE(lw) - LS_UNITS(now)) > 0;
+}
+
 /* CAS the breaker word from w to nw; on success do the side effects of
  * entering the new state. R3: release publishes the transition; pairs with
  * the acquire loads (A3) of the word. */
@@ -108,7 +118,7 @@ int64_t sg_breaker_acquire_at(void *slot, uint64_t now, uint32_t pid)
     uint64_t w = atomic_load_explicit(&s->bword, memory_order_acquire);
     uint64_t flag = 0;
     struct sg_policy_view p;
-    int have_p = 0;
+    int have_p = 0, trust = 0;
     for (;;) {
         switch (BW_STATE(w)) {
         case SG_CLOSED:
@@ -131,10 +141,15 @@ int64_t sg_breaker_acquire_at(void *slot, uint64_t now, uint32_t pid)
             uint32_t g = BW_GEN(w);
             if (pid == 0)
                 pid = (uint32_t)getpid();
+            int stale = 0;
             for (uint32_t i = 0; i < p.half_open_max; i++) {
                 uint64_t lw = atomic_load_explicit(&s->lease[i], memory_order_acquire);
                 if (lease_live(lw, g, now))
                     continue;
+                if (!trust && lease_ahead(lw, g, now)) {
+                    stale = 1; /* overwriting it would free a newer episode's permit */
+                    break;
+                }
                 uint64_t mine = LS_MAKE(pid, g, LS_UNITS(sg_sat_add(now, p.probe_lease_ns)));
                 /* acq_rel: the lease is ours alone; lw refreshes on failure
                  * and we move on to the next word. */
@@ -142,6 +157,14 @@ int64_t sg_breaker_acquire_at(void *slot, uint64_t now, uint32_t pid)
                                                             memory_order_acq_rel,
                                                             memory_order_acquire))
                     return TK_MAKE(g, i + 1, now) | (int64_t)flag;
+            }
+            if (stale) {
+                /* A3 again: decide on the current word. If it has not moved,
+                 * the "newer" lease is corrupt: trust the word, reuse it. */
+                uint64_t nw = atomic_load_explicit(&s->bword, memory_order_acquire);
+                trust = nw == w;
+                w = nw;
+                continue;
             }
             atomic_fetch_add_explicit(&s->b_rejected, 1, memory_order_relaxed);
             return -(int64_t)SG_R_PROBES_FULL;
