@@ -92,7 +92,7 @@ G_PHASE, G_INJECTED, G_T0, G_NEW_PER_S = 0, 1, 2, 3
 GLOBAL = 16
 H_DEC, H_NREC, H_PID, H_SPRINT_NS, H_SPRINT_N, H_DONE, H_REG = 0, 1, 2, 3, 4, 5, 6
 HWORDS = 8
-REC = 4                  # [ep << 32 | gen, token start (ns >> 16, 31 bits), start ns, end ns]
+REC = 4       # [ep << 40 | lease << 32 | gen, token start (ns >> 16, 31 bits), start ns, end ns]
 MAX_REC = 40_000          # probe records per worker slot (at least; grows with --seconds)
 
 
@@ -229,7 +229,7 @@ class _Worker:
         if n >= self.cfg["max_rec"]:
             return -1
         r = b + HWORDS + n * REC
-        q[r] = (EP_ID[ep] << 32) | ((tok >> 38) & 0x1FFFFFF)
+        q[r] = (EP_ID[ep] << 40) | (((tok >> 34) & 0xF) << 32) | ((tok >> 38) & 0x1FFFFFF)
         q[r + 1] = (tok >> 2) & 0x7FFFFFFF
         q[r + 3] = 0
         q[r + 2] = time.monotonic_ns()      # after the grant: never earlier than it
@@ -598,7 +598,7 @@ class Torture:
     def _probe_replay(self) -> dict:
         """Replays every logged probe interval: <= half_open_max per generation at once."""
         q, region = self.q, self.cfg["region"]
-        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        groups: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
         logged = truncated = 0
         lease_ns = {EP_ID[ep]: int(POLICIES[ep].probe_lease * NS) for ep in BREAKER_EPS}
         for s in range(self.k + 1):
@@ -611,7 +611,7 @@ class Torture:
                 if end == 0:
                     self.violations.append(f"probe record {s}/{i} was never closed")
                     continue
-                ep = key >> 32
+                ep, lease = key >> 40, (key >> 32) & 0xFF
                 u = start >> 16                          # grant time, 2**16 ns units
                 g = (u & ~0x7FFFFFFF) | tstart
                 if g > u:
@@ -619,22 +619,24 @@ class Torture:
                 expiry = ((g << 16) + lease_ns[ep]) // LEASE_UNIT * LEASE_UNIT  # earliest
                 end = min(end, expiry)
                 if end > start:
-                    groups.setdefault((ep, key & 0xFFFFFFFF), []).append((start, end))
+                    groups.setdefault((ep, key & 0xFFFFFFFF), []).append((start, end, s, lease))
                 logged += 1
         names = {v: k for k, v in EP_ID.items()}
         worst = {ep: 0 for ep in ("brk", "lease")}   # the endpoints whose permits are logged
         for (ep, gen), iv in groups.items():
-            events = sorted([(s, 1) for s, _ in iv] + [(e, -1) for _, e in iv],
-                            key=lambda x: (x[0], x[1]))
-            cur = peak = 0
-            for _, d in events:
+            events = sorted([(v[0], 1) for v in iv] + [(v[1], -1) for v in iv])
+            cur = peak = at = 0
+            for t, d in events:
                 cur += d
-                peak = max(peak, cur)
+                if cur > peak:
+                    peak, at = cur, t
             name = names[ep]
             worst[name] = max(worst[name], peak)
             if peak > POLICIES[name].half_open_max_calls:
+                who = ", ".join(f"worker slot {w} lease {ls} [{(a - at) / 1e6:+.3f}, "
+                                f"{(e - at) / 1e6:+.3f}] ms" for a, e, w, ls in iv if a <= at < e)
                 self.violations.append(f"{name}: generation {gen} had {peak} probe permits at "
-                                       f"once, max {POLICIES[name].half_open_max_calls}")
+                                       f"once, max {POLICIES[name].half_open_max_calls}: {who}")
         return {"permits_logged": logged, "generations": len(groups), "max_at_once": worst,
                 "half_open_max": {ep: POLICIES[ep].half_open_max_calls for ep in worst},
                 "log_truncated": bool(truncated)}
