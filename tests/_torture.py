@@ -452,17 +452,30 @@ class Torture:
 
     # -- sampling ----------------------------------------------------------------------
     def sample(self, svc: sg.ResilienceService) -> None:
+        """Snapshots each breaker: at most N live permits, none with more than its lease left.
+
+        A permit granted while the snapshot ran may have started after the
+        snapshot's ``now``: it may show up to (t_after - now) more than its lease.
+        """
         self.samples += 1
+        v = ffi.new("struct sg_breaker_view *")
         for ep in BREAKER_EPS:
-            b = svc.stats(ep).breaker
-            lease, n = POLICIES[ep].probe_lease, POLICIES[ep].half_open_max_calls
-            self.max_probes_seen[ep] = max(self.max_probes_seen[ep], len(b.probes))
-            if len(b.probes) > n:
-                self.violations.append(f"{ep}: {len(b.probes)} live probe permits, max {n}")
-            for p in b.probes:
-                if not 0 < p.lease_left <= lease:
-                    self.violations.append(f"{ep}: probe of pid {p.pid} shows {p.lease_left:.4f} s "
-                                           f"of lease left; the lease is {lease} s")
+            lease, n = int(POLICIES[ep].probe_lease * NS), POLICIES[ep].half_open_max_calls
+            now = time.monotonic_ns()
+            rc = lib.sg_breaker_snapshot_at(svc._eps[ep].h.slot, now, v)
+            slack = time.monotonic_ns() - now
+            if rc != lib.SG_OK:
+                self.violations.append(f"{ep}: breaker snapshot returned {rc}")
+                continue
+            live = [(v.probe_pid[i], v.probe_lease_left_ns[i]) for i in range(lib.SG_MAX_PROBES)
+                    if v.probe_pid[i]]
+            self.max_probes_seen[ep] = max(self.max_probes_seen[ep], len(live))
+            if len(live) > n or v.probes_in_flight > n:
+                self.violations.append(f"{ep}: {len(live)} live probe permits, max {n}")
+            for pid, left in live:
+                if not 0 < left <= lease + slack:
+                    self.violations.append(f"{ep}: probe of pid {pid} shows {left / NS:.6f} s "
+                                           f"of lease left; the lease is {lease / NS} s")
 
     def inject(self, svc: sg.ResilienceService) -> None:
         """Plants a dead process's claim where the next inj-<k> name will be registered."""
