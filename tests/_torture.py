@@ -52,12 +52,13 @@ from typing import Any
 import shmguard as sg
 from shmguard import probes as sg_probes
 from shmguard._capi import ffi, lib
+from shmguard.service import CLAIM_STALE_NS
 
 NS = 1_000_000_000
 SPRINT = 10_000          # decisions each survivor / fresh process must complete
 SPRINT_LIMIT = 120.0     # generous bound (s) for one sprint on a loaded 2-core box
 STALL_LIMIT = 20.0       # a live worker making no progress this long is a violation
-CLAIM_BOUND_MS = 2_000   # service.CLAIM_STALE_NS: a live claim older than this is stuck
+CLAIM_BOUND_MS = CLAIM_STALE_NS // 1_000_000   # a live claim older than this is stuck
 MAX_WAIT = 0.02          # reserve()'s max_wait in the workers (s)
 LEASE_UNIT = 1 << 20     # lease deadlines are kept in 2**20 ns units
 

@@ -18,6 +18,7 @@ from contextlib import ExitStack
 import psutil
 
 import shmguard as sg
+import shmguard.service
 from shmguard._capi import ffi, lib
 
 import _torture
@@ -25,6 +26,7 @@ import _torture
 HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_torture.py")
 NS = 1_000_000_000
 T0 = 1_000_000_000_000
+STALE = shmguard.service.CLAIM_STALE_NS
 
 
 def test_torture_quick():
@@ -93,8 +95,8 @@ def test_claim_left_by_a_killed_registrant_is_taken_over(svc):
 
 
 def test_claim_of_a_stalled_live_registrant_is_taken_over_after_the_bound(svc):
-    # a live pid (ours) whose claim is older than the 2 s bound: stalled, not dead
-    idx = _torture.plant_claim(svc, "orders", os.getpid(), time.monotonic_ns() - 3 * NS)
+    # a live pid (ours) whose claim is older than the bound (2 s): stalled, not dead
+    idx = _torture.plant_claim(svc, "orders", os.getpid(), time.monotonic_ns() - STALE - NS)
     assert idx is not None
     svc.register_endpoint("orders", sg.Policy())
     assert svc._eps["orders"].index == idx
@@ -102,8 +104,9 @@ def test_claim_of_a_stalled_live_registrant_is_taken_over_after_the_bound(svc):
 
 
 def test_young_claim_of_a_live_registrant_is_waited_for_then_taken_over(svc):
-    # 1.7 s old: the registrant waits (the claimant may finish) until the bound passes
-    idx = _torture.plant_claim(svc, "orders", os.getpid(), time.monotonic_ns() - 17 * NS // 10)
+    # 0.3 s short of the bound: the registrant waits (the claimant may finish), then takes it
+    young = time.monotonic_ns() - STALE + 3 * NS // 10
+    idx = _torture.plant_claim(svc, "orders", os.getpid(), young)
     assert idx is not None
     svc.register_endpoint("orders", sg.Policy())
     assert svc._eps["orders"].index == idx
