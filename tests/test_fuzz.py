@@ -9,7 +9,7 @@ codes (or a valid decision) with sane outputs: no crash, no out-of-bounds
 access. Run under AddressSanitizer/UBSan by .ci/sanitize.sh, where the
 bytes around each buffer are poisoned so any stray read or write aborts.
 
-SHMGUARD_FUZZ_EXAMPLES sets hypothesis' max_examples (suite default 60).
+SHMGUARD_FUZZ_EXAMPLES sets hypothesis' max_examples (suite default 200).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import shmguard as sg
 import shmguard.segment
 from shmguard._capi import ffi, lib
 
-EXAMPLES = int(os.environ.get("SHMGUARD_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("SHMGUARD_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
 
