@@ -23,7 +23,7 @@ cp -r src csrc setup.py pyproject.toml MANIFEST.in "$work/tree/"
 if [ -f README.md ]; then cp README.md "$work/tree/"; else touch "$work/tree/README.md"; fi
 find "$work/tree" \( -name '*.so' -o -name '*.o' -o -name '_core.c' -o -name __pycache__ \) \
     -prune -exec rm -rf {} +
-SHMGUARD_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -O1 -g" \
+SHMGUARD_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -fno-wrapv -O1 -g" \
 SHMGUARD_LDFLAGS="-fsanitize=address,undefined" \
     "$py" -m pip install -q --disable-pip-version-check --no-build-isolation "$work/tree"
 core=$(find "$work/venv" -name '_core*.so' | head -1)
