@@ -7,6 +7,7 @@
 # Self-contained: its own venv and build tree in a temp dir, removed at the
 # end; the developer's in-place extension is never touched.
 #   SHMGUARD_FUZZ_EXAMPLES   hypothesis examples per fuzz test (default 1500)
+#   SAN_KEEP=1               keep the temp dir (venv, build, logs) for a look
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD

@@ -360,9 +360,20 @@ class _Worker:
         q[b + H_DONE] = 1
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the killer dies, so none outlives a killed run."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _child(cfg: dict, mm: mmap.mmap, slot: int, fresh: bool) -> None:
     code = 0
     try:
+        _die_with_parent()
+        if os.getppid() != cfg["killer"]:
+            os._exit(4)                     # the killer died before prctl took effect
         _Worker(cfg, mm, slot).run(fresh)
     except BaseException:
         code = 3
@@ -490,6 +501,7 @@ class Torture:
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> dict:
         t_start = time.monotonic()
+        self.cfg["killer"] = os.getpid()
         svc = sg.ResilienceService(self.name, capacity=self.cap)
         try:
             return self._run(svc, t_start)

@@ -36,7 +36,10 @@ def test_torture_quick():
     seed = random.randrange(2**32)
     cmd = [sys.executable, HARNESS, "--seconds", "10", "--workers", "4", "--seed", str(seed),
            "--name", segname, "--json"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    finally:
+        sg.unlink(segname)     # normally gone already; not if the harness was killed
     assert r.stdout, r.stderr
     rep = json.loads(r.stdout.strip().splitlines()[-1])
     print(_torture.summary(rep))
