@@ -399,12 +399,14 @@ def main(argv=None) -> int:
     cpu1, tree1 = _system_cpu(), _tree_cpu()
     wall = time.monotonic() - t_start
     if cpu0 and cpu1 and wall > 0:
-        foreign = max(0.0, (cpu1["busy_s"] - cpu0["busy_s"]) - (tree1 - tree0))
+        foreign_raw = (cpu1["busy_s"] - cpu0["busy_s"]) - (tree1 - tree0)
+        foreign = max(0.0, foreign_raw)
+        mi["foreign_cpu_raw_s"] = round(foreign_raw, 2)
         steal = cpu1["steal_s"] - cpu0["steal_s"]
         mi["foreign_cpu_s"] = round(foreign, 1)
         mi["steal_cpu_s"] = round(steal, 1)
         mi["foreign_cpu_share"] = round(foreign / wall, 2)
-        log(f"other processes used {foreign:.1f} CPU-s during the {wall:.0f} s run "
+        log(f"other processes used about {foreign:.1f} CPU-s during the {wall:.0f} s run "
             f"({foreign / wall:.2f} CPUs on average); hypervisor steal {steal:.1f} CPU-s")
     ncpu = mi.get("usable_cpus") or mi["cpu_count"] or 1
     if busy:

@@ -149,7 +149,7 @@ def markdown(data: Dict[str, Any]) -> str:
     L.append(f"Machine: {m['cpu_model']}, {m['cpu_count']} logical CPUs (os.cpu_count()), "
              f"Python {m['python']} on {m['platform']}. Run took {data.get('elapsed_s', 0):.0f} s; "
              f"load average {m.get('loadavg_start', '?')} at start, {m.get('loadavg_end', '?')} at end; "
-             f"other processes used {m.get('foreign_cpu_s', '?')} CPU-s during the run "
+             f"other processes used about {m.get('foreign_cpu_s', '?')} CPU-s during the run "
              f"(hypervisor steal {m.get('steal_cpu_s', '?')} CPU-s).")
     vers = ", ".join(f"{k} {v}" for k, v in sorted(data.get("versions", {}).items()))
     L.append(f"Peers: {vers}.")
