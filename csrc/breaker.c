@@ -192,7 +192,7 @@ static void release_lease(struct sg_slot *s, uint32_t l, uint32_t gen, uint32_t 
                                                 memory_order_relaxed);
 }
 
-int sg_breaker_record_at(void *slot, uint64_t now, int64_t token)
+static int record(void *slot, uint64_t now, int64_t token)
 {
     struct sg_slot *s = slot;
     int outcome = (int)(token & 3);
@@ -207,8 +207,6 @@ int sg_breaker_record_at(void *slot, uint64_t now, int64_t token)
     uint64_t took = (uint64_t)((((uint32_t)(now >> 16)) - TK_START(token)) & 0x7fffffffu) << 16;
     int slow = p.slow_call_ns && outcome == SG_SUCCESS && took >= p.slow_call_ns;
     uint64_t w = atomic_load_explicit(&s->bword, memory_order_acquire); /* A3 */
-    if (l)
-        release_lease(s, l, gen, (uint32_t)getpid());
     if (BW_GEN(w) != gen)
         return SG_R_STALE;
     switch (BW_STATE(w)) {
@@ -252,6 +250,17 @@ int sg_breaker_record_at(void *slot, uint64_t now, int64_t token)
     default:
         return SG_T_NONE; /* forced modes record nothing */
     }
+}
+
+int sg_breaker_record_at(void *slot, uint64_t now, int64_t token)
+{
+    int t = record(slot, now, token);
+    /* Free the probe permit only AFTER its outcome landed: a failed probe has
+     * reopened the breaker (new generation) before its permit can be taken,
+     * so no second probe slips into the episode it just ended. */
+    if (t >= 0 && TK_LEASE(token))
+        release_lease(slot, TK_LEASE(token), TK_GEN(token), (uint32_t)getpid());
+    return t;
 }
 
 int sg_breaker_force_at(void *slot, uint64_t now, uint32_t state)
@@ -341,7 +350,7 @@ int sg_breaker_record(const struct sg_handle *h, int64_t token)
     int t = sg_breaker_record_at(h->slot, sg_now_h(h), token);
     /* SG_T_ECHO_HALF_OPEN: the admission of this token moved the breaker to
      * half-open; the caller fires that callback now (one check, not two). */
-    return token >= 0 && ((uint64_t)token & TK_HOFLAG) ? (t & 7) | SG_T_ECHO_HALF_OPEN : t;
+    return t >= 0 && t <= SG_T_TO_CLOSED && ((uint64_t)token & TK_HOFLAG) ? t | SG_T_ECHO_HALF_OPEN : t;
 }
 
 uint64_t sg_breaker_retry_after(const struct sg_handle *h)

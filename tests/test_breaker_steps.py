@@ -184,3 +184,22 @@ def test_deterministic_jitter(svc):
     for i in range(4):
         call(c, 0, FAIL)
     assert ra == rb or view(c, 0).open_remaining_ns != ra
+
+
+def test_failed_probe_reopens_before_its_permit_is_free(svc):
+    import os
+    slot = slot_of(svc, "order")
+    for i in range(4):
+        call(slot, 0, FAIL)
+    me = os.getpid()
+    p = lib.sg_breaker_acquire_at(slot, T0 + 5 * S, me)
+    assert p >= 0 and view(slot, 5).probes_in_flight == 1
+    assert lib.sg_breaker_record_at(slot, T0 + 5 * S, p | FAIL) == lib.SG_T_TO_OPEN
+    assert view(slot, 5).probe_word[0] == 0                    # permit given back...
+    assert lib.sg_breaker_acquire_at(slot, T0 + 5 * S, 2) == -lib.SG_R_OPEN  # ...to an open breaker
+
+
+def test_record_echo_only_decorates_transitions(svc):
+    h = svc._eps.get("echo") or (svc.register_endpoint("echo"), svc._eps["echo"])[1]
+    assert lib.sg_breaker_record(h.h, -5) == -lib.SG_E_ARG
+    assert lib.sg_breaker_record(h.h, (1 << 33) | 0) == -lib.SG_E_ARG   # no outcome: no echo

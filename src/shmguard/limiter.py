@@ -26,6 +26,7 @@ __all__ = ["Limiter", "Reservation", "pack"]
 NS = 1_000_000_000
 FOREVER_NS = 2**63 - 1
 _NORMAL = Priority.NORMAL
+_ONE = 1  # `cost is _ONE` holds for the int 1 only (not True, not 1.0): small ints are cached
 
 
 def pack(cost: int, priority: int) -> int:
@@ -88,7 +89,7 @@ class Limiter:
     def allow(self, cost: int = 1, priority: Priority = _NORMAL) -> bool:
         """Reports whether ``cost`` tokens were free now (and takes them)."""
         ep = self._ep
-        if cost == 1 and priority is _NORMAL:
+        if cost is _ONE and priority is _NORMAL:
             return not ep.allow1(ep.h)
         rc = ep.allow_cp(ep.h, pack(cost, priority))
         if rc == 0:

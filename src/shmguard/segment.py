@@ -122,6 +122,9 @@ class Segment:
                 raise SegmentNotFoundError(f"segment {name!r} does not exist") from None
             except posix_ipc.PermissionsError as exc:
                 raise SegmentPermissionError(f"segment {name!r}: {exc}") from None
+            except OSError as exc:  # e.g. ELOOP: a symlink in its place is never followed
+                raise SegmentPermissionError(f"segment {name!r} cannot be opened safely: "
+                                             f"{exc.strerror or exc}") from None
         try:
             self._map(shm, capacity, manual_clock, allow_foreign)
         except BaseException:
