@@ -1,3 +1,17 @@
-from setuptools import setup
+import os
+import sys
 
-setup(cffi_modules=["csrc/ffi_build.py:ffibuilder"])
+from setuptools import Extension, setup
+
+sys.path.insert(0, "csrc")
+from ffi_build import SOURCES, flags  # noqa: E402  (the one list of C sources and flags)
+
+hot = Extension(
+    "shmguard._hot",
+    sources=["csrc/hot.c"] + [os.path.join("csrc", s) for s in SOURCES],
+    include_dirs=["csrc"],
+    extra_compile_args=flags(),
+    extra_link_args=os.environ.get("SHMGUARD_LDFLAGS", "").split(),
+)
+
+setup(cffi_modules=["csrc/ffi_build.py:ffibuilder"], ext_modules=[hot])

@@ -23,7 +23,7 @@ def _cdef() -> str:
     return m.group(1)
 
 
-def _flags() -> list[str]:
+def flags() -> list[str]:
     flags = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-D_POSIX_C_SOURCE=200809L"]
     extra = os.environ.get("SHMGUARD_CFLAGS")  # e.g. sanitizer builds
     if extra:
@@ -38,7 +38,7 @@ ffibuilder.set_source(
     '#include "shmguard.h"',
     sources=[os.path.relpath(os.path.join(HERE, s)) for s in SOURCES],
     include_dirs=[os.path.relpath(HERE)],
-    extra_compile_args=_flags(),
+    extra_compile_args=flags(),
     extra_link_args=os.environ.get("SHMGUARD_LDFLAGS", "").split(),
 )
 

@@ -80,6 +80,9 @@ def test_breaker_opened_in_one_process_is_open_in_all(segname, method):
         cmd.put("quit")
         watcher.join(30)
     finally:
+        for p in (locals().get("watcher"), locals().get("failer")):
+            if p is not None and p.is_alive():
+                p.kill()  # a failed assertion must not leave a worker waiting forever
         svc.close()
         svc.unlink()
 

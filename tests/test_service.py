@@ -248,3 +248,30 @@ def test_rejections_pickle_with_their_fields():
         e.worker_pid = 42
         f = pickle.loads(pickle.dumps(e))
         assert (type(f), f.endpoint, f.retry_after, str(f), f.worker_pid) == (cls, "ep", 1.5, "message", 42)
+
+
+def test_one_crossing_path_is_in_use_and_matches_the_python_path(svc):
+    from shmguard import service
+    assert service._hot_execute is not None            # the C fast path was built
+    svc.register_endpoint("hot", sg.Policy(min_requests=3, open_timeout=1.0))
+    assert svc.execute("kw", lambda *a, **k: (a, k), 1, 2, x=3) == ((1, 2), {"x": 3})
+    seen = []
+    svc.on_state_change = lambda ep, old, new: seen.append(str(new))
+    for _ in range(3):
+        with pytest.raises(ConnectionError) as ei:
+            svc.execute("hot", boom)
+        assert ei.value.__traceback__ is not None
+    assert seen == ["open"]
+    with pytest.raises(sg.CircuitOpenError):
+        svc.execute("hot", lambda: 1)
+    svc.advance(1.0)
+    assert svc.execute("hot", lambda: "probe") == "probe"
+    assert seen == ["open", "half-open", "closed"]
+    svc.on_state_change = lambda *a: 1 / 0              # a raising callback surfaces
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            svc.execute("hot", boom)
+    with pytest.raises(ZeroDivisionError):
+        svc.execute("hot", boom)                        # the third failure trips it
+    b = svc.stats("hot").breaker
+    assert (b.successes, b.failures, b.state) == (1, 6, sg.BreakerState.OPEN)

@@ -30,6 +30,14 @@ __all__ = ["ResilienceService"]
 _CP = tuple(pack(1, p) for p in Priority)
 _NORMAL = Priority.NORMAL
 _LEASE = 0xF << 34  # token bits naming a half-open probe lease
+
+try:  # the one-crossing execute path (csrc/hot.c); the Python path below is equivalent
+    from shmguard._hot import ABI_VERSION as _HOT_ABI
+    from shmguard._hot import execute as _hot_execute
+    if _HOT_ABI != _capi.ABI_VERSION:  # a stale build: use the Python path
+        _hot_execute = None
+except ImportError:  # pragma: no cover - a build without it still works, slower
+    _hot_execute = None
 _STATE = {0: (BreakerState.CLOSED, BreakerMode.NORMAL), 1: (BreakerState.OPEN, BreakerMode.NORMAL),
           2: (BreakerState.HALF_OPEN, BreakerMode.NORMAL),
           3: (BreakerState.OPEN, BreakerMode.FORCED_OPEN),
@@ -58,8 +66,9 @@ def validate_endpoint(name: object) -> bytes:
 class _Endpoint:
     """Process-local view of one slot: handle, bound C calls, local policy."""
 
-    __slots__ = ("name", "index", "h", "policy", "svc", "admit", "record", "acquire", "allow1",
-                 "allow_cp", "next_reclaim", "next_metrics", "breaker", "limiter", "probe")
+    __slots__ = ("name", "index", "h", "hp", "policy", "svc", "admit", "record", "acquire",
+                 "allow1", "allow_cp", "next_reclaim", "next_metrics", "breaker", "limiter",
+                 "probe")
 
     def __init__(self, svc: ResilienceService, name: str, index: int, policy: Policy) -> None:
         self.svc = svc
@@ -79,11 +88,35 @@ class _Endpoint:
     def bind(self) -> None:
         self.admit, self.record, self.acquire = lib.sg_admit, lib.sg_breaker_record, lib.sg_breaker_acquire
         self.allow1, self.allow_cp = lib.sg_allow, lib.sg_allow_cp
+        self.hp = int(ffi.cast("uintptr_t", self.h))  # the handle's address, for _hot
 
     def unbind(self) -> None:
         def closed(*_: Any) -> Any:
             raise ShmguardError(f"service {self.svc.name!r} is closed")
         self.admit = self.record = self.acquire = self.allow1 = self.allow_cp = closed
+        self.hp = 0  # _hot calls closed_error() instead of touching the unmapped slot
+
+    # -- called back by shmguard._hot.execute on its uncommon paths -------------
+    def closed_error(self) -> NoReturn:
+        raise ShmguardError(f"service {self.svc.name!r} is closed")
+
+    def slow_admit(self, tok: int, cp: int) -> int:
+        """A rejection or a probe permit: raise, reclaim, or run the health probe."""
+        priority = Priority(cp & 3)
+        if tok < 0:
+            tok = self.svc._admit_slow(self, tok, priority, None)
+        if tok & _LEASE and self.probe is not None:
+            tok = self.svc._probe_instead(self, tok, priority, None)
+        return tok
+
+    def record_exception(self, exc: BaseException, tok: int) -> None:
+        outcome = self.policy.classify(exc) if isinstance(exc, Exception) else Outcome.IGNORE
+        t = self.record(self.h, tok | outcome)
+        if t or self.svc.on_metrics_update is not None:
+            self.svc._after(self, t, tok)
+
+    def after_record(self, t: int, tok: int) -> None:
+        self.svc._after(self, t, tok)
 
 
 class ResilienceService:
@@ -315,6 +348,10 @@ class ResilienceService:
         :returns: what ``fn`` returns; its exceptions are re-raised.
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        if timeout is None and _hot_execute is not None and self.on_metrics_update is None:
+            # admit, call and record in one C call (shmguard._hot)
+            return _hot_execute(ep, ep.hp, 5 if priority is _NORMAL else _CP[priority],  # type: ignore[no-any-return]
+                                fn, args, kwargs or None)
         h = ep.h
         if timeout is None:
             tok = ep.admit(h, 5 if priority is _NORMAL else _CP[priority])
@@ -327,10 +364,7 @@ class ResilienceService:
         try:
             result = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException as exc:
-            t = ep.record(h, tok | (ep.policy.classify(exc) if isinstance(exc, Exception)
-                                    else Outcome.IGNORE))
-            if t or self.on_metrics_update is not None:
-                self._after(ep, t, tok)
+            ep.record_exception(exc, tok)
             raise
         # one C call records; non-zero only when the breaker changed state
         t = ep.record(h, tok | 1)

@@ -1,0 +1,95 @@
+/*
+ * hot.c -- shmguard._hot: execute()'s common path in ONE CPython call.
+ *
+ * Why not cffi here: each cffi call parses its arguments generically and
+ * releases and re-takes the GIL; execute() needs two crossings (admit before
+ * the user's function, record after), which cost ~200 ns of its ~530 ns
+ * overhead (bench/core.py). This module does admit -> call -> record inside
+ * one METH_FASTCALL function and hands every unusual case (rejection, probe
+ * permit, exception, state change, closed service) back to Python methods
+ * of the endpoint object, so no decision is made here that C in the cffi
+ * module does not make too. It reads no shared word itself.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "shmguard.h"
+
+#define LEASE_BITS (0xFULL << 34)
+
+/* execute(ep, hp, cp, fn, args, kwargs) */
+static PyObject *hot_execute(PyObject *self, PyObject *const *a, Py_ssize_t n)
+{
+    (void)self;
+    if (n != 6) {
+        PyErr_SetString(PyExc_TypeError, "execute(ep, hp, cp, fn, args, kwargs)");
+        return NULL;
+    }
+    PyObject *ep = a[0], *fn = a[3], *args = a[4], *kw = a[5] == Py_None ? NULL : a[5];
+    const struct sg_handle *h = PyLong_AsVoidPtr(a[1]);
+    unsigned long long cp = PyLong_AsUnsignedLongLong(a[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (h == NULL) /* the service was closed: Python raises the error */
+        return PyObject_CallMethod(ep, "closed_error", NULL);
+    int64_t tok = sg_admit(h, cp);
+    if (tok < 0 || ((uint64_t)tok & LEASE_BITS)) {
+        /* rejection (raise, or reclaim a dead probe holder) or a probe permit
+         * (a health probe may stand in): Python decides, returns the token */
+        PyObject *r = PyObject_CallMethod(ep, "slow_admit", "LK", (long long)tok, cp);
+        if (r == NULL)
+            return NULL;
+        tok = PyLong_AsLongLong(r);
+        Py_DECREF(r);
+        if (tok == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    PyObject *res = PyObject_Call(fn, args, kw);
+    if (res == NULL) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyErr_NormalizeException(&et, &ev, &tb);
+        if (tb != NULL)
+            PyException_SetTraceback(ev, tb);
+        /* classify, record and fire callbacks in Python; then re-raise */
+        PyObject *r = PyObject_CallMethod(ep, "record_exception", "OL", ev, (long long)tok);
+        if (r == NULL) { /* a callback raised: that error replaces fn's */
+            Py_XDECREF(et);
+            Py_XDECREF(ev);
+            Py_XDECREF(tb);
+            return NULL;
+        }
+        Py_DECREF(r);
+        PyErr_Restore(et, ev, tb);
+        return NULL;
+    }
+    int t = sg_breaker_record(h, tok | SG_SUCCESS);
+    if (t != 0) { /* a state change (or a bad token): callbacks in Python */
+        PyObject *r = PyObject_CallMethod(ep, "after_record", "iL", t, (long long)tok);
+        if (r == NULL) {
+            Py_DECREF(res);
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    return res;
+}
+
+static PyMethodDef methods[] = {
+    {"execute", (PyCFunction)(void (*)(void))hot_execute, METH_FASTCALL,
+     "execute(ep, hp, cp, fn, args, kwargs): admit, call, record (see service.py)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "shmguard._hot", NULL, -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__hot(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "ABI_VERSION", SG_ABI_VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
