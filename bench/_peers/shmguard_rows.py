@@ -86,7 +86,14 @@ def _make_inproc(what: str):
             br.allow().success()
 
         return allow_success, closer
-    return partial(svc.execute, "ep", _noop), closer
+    execute = svc.execute
+
+    def guarded():
+        # the same shape as the peers' rows (a function making one guarded
+        # call); functools.partial would add ~90 ns of its own argument merging
+        return execute("ep", _noop)
+
+    return guarded, closer
 
 
 def _make_limiter():
