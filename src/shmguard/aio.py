@@ -89,15 +89,10 @@ async def execute_async(svc: ResilienceService, endpoint: str,
         tok = await _probe_instead(svc, ep, tok, priority, timeout)
     try:
         result = await coro_fn(*args, **kwargs)
-    except BaseException as exc:
-        t = ep.record(ep.h, tok | (ep.policy.classify(exc) if isinstance(exc, Exception)
-                                   else Outcome.IGNORE))
-        if t or svc.on_metrics_update is not None:
-            svc._after(ep, t, tok)
+    except BaseException as exc:  # CancelledError is not an Exception: ignored
+        ep.record_exception(exc, tok)
         raise
-    t = ep.record(ep.h, tok | Outcome.SUCCESS)
-    if t or svc.on_metrics_update is not None:
-        svc._after(ep, t, tok)
+    ep.record_success(tok)
     return result
 
 

@@ -111,9 +111,7 @@ class Breaker:
     def allow(self) -> Permit | None:
         """Returns a :class:`Permit` if a call may go ahead now, else None."""
         ep = self._ep
-        tok = ep.acquire(ep.h)
-        if tok < 0 and tok == -lib.SG_R_PROBES_FULL and ep.svc._reclaim_probes(ep):
-            tok = ep.acquire(ep.h)
+        tok = ep.svc._acquire(ep)
         if tok < 0:
             if tok in (-lib.SG_R_OPEN, -lib.SG_R_PROBES_FULL):
                 return None

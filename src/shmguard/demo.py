@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import uuid
 from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor

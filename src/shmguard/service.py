@@ -109,6 +109,11 @@ class _Endpoint:
             tok = self.svc._probe_instead(self, tok, priority, None)
         return tok
 
+    def record_success(self, tok: int) -> None:
+        t = self.record(self.h, tok | Outcome.SUCCESS)
+        if t or self.svc.on_metrics_update is not None:
+            self.svc._after(self, t, tok)
+
     def record_exception(self, exc: BaseException, tok: int) -> None:
         outcome = self.policy.classify(exc) if isinstance(exc, Exception) else Outcome.IGNORE
         t = self.record(self.h, tok | outcome)
@@ -293,9 +298,7 @@ class ResilienceService:
         ep = self._endpoint(endpoint)
         if ep.probe is None:
             raise ShmguardError(f"endpoint {endpoint!r} has no health probe in this process")
-        tok = ep.acquire(ep.h)
-        if tok < 0 and tok == -lib.SG_R_PROBES_FULL and self._reclaim_probes(ep):
-            tok = ep.acquire(ep.h)
+        tok = self._acquire(ep)
         if tok < 0 or not tok & _LEASE:
             return None  # nothing due; a closed-state token needs no record
         return self._run_probe(ep, tok)
@@ -348,13 +351,12 @@ class ResilienceService:
         :returns: what ``fn`` returns; its exceptions are re-raised.
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        cp = 5 if priority is _NORMAL else _CP[priority]
         if timeout is None and _hot_execute is not None and self.on_metrics_update is None:
             # admit, call and record in one C call (shmguard._hot)
-            return _hot_execute(ep, ep.hp, 5 if priority is _NORMAL else _CP[priority],  # type: ignore[no-any-return]
-                                fn, args, kwargs or None)
-        h = ep.h
+            return _hot_execute(ep, ep.hp, cp, fn, args, kwargs or None)  # type: ignore[no-any-return]
         if timeout is None:
-            tok = ep.admit(h, 5 if priority is _NORMAL else _CP[priority])
+            tok = ep.admit(ep.h, cp)
             if tok < 0:
                 tok = self._admit_slow(ep, tok, priority, None)
         else:
@@ -366,10 +368,7 @@ class ResilienceService:
         except BaseException as exc:
             ep.record_exception(exc, tok)
             raise
-        # one C call records; non-zero only when the breaker changed state
-        t = ep.record(h, tok | 1)
-        if t or self.on_metrics_update is not None:
-            self._after(ep, t, tok)
+        ep.record_success(tok)
         return result
 
     async def execute_async(self, endpoint: str, coro_fn: Callable[..., Awaitable[T]], /,
@@ -492,6 +491,13 @@ class ResilienceService:
             ep.next_metrics = time.monotonic() + self.metrics_interval
             self.on_metrics_update(ep.name, new, self.stats(ep.name))
 
+    def _acquire(self, ep: _Endpoint) -> int:
+        """A breaker-only token; if every probe permit is out, first frees dead holders'."""
+        tok = int(ep.acquire(ep.h))
+        if tok == -lib.SG_R_PROBES_FULL and self._reclaim_probes(ep):
+            tok = int(ep.acquire(ep.h))
+        return tok
+
     def _reclaim_probes(self, ep: _Endpoint) -> int:
         """Frees half-open permits whose holder died; returns how many."""
         self.segment.base  # raises once closed
@@ -509,11 +515,12 @@ class ResilienceService:
 
     def _force(self, ep: _Endpoint, state: int) -> None:
         before = self._breaker_snapshot(ep).state
-        t = lib.sg_breaker_force_at(ep.h.slot, self.now_ns(), state)
+        rc = lib.sg_breaker_force_at(ep.h.slot, self.now_ns(), state)
+        if rc == lib.SG_E_ARG:
+            raise self._rc_error(ep, rc)
         after = self._breaker_snapshot(ep).state
         if after != before and self.on_state_change is not None:
             self.on_state_change(ep.name, before, after)
-        del t
 
     # -- state and statistics --------------------------------------------------------------
     def _policy_view(self, ep: _Endpoint) -> Any:
