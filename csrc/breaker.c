@@ -38,6 +38,13 @@ static uint64_t state_age(uint64_t w, uint64_t now)
     return (((now >> BW_TSHIFT) - BW_TIME(w)) & BW_TMASK) << BW_TSHIFT;
 }
 
+/* When the current state began (never before 0, whatever the word says). */
+static uint64_t state_began(uint64_t w, uint64_t now)
+{
+    uint64_t age = state_age(w, now);
+    return age > now ? 0 : now - age;
+}
+
 static uint64_t splitmix(uint64_t x)
 {
     x += 0x9e3779b97f4a7c15ULL;
@@ -219,7 +226,7 @@ static int record(void *slot, uint64_t now, int64_t token)
         if (BW_STATE(w) != SG_CLOSED || outcome == SG_IGNORE || (outcome == SG_SUCCESS && !slow))
             return SG_T_NONE;
         struct sg_window_sum sum;
-        sg_window_sum(s, &p, now, &sum);
+        sg_window_sum(s, &p, now, state_began(w, now), &sum);
         uint64_t calls = sum.failures + sum.successes;
         if (calls < p.min_requests)
             return SG_T_NONE;
@@ -311,7 +318,10 @@ int sg_breaker_snapshot_at(const void *slot, uint64_t now, struct sg_breaker_vie
         out->open_remaining_ns = d > out->state_age_ns ? d - out->state_age_ns : 0;
     }
     struct sg_window_sum sum;
-    sg_window_sum(s, &p, now, &sum);
+    /* a counting state's window starts when the state did; OPEN and
+     * half-open show the window that tripped */
+    int counting = st == SG_CLOSED || st == SG_METRICS_ONLY;
+    sg_window_sum(s, &p, now, counting ? state_began(w, now) : 0, &sum);
     out->calls = sum.failures + sum.successes;
     out->failures = sum.failures;
     out->slow = sum.slow;

@@ -9,7 +9,7 @@
  *   line 0      control: state word, hash, name length, policy seq + lease
  *   line 1      name bytes
  *   lines 2-5   policy[2] (double buffer; seq low bit picks the live one)
- *   line 6      breaker: word, half-open word, streak, baseline, floor, opens
+ *   line 6      breaker: word, half-open word, streak, baseline, (reserved), opens
  *   line 7      probe leases[8]
  *   lines 8-9   window buckets[16]   [epoch | failures | successes]
  *   lines 10-11 slow buckets[16]     [epoch | slow | ignored]
@@ -175,7 +175,7 @@ struct sg_slot {
     sg_a64 ho;                           /**< half-open successes of a gen */
     sg_a64 streak;                       /**< consecutive opens (backoff) */
     sg_a64 baseline_ppm;                 /**< long-horizon failure ratio */
-    sg_a64 floor_epoch;                  /**< buckets before this are ignored */
+    sg_a64 reserved6;                    /**< zero (was the window floor, layout 1) */
     sg_a64 opens;                        /**< transitions to OPEN, ever */
     /* line 7 */
     alignas(SG_CACHE_LINE) sg_a64 lease[SG_MAX_PROBES];
@@ -237,7 +237,7 @@ struct sg_window_sum {
 void sg_window_add(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now, int outcome,
                    int slow);
 void sg_window_sum(const struct sg_slot *s, const struct sg_policy_view *p, uint64_t now,
-                   struct sg_window_sum *out);
+                   uint64_t since_ns, struct sg_window_sum *out);
 void sg_window_reset(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now);
 uint32_t sg_window_threshold(const struct sg_slot *s, const struct sg_policy_view *p);
 

@@ -17,8 +17,8 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define SG_LAYOUT_VERSION 1
-#define SG_ABI_VERSION 1
+#define SG_LAYOUT_VERSION 2
+#define SG_ABI_VERSION 2
 #define SG_SLOT_SIZE 1024
 #define SG_NAME_MAX 64
 #define SG_MAX_BUCKETS 16
@@ -189,8 +189,7 @@ int sg_table_register(void *base, uint64_t len, const char *name, uint32_t name_
                       uint32_t *index_out, uint64_t *claim_out);
 int sg_table_find(void *base, uint64_t len, const char *name, uint32_t name_len,
                   uint32_t *index_out);
-int sg_table_takeover(void *base, uint64_t len, uint32_t index, uint64_t claim_word,
-                      uint32_t pid);
+int sg_table_takeover(void *base, uint64_t len, uint32_t index, uint64_t claim_word);
 int sg_slot_snapshot(const void *base, uint64_t len, uint32_t index,
                      struct sg_slot_view *out);
 int sg_policy_read(const struct sg_handle *h, struct sg_policy_view *out);

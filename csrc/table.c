@@ -65,7 +65,7 @@ static void fill_slot(struct sg_slot *s, uint64_t hash, const char *name, uint32
     ST(&s->ho, 0);
     ST(&s->streak, 0);
     ST(&s->baseline_ppm, 0);
-    ST(&s->floor_epoch, 0);
+    ST(&s->reserved6, 0);
     ST(&s->opens, 0);
     for (int i = 0; i < SG_MAX_PROBES; i++)
         ST(&s->lease[i], 0);
@@ -179,8 +179,7 @@ int sg_table_find(void *base, uint64_t len, const char *name, uint32_t name_len,
 }
 
 /* Take over a claim the caller judged dead (its pid is gone). */
-int sg_table_takeover(void *base, uint64_t len, uint32_t index, uint64_t claim_word,
-                      uint32_t pid)
+int sg_table_takeover(void *base, uint64_t len, uint32_t index, uint64_t claim_word)
 {
     struct sg_header_view v;
     int rc = sg_segment_check(base, len, &v);
@@ -190,7 +189,6 @@ int sg_table_takeover(void *base, uint64_t len, uint32_t index, uint64_t claim_w
         return SG_E_ARG;
     struct sg_slot *s = sg_slot_at(base, index);
     uint64_t mine = SK_MAKE(SG_SK_EMPTY, 0, 0);
-    (void)pid;
     /* Back to EMPTY: the next registrant claims it through the normal path.
      * acq_rel: pairs with the claimant's CAS. */
     if (!atomic_compare_exchange_strong_explicit(&s->state, &claim_word, mine,

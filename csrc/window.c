@@ -3,8 +3,11 @@
  * [epoch | failures | successes] (and a twin [epoch | slow | ignored]), so
  * counting and rotating a stale bucket happen in one CAS (rule).
  *
- * Buckets older than the window, or from before the last close (floor),
- * are not counted. On rotation the finished bucket's failure ratio feeds a
+ * Buckets older than the window, or from before the current state began
+ * (the time in the breaker word, passed in as since_ns), are not counted:
+ * the floor is derived from the word, so a close and its "forget the old
+ * window" are one CAS, and a closer killed right after it leaves no stale
+ * window behind. On rotation the finished bucket's failure ratio feeds a
  * long-horizon baseline (EWMA, 1/16) used by the adaptive threshold.
  */
 #include "layout.h"
@@ -68,11 +71,11 @@ void sg_window_add(struct sg_slot *s, const struct sg_policy_view *p, uint64_t n
 }
 
 void sg_window_sum(const struct sg_slot *cs, const struct sg_policy_view *p, uint64_t now,
-                   struct sg_window_sum *out)
+                   uint64_t since_ns, struct sg_window_sum *out)
 {
     struct sg_slot *s = (struct sg_slot *)cs;
     uint32_t nb = p->buckets;
-    uint64_t cur = now / p->bucket_ns, floor = LD(&s->floor_epoch);
+    uint64_t cur = now / p->bucket_ns, floor = since_ns / p->bucket_ns;
     uint32_t cm = (uint32_t)(cur % nb);
     out->failures = out->successes = out->slow = 0;
     for (uint32_t i = 0; i < nb; i++) {
@@ -93,11 +96,13 @@ void sg_window_sum(const struct sg_slot *cs, const struct sg_policy_view *p, uin
     }
 }
 
-/* After a close: forget everything before now. */
+/* After a close: the floor (from the word) already drops earlier buckets;
+ * empty the current one too, which may hold calls from before the open.
+ * Best effort: a closer killed before this store leaves at most that one
+ * bucket's old counts, which age out with it. */
 void sg_window_reset(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now)
 {
     uint64_t cur = now / p->bucket_ns;
-    ST(&s->floor_epoch, cur); /* relaxed: a stale floor only counts a few old calls */
     ST(&s->bucket[cur % p->buckets], WB_MAKE(cur, 0, 0));
     ST(&s->slow[cur % p->buckets], WB_MAKE(cur, 0, 0));
 }

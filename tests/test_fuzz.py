@@ -173,7 +173,7 @@ def _table_calls(b: Buf, index: int, name: bytes) -> None:
         assert rs in CHECK_RCS | {lib.SG_E_ARG, lib.SG_E_CORRUPT}
         if rs == lib.SG_OK:
             assert v.kind in (0, 1, 2) and v.name_len <= 64
-    rt = lib.sg_table_takeover(b.ptr, b.n, index, claim[0], 9)
+    rt = lib.sg_table_takeover(b.ptr, b.n, index, claim[0])
     assert rt in CHECK_RCS | {lib.SG_E_ARG, lib.SG_E_BUSY}
     if b.n >= HDR:
         lib.sg_clock_now(b.ptr)

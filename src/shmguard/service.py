@@ -254,7 +254,7 @@ class ResilienceService:
                 break
             # a claim by another process is in the way: is its owner alive?
             if not probes.pid_alive((claim[0] >> 32) & 0x3FFFFFFF):
-                lib.sg_table_takeover(seg.base, seg.size, idx[0], claim[0], os.getpid())
+                lib.sg_table_takeover(seg.base, seg.size, idx[0], claim[0])
                 continue
             if time.monotonic() > deadline:
                 raise ShmguardError(f"endpoint {name!r}: a slot claim stayed busy")
