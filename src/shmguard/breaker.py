@@ -115,7 +115,7 @@ class Breaker:
         if tok < 0:
             if tok in (-lib.SG_R_OPEN, -lib.SG_R_PROBES_FULL):
                 return None
-            ep.svc._raise_rc(ep, -tok)
+            raise ep.svc._rc_error(ep, -tok)
         if tok & HO_FLAG:
             ep.svc._transition(ep, lib.SG_T_TO_HALF_OPEN, False)
         return Permit(ep, tok)

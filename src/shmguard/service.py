@@ -455,9 +455,6 @@ class ResilienceService:
             return exc
         return ShmguardError(f"endpoint {ep.name!r}: unexpected code {rc}")
 
-    def _raise_rc(self, ep: _Endpoint, rc: int) -> NoReturn:
-        raise self._rc_error(ep, rc)
-
     def _open_error(self, ep: _Endpoint) -> CircuitOpenError:
         wait = lib.sg_breaker_retry_after(ep.h) / NS
         return CircuitOpenError(ep.name, wait, f"circuit of endpoint {ep.name!r} is open; "
