@@ -80,9 +80,9 @@ lib.sg_segment_check(ffi.cast('char *', base) + 8, 1000, ffi.new('struct sg_head
 # -- 2. the C-level tests and the fuzzers under the sanitizers ---------------
 echo "== sanitize: tests (fuzz examples per test: $SHMGUARD_FUZZ_EXAMPLES)"
 tests=()
-for t in tests/test_fuzz.py tests/test_gcra_steps.py tests/test_breaker_steps.py \
-         tests/test_segment.py tests/test_names_security.py tests/test_hardening_*.py \
-         tests/test_torture.py; do
+for t in tests/crash/test_fuzz.py tests/core/test_gcra_steps.py tests/core/test_breaker_steps.py \
+         tests/core/test_segment.py tests/core/test_names_security.py tests/core/test_hardening_*.py \
+         tests/crash/test_torture.py; do
     if [ -f "$t" ]; then tests+=("$t"); fi
 done
 set +e

@@ -27,7 +27,7 @@ Afterwards it checks, and reports as ``violations`` (must be empty):
   behind planted dead claims) registers into exactly one slot.
 
 Run it:  python tests/_torture.py --seconds 10 --workers 4 [--seed N] [--json]
-(``bench/torture.py --seconds N`` is the long version; tests/test_torture.py
+(``bench/torture.py --seconds N`` is the long version; tests/crash/test_torture.py
 runs a short one in the normal suite). Run as a program, so the killer is a
 single-threaded process and fork() is safe.
 """

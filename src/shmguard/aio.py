@@ -20,26 +20,28 @@ import functools
 import inspect
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
+from shmguard._admission import admit_slow
 from shmguard._capi import ffi, lib
+from shmguard._endpoint import LEASE_BITS as _LEASE
 from shmguard.limiter import NS, pack, wait_ns
 from shmguard.policy import Outcome, Priority
 from shmguard.stats import BreakerState
 
 if TYPE_CHECKING:
-    from shmguard.service import ResilienceService, _Endpoint
+    from shmguard._endpoint import Endpoint
+    from shmguard._registry import Registry as ResilienceService
 
 T = TypeVar("T")
-_LEASE = 0xF << 34  # token bits naming a half-open probe lease
 __all__ = ["admit_async", "execute_async", "protect_async"]
 
 
 async def _admit(svc: ResilienceService, endpoint: str, priority: Priority,
-                 timeout: float | None) -> tuple[_Endpoint, int]:
+                 timeout: float | None) -> tuple[Endpoint, int]:
     ep = svc._eps.get(endpoint) or svc._endpoint(endpoint)
     cp = pack(1, priority)
     if timeout is None:
         tok = ep.admit(ep.h, cp)
-        return ep, tok if tok >= 0 else svc._admit_slow(ep, tok, priority, None)
+        return ep, tok if tok >= 0 else admit_slow(ep, tok, priority, None)
     budget = wait_ns(timeout)
     for attempt in range(2):
         d = ffi.new("struct sg_decision *")
@@ -53,10 +55,10 @@ async def _admit(svc: ResilienceService, endpoint: str, priority: Priority,
                     lib.sg_limiter_cancel(ep.h, cp, d)
                     raise
             return ep, tok
-        if tok != -lib.SG_R_PROBES_FULL or attempt or not svc._reclaim_probes(ep):
+        if tok != -lib.SG_R_PROBES_FULL or attempt or not ep.reclaim_probes():
             break
     # a rejection: the sync path maps it to the right error (it does not wait)
-    return ep, svc._admit_slow(ep, tok, priority, None)
+    return ep, admit_slow(ep, tok, priority, None)
 
 
 async def admit_async(svc: ResilienceService, endpoint: str,
@@ -96,7 +98,7 @@ async def execute_async(svc: ResilienceService, endpoint: str,
     return result
 
 
-async def _probe_instead(svc: ResilienceService, ep: _Endpoint, tok: int, priority: Priority,
+async def _probe_instead(svc: ResilienceService, ep: Endpoint, tok: int, priority: Priority,
                          timeout: float | None) -> int:
     """The call got a probe permit and a health probe exists: it probes instead.
 
@@ -110,12 +112,12 @@ async def _probe_instead(svc: ResilienceService, ep: _Endpoint, tok: int, priori
     except Exception:
         ok = False
     except BaseException:
-        svc.record(ep.name, tok, Outcome.IGNORE)
+        ep.record_outcome(tok, Outcome.IGNORE)
         raise
-    svc.record(ep.name, tok, Outcome.SUCCESS if ok else Outcome.FAILURE)
-    if ok and svc.breaker_state(ep.name) == BreakerState.CLOSED:
+    ep.record_outcome(tok, Outcome.SUCCESS if ok else Outcome.FAILURE)
+    if ok and ep.breaker_snapshot().state == BreakerState.CLOSED:
         return (await _admit(svc, ep.name, priority, timeout))[1]
-    raise svc._open_error(ep)
+    raise ep.open_error()
 
 
 def protect_async(svc: ResilienceService, endpoint: str, fn: Callable[..., Awaitable[T]],

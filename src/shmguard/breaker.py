@@ -22,7 +22,7 @@ from shmguard.policy import Outcome
 from shmguard.stats import BreakerMode, BreakerSnapshot, BreakerState
 
 if TYPE_CHECKING:
-    from shmguard.service import _Endpoint
+    from shmguard._endpoint import Endpoint
 
 T = TypeVar("T")
 HO_FLAG = 1 << 33
@@ -38,7 +38,7 @@ class Permit:
 
     __slots__ = ("_ep", "_tok", "_done")
 
-    def __init__(self, ep: _Endpoint, token: int) -> None:
+    def __init__(self, ep: Endpoint, token: int) -> None:
         self._ep = ep
         self._tok = token
         self._done = False
@@ -55,10 +55,10 @@ class Permit:
         # allow() already reported a half-open transition: drop its echo
         t = self._ep.record(self._ep.h, self._tok | outcome)
         if t < 0:
-            raise self._ep.svc._rc_error(self._ep, -t)
+            raise self._ep.rc_error(-t)
         t &= 7
         if t in (1, 2, 3):
-            self._ep.svc._transition(self._ep, t, self.is_probe)
+            self._ep.events.transition(self._ep, t, self.is_probe)
 
     def success(self) -> None:
         self._finish(Outcome.SUCCESS)
@@ -84,7 +84,7 @@ class Breaker:
 
     __slots__ = ("_ep",)
 
-    def __init__(self, ep: _Endpoint) -> None:
+    def __init__(self, ep: Endpoint) -> None:
         self._ep = ep
 
     @property
@@ -93,7 +93,7 @@ class Breaker:
 
     def snapshot(self) -> BreakerSnapshot:
         """Reports the breaker's full state, read by one C snapshot."""
-        return self._ep.svc._breaker_snapshot(self._ep)
+        return self._ep.breaker_snapshot()
 
     @property
     def state(self) -> BreakerState:
@@ -111,13 +111,13 @@ class Breaker:
     def allow(self) -> Permit | None:
         """Returns a :class:`Permit` if a call may go ahead now, else None."""
         ep = self._ep
-        tok = ep.svc._acquire(ep)
+        tok = ep.acquire_permit()
         if tok < 0:
             if tok in (-lib.SG_R_OPEN, -lib.SG_R_PROBES_FULL):
                 return None
-            raise ep.svc._rc_error(ep, -tok)
+            raise ep.rc_error(-tok)
         if tok & HO_FLAG:
-            ep.svc._transition(ep, lib.SG_T_TO_HALF_OPEN, False)
+            ep.events.transition(ep, lib.SG_T_TO_HALF_OPEN, False)
         return Permit(ep, tok)
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -127,7 +127,7 @@ class Breaker:
         """
         permit = self.allow()
         if permit is None:
-            raise self._ep.svc._open_error(self._ep)
+            raise self._ep.open_error()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -139,25 +139,25 @@ class Breaker:
 
     def force_open(self) -> None:
         """Opens the breaker for every process until :meth:`reset`."""
-        self._ep.svc._force(self._ep, lib.SG_FORCED_OPEN)
+        self._ep.force(lib.SG_FORCED_OPEN)
 
     def force_closed(self) -> None:
         """Admits every call, records nothing, until :meth:`reset`."""
-        self._ep.svc._force(self._ep, lib.SG_FORCED_CLOSED)
+        self._ep.force(lib.SG_FORCED_CLOSED)
 
     def metrics_only(self) -> None:
         """Admits every call and keeps counting, without ever opening."""
-        self._ep.svc._force(self._ep, lib.SG_METRICS_ONLY)
+        self._ep.force(lib.SG_METRICS_ONLY)
 
     disable = metrics_only
 
     def open(self) -> None:
         """Opens the breaker now as if the window had tripped (it will half-open)."""
-        self._ep.svc._force(self._ep, lib.SG_OPEN)
+        self._ep.force(lib.SG_OPEN)
 
     def reset(self) -> None:
         """Closes the breaker and forgets its window, for every process."""
-        self._ep.svc._force(self._ep, lib.SG_CLOSED)
+        self._ep.force(lib.SG_CLOSED)
 
     def __repr__(self) -> str:
         return f"<Breaker {self.name!r} {self.state}>"

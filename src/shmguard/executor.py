@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, TypeVar
 from shmguard.errors import RejectedError, SegmentError
 from shmguard.limiter import pack, wait_ns
 from shmguard.policy import Policy, Priority
-from shmguard.service import ResilienceService, validate_endpoint
+from shmguard._endpoint import validate_endpoint
+from shmguard.service import ResilienceService
 
 T = TypeVar("T")
 __all__ = ["ResilientExecutor", "attach", "detach"]

@@ -19,7 +19,7 @@ from shmguard.policy import Priority
 from shmguard.stats import LimiterMetrics
 
 if TYPE_CHECKING:
-    from shmguard.service import _Endpoint
+    from shmguard._endpoint import Endpoint
 
 __all__ = ["Limiter", "Reservation", "pack"]
 
@@ -55,7 +55,7 @@ class Reservation:
 
     __slots__ = ("ok", "delay", "_ep", "_cp", "_d", "_cancelled")
 
-    def __init__(self, ep: _Endpoint, ok: bool, cp: int, d: Any) -> None:
+    def __init__(self, ep: Endpoint, ok: bool, cp: int, d: Any) -> None:
         self.ok = ok
         self.delay = max(0, d.delay_ns) / NS
         self._ep = ep
@@ -65,7 +65,7 @@ class Reservation:
 
     def cancel(self) -> None:
         """Gives the reserved tokens back if the reservation has not come due."""
-        if self._cancelled or self._ep.svc.closed:
+        if self._cancelled or self._ep.seg.closed:
             return
         self._cancelled = True
         lib.sg_limiter_cancel(self._ep.h, self._cp, self._d)
@@ -79,7 +79,7 @@ class Limiter:
 
     __slots__ = ("_ep",)
 
-    def __init__(self, ep: _Endpoint) -> None:
+    def __init__(self, ep: Endpoint) -> None:
         self._ep = ep
 
     @property
@@ -136,10 +136,10 @@ class Limiter:
         return self.metrics(priority).tokens
 
     def metrics(self, priority: Priority = Priority.HIGH) -> LimiterMetrics:
-        return self._ep.svc._limiter_metrics(self._ep, priority)
+        return self._ep.limiter_metrics(priority)
 
     def _cost_error(self, verb: str, cost: int, priority: Priority) -> PolicyError:
-        burst = self._ep.svc._policy_view(self._ep).burst
+        burst = self._ep.policy_view().burst
         return PolicyError(f"{verb}(cost={cost}) exceeds burst {burst} of limiter "
                            f"{self.name!r} at priority {Priority(priority)}")
 

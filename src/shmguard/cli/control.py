@@ -13,9 +13,9 @@ from typing import Any
 
 from shmguard import _capi
 from shmguard._capi import ffi, lib
-from shmguard._cli_render import count, rate
+from shmguard.cli.render import count, rate
 from shmguard.errors import PolicyError, ShmguardError
-from shmguard.inspector import STATES, find_endpoint, policy_view, slot_handle
+from shmguard.cli.inspector import STATES, find_endpoint, policy_view, slot_handle
 from shmguard.policy import MAX_RATE
 from shmguard.segment import Segment
 

@@ -123,13 +123,13 @@ def _print_json(obj: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shmguard._cli_render import Style, use_colour
+    from shmguard.cli.render import Style, use_colour
 
     style = Style(use_colour(sys.stdout, args.color))
     cmd = args.command
     if cmd == "list":
-        from shmguard._cli_render import list_text
-        from shmguard._cli_segments import list_rows
+        from shmguard.cli.render import list_text
+        from shmguard.cli.segments import list_rows
         rows = list_rows(args.patterns or None)
         if args.json:
             _print_json({"segments": rows})
@@ -139,11 +139,11 @@ def _run(args: argparse.Namespace) -> int:
     if cmd == "inspect":
         return _inspect(args, style)
     if cmd == "watch":
-        from shmguard import _cli_watch
+        from shmguard.cli import watch as _cli_watch
         return _cli_watch.run(args.name, args.interval, args.iterations, style.enabled)
     if cmd in _CONTROL or cmd == "set-rate":
-        from shmguard import _cli_control as ctl
-        from shmguard.inspector import open_segment
+        from shmguard.cli import control as ctl
+        from shmguard.cli.inspector import open_segment
         with open_segment(args.name) as seg:
             if cmd == "set-rate":
                 print(ctl.set_rate(seg, args.endpoint, ctl.parse_rate(args.rate), args.burst))
@@ -151,11 +151,11 @@ def _run(args: argparse.Namespace) -> int:
                 print(ctl.force(seg, args.endpoint, cmd))
         return 0
     if cmd == "rm":
-        from shmguard._cli_segments import remove
+        from shmguard.cli.segments import remove
         print(remove(args.name, args.force))
         return 0
     if cmd == "gc":
-        from shmguard._cli_segments import collect
+        from shmguard.cli.segments import collect
         report = collect(args.patterns or None, args.min_age, args.dry_run)
         if args.json:
             _print_json({"segments": report})
@@ -169,16 +169,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace, style: Any) -> int:
-    from shmguard.inspector import open_segment, snapshot
+    from shmguard.cli.inspector import open_segment, snapshot
     with open_segment(args.name) as seg:
         snap = snapshot(seg)
     if args.json:
         _print_json(snap)
     elif args.prometheus:
-        from shmguard._cli_prom import exposition
+        from shmguard.cli.prom import exposition
         sys.stdout.write(exposition(snap))
     else:
-        from shmguard._cli_render import inspect_text
+        from shmguard.cli.render import inspect_text
         print(inspect_text(snap, style))
     if snap["corrupt_slots"]:
         print(f"shmguard: segment {args.name!r} has corrupt slots {snap['corrupt_slots']}",

@@ -97,7 +97,7 @@ def test_demo_missing_is_one_line(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_sparkline_and_history() -> None:
-    from shmguard._cli_watch import History, spark
+    from shmguard.cli.watch import History, spark
     assert spark([]) == " " * 8
     assert spark([0, 1, 2, 4, 8]) == "    ▁▂▄█"
     assert spark([5] * 10, width=4) == "████"
@@ -120,7 +120,7 @@ def test_prometheus_escapes_label_values(segname: str) -> None:
 
 def test_psutil_fallback_finds_the_same_processes(svc: sg.ResilienceService,
                                                   segname: str) -> None:
-    from shmguard._cli_procs import scan_proc, scan_psutil
+    from shmguard.cli.procs import scan_proc, scan_psutil
     path = shm(segname)
     ino = os.stat(path).st_ino
     assert (os.getpid(), ino) in scan_proc({path})[path]

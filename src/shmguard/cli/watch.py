@@ -19,8 +19,8 @@ from collections import deque
 from types import TracebackType
 from typing import Any, Callable, TextIO
 
-from shmguard._cli_render import Style, clip, count, duration, state_label, STATE_COLOUR
-from shmguard.inspector import open_segment, snapshot
+from shmguard.cli.render import Style, clip, count, duration, state_label, STATE_COLOUR
+from shmguard.cli.inspector import open_segment, snapshot
 
 __all__ = ["History", "spark", "frame", "run"]
 

@@ -22,10 +22,10 @@ from concurrent.futures import ProcessPoolExecutor
 from types import FrameType
 from typing import Any, Iterator
 
-from shmguard import _demo_worker as worker
-from shmguard._demo_checks import Evidence, check_all
-from shmguard._demo_server import FlakyCache, Schedule
-from shmguard._demo_view import Sample, Tally, make_view
+from shmguard.demo import worker
+from shmguard.demo.checks import Evidence, check_all
+from shmguard.demo.server import FlakyCache, Schedule
+from shmguard.demo.view import Sample, Tally, make_view
 from shmguard.errors import CircuitOpenError, InvalidNameError, RateLimitedError
 from shmguard.executor import ResilientExecutor
 from shmguard.limiter import NS
@@ -234,5 +234,3 @@ def main(argv: list[str]) -> int:
         unlink(segment)
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

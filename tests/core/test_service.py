@@ -251,8 +251,8 @@ def test_rejections_pickle_with_their_fields():
 
 
 def test_one_crossing_path_is_in_use_and_matches_the_python_path(svc):
-    from shmguard import service
-    assert service._hot_execute is not None            # the C fast path was built
+    from shmguard import _calls
+    assert _calls._hot_execute is not None            # the C fast path was built
     svc.register_endpoint("hot", sg.Policy(min_requests=3, open_timeout=1.0))
     assert svc.execute("kw", lambda *a, **k: (a, k), 1, 2, x=3) == ((1, 2), {"x": 3})
     seen = []

@@ -23,7 +23,7 @@ from shmguard._capi import ffi, lib
 
 import _torture
 
-HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_torture.py")
+HARNESS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_torture.py")
 NS = 1_000_000_000
 T0 = 1_000_000_000_000
 STALE = shmguard.service.CLAIM_STALE_NS

@@ -21,7 +21,7 @@ from shmguard import _capi
 from shmguard._capi import ffi, lib
 from shmguard.errors import SegmentCorruptError, ShmguardError
 from shmguard.segment import SHM_DIR, Segment, object_name
-from shmguard.service import validate_endpoint
+from shmguard._endpoint import validate_endpoint
 from shmguard.stats import BreakerMode, BreakerState
 
 __all__ = ["open_segment", "segment_path", "segment_info", "slot_names", "find_endpoint",

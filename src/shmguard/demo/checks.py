@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shmguard._demo_server import Hit
-from shmguard._demo_view import Counts
+from shmguard.demo.server import Hit
+from shmguard.demo.view import Counts
 from shmguard.stats import BreakerMode, BreakerState, EndpointStats
 
 __all__ = ["Check", "Evidence", "check_all"]

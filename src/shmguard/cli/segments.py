@@ -12,9 +12,9 @@ import os
 import time
 from typing import Any
 
-from shmguard._cli_procs import SegmentFile, attached, segment_files
+from shmguard.cli.procs import SegmentFile, attached, segment_files
 from shmguard.errors import SegmentNotFoundError, ShmguardError
-from shmguard.inspector import open_segment, process_command, segment_info
+from shmguard.cli.inspector import open_segment, process_command, segment_info
 from shmguard.segment import unlink, validate_name
 
 __all__ = ["list_rows", "remove", "collect"]

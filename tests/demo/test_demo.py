@@ -12,10 +12,10 @@ import psutil
 import pytest
 
 import shmguard as sg
-from shmguard import demo
-from shmguard._demo_checks import Evidence, check_all
-from shmguard._demo_server import Hit, Schedule
-from shmguard._demo_view import Counts
+from shmguard.demo import run as demo
+from shmguard.demo.checks import Evidence, check_all
+from shmguard.demo.server import Hit, Schedule
+from shmguard.demo.view import Counts
 from shmguard.stats import BreakerMode, BreakerSnapshot
 
 CLOSED, OPEN, HALF = sg.BreakerState.CLOSED, sg.BreakerState.OPEN, sg.BreakerState.HALF_OPEN
@@ -118,7 +118,7 @@ def test_ctrl_c_stops_workers_and_removes_the_segment(segname: str) -> None:
 
 
 def test_views_render() -> None:
-    from shmguard._demo_view import PlainView, Sample
+    from shmguard.demo.view import PlainView, Sample
     buf = io.StringIO()
     view = PlainView(buf)
     view.start("title")
@@ -129,7 +129,7 @@ def test_views_render() -> None:
     text = buf.getvalue()
     assert "admitted/s=   50 rejected/s=   30 hits/s=  49" in text and "w1 3/1/2/0" in text
     rich = pytest.importorskip("rich.console")
-    from shmguard._demo_view import RichView
+    from shmguard.demo.view import RichView
     rbuf = io.StringIO()
     rv = RichView(rich.Console(file=rbuf, force_terminal=True, width=120))
     rv.start("title")

@@ -1,0 +1,154 @@
+"""The service's doors for calls: execute, try_execute, admit/record, protect, guard.
+
+``execute`` with no timeout runs in ONE C call (``shmguard._hot``: admit,
+call, record); every unusual case there is handed back to the endpoint's
+Python methods, and the path below is the equivalent in Python.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Awaitable, Callable, TypeVar
+
+from shmguard import _admission, _capi
+from shmguard._endpoint import LEASE_BITS
+from shmguard._registry import Registry
+from shmguard.limiter import pack
+from shmguard.policy import Outcome, Priority
+from shmguard.result import Err, Ok
+
+T = TypeVar("T")
+__all__ = ["Calls"]
+
+_CP = tuple(pack(1, p) for p in Priority)
+_NORMAL = Priority.NORMAL
+
+try:  # the one-crossing execute path (csrc/hot.c); the Python path below is equivalent
+    from shmguard._hot import ABI_VERSION as _HOT_ABI
+    from shmguard._hot import execute as _hot_execute
+    if _HOT_ABI != _capi.ABI_VERSION:  # a stale build: use the Python path
+        _hot_execute = None
+except ImportError:  # pragma: no cover - a build without it still works, slower
+    _hot_execute = None
+
+
+class Calls(Registry):
+    """Execution doors of :class:`~shmguard.service.ResilienceService`."""
+
+    def execute(self, endpoint: str, fn: Callable[..., T], /, *args: Any,
+                priority: Priority = Priority.NORMAL, timeout: float | None = None,
+                **kwargs: Any) -> T:
+        """Runs ``fn(*args, **kwargs)`` if the endpoint admits it, and records the outcome.
+
+        :param timeout: how long to wait for the rate limit (None: do not wait).
+        :raises CircuitOpenError: the breaker is open.
+        :raises RateLimitedError: no token within ``timeout``.
+        :returns: what ``fn`` returns; its exceptions are re-raised.
+        """
+        ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        cp = 5 if priority is _NORMAL else _CP[priority]
+        if timeout is None and _hot_execute is not None and self._events.on_metrics_update is None:
+            # admit, call and record in one C call (shmguard._hot)
+            return _hot_execute(ep, ep.hp, cp, fn, args, kwargs or None)  # type: ignore[no-any-return]
+        if timeout is None:
+            tok = ep.admit(ep.h, cp)
+            if tok < 0:
+                tok = _admission.admit_slow(ep, tok, priority, None)
+        else:
+            tok = _admission.admit_slow(ep, None, priority, timeout)
+        if tok & LEASE_BITS and ep.probe is not None:
+            tok = _admission.probe_instead(ep, tok, priority, timeout)
+        try:
+            result = fn(*args, **kwargs) if kwargs else fn(*args)
+        except BaseException as exc:
+            ep.record_exception(exc, tok)
+            raise
+        ep.record_success(tok)
+        return result
+
+    async def execute_async(self, endpoint: str, coro_fn: Callable[..., Awaitable[T]], /,
+                            *args: Any, priority: Priority = Priority.NORMAL,
+                            timeout: float | None = None, **kwargs: Any) -> T:
+        """Awaits ``coro_fn(*args, **kwargs)`` if admitted, like :meth:`execute`.
+
+        Waiting for the rate limit sleeps with ``asyncio.sleep`` (never blocks
+        the loop); cancelling gives back the reservation and any probe permit,
+        and a cancelled call counts as neither success nor failure.
+        """
+        from shmguard import aio
+        return await aio.execute_async(self, endpoint, coro_fn, *args, priority=priority,
+                                       timeout=timeout, **kwargs)
+
+    def try_execute(self, endpoint: str, fn: Callable[..., T], /, *args: Any,
+                    priority: Priority = Priority.NORMAL, timeout: float | None = None,
+                    **kwargs: Any) -> Ok[T] | Err:
+        """Like :meth:`execute`, but returns ``Ok(value)`` or ``Err(exception)``."""
+        try:
+            return Ok(self.execute(endpoint, fn, *args, priority=priority, timeout=timeout,
+                                   **kwargs))
+        except Exception as exc:
+            return Err(exc)
+
+    def admit(self, endpoint: str, priority: Priority = Priority.NORMAL,
+              timeout: float | None = None) -> int:
+        """Returns an admission token (breaker + limiter) or raises a rejection.
+
+        The low-level half of :meth:`execute`; finish with :meth:`record`.
+        """
+        ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        return _admission.admit_slow(ep, None, priority, timeout)
+
+    def record(self, endpoint: str, token: int, outcome: Outcome) -> None:
+        """Records the outcome of a call admitted by :meth:`admit`."""
+        self._eps[endpoint].record_outcome(token, int(outcome))
+
+    def protect(self, endpoint: str, *, priority: Priority = Priority.NORMAL,
+                timeout: float | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator: every call of the function goes through :meth:`execute`."""
+        def deco(fn: Callable[..., T]) -> Callable[..., T]:
+            import inspect
+            if inspect.iscoroutinefunction(fn):
+                from shmguard import aio
+                return aio.protect_async(self, endpoint, fn, priority, timeout)  # type: ignore[return-value]
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> T:
+                return self.execute(endpoint, fn, *args, priority=priority, timeout=timeout,
+                                    **kwargs)
+            return wrapper
+        return deco
+
+    def guard(self, endpoint: str, *, priority: Priority = Priority.NORMAL,
+              timeout: float | None = None) -> Any:
+        """Context manager: admits on entry, records the block's outcome on exit."""
+        return _Guard(self, endpoint, priority, timeout)
+
+
+class _Guard:
+    __slots__ = ("svc", "endpoint", "priority", "timeout", "tok")
+
+    def __init__(self, svc: Calls, endpoint: str, priority: Priority,
+                 timeout: float | None) -> None:
+        self.svc, self.endpoint, self.priority, self.timeout = svc, endpoint, priority, timeout
+        self.tok = -1
+
+    def __enter__(self) -> _Guard:
+        self.tok = self.svc.admit(self.endpoint, self.priority, self.timeout)
+        return self
+
+    def __exit__(self, et: Any, exc: Any, tb: Any) -> None:
+        ep = self.svc._eps[self.endpoint]
+        if exc is None:
+            outcome = Outcome.SUCCESS
+        elif isinstance(exc, Exception):
+            outcome = ep.policy.classify(exc)
+        else:
+            outcome = Outcome.IGNORE
+        ep.record_outcome(self.tok, outcome)
+
+    async def __aenter__(self) -> _Guard:
+        from shmguard import aio
+        self.tok = await aio.admit_async(self.svc, self.endpoint, self.priority, self.timeout)
+        return self
+
+    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> None:
+        self.__exit__(et, exc, tb)
