@@ -120,7 +120,7 @@ int64_t sg_breaker_acquire_at(void *slot, uint64_t now, uint32_t pid)
 {
     struct sg_slot *s = slot;
     if (!s)
-        return -SG_E_ARG;
+        return SG_E_ARG;
     /* A3: pairs with R3 in transition(). */
     uint64_t w = atomic_load_explicit(&s->bword, memory_order_acquire);
     uint64_t flag = 0;
@@ -174,17 +174,17 @@ int64_t sg_breaker_acquire_at(void *slot, uint64_t now, uint32_t pid)
                 continue;
             }
             atomic_fetch_add_explicit(&s->b_rejected, 1, memory_order_relaxed);
-            return -(int64_t)SG_R_PROBES_FULL;
+            return SG_R_PROBES_FULL;
         }
         case SG_FORCED_OPEN:
             goto rejected;
         default:
-            return -SG_E_CORRUPT;
+            return SG_E_CORRUPT;
         }
     }
 rejected:
     atomic_fetch_add_explicit(&s->b_rejected, 1, memory_order_relaxed);
-    return -SG_R_OPEN;
+    return SG_R_OPEN;
 }
 
 static void release_lease(struct sg_slot *s, uint32_t l, uint32_t gen, uint32_t pid)
@@ -204,7 +204,7 @@ static int record(void *slot, uint64_t now, int64_t token)
     struct sg_slot *s = slot;
     int outcome = (int)(token & 3);
     if (!s || token < 0 || outcome == 0)
-        return -SG_E_ARG;
+        return SG_E_ARG;
     uint32_t gen = TK_GEN(token), l = TK_LEASE(token);
     sg_a64 *tot = outcome == SG_SUCCESS ? &s->b_success
                   : outcome == SG_FAILURE ? &s->b_failure : &s->b_ignored;
@@ -215,7 +215,7 @@ static int record(void *slot, uint64_t now, int64_t token)
     int slow = p.slow_call_ns && outcome == SG_SUCCESS && took >= p.slow_call_ns;
     uint64_t w = atomic_load_explicit(&s->bword, memory_order_acquire); /* A3 */
     if (BW_GEN(w) != gen)
-        return SG_R_STALE;
+        return SG_T_STALE;
     switch (BW_STATE(w)) {
     case SG_CLOSED:
     case SG_METRICS_ONLY: {
@@ -394,7 +394,7 @@ static int64_t admit(const struct sg_handle *h, uint64_t cp, int64_t max_wait, s
     int rc = sg_limiter_decide_at(h->slot, now, cp >> 2, (uint32_t)(cp & 3), max_wait, d);
     if (rc != SG_OK) {
         sg_release_probe(h, tok);
-        return -(int64_t)rc;
+        return rc;
     }
     return tok;
 }

@@ -2,21 +2,32 @@
  * layout.h -- the map of a shmguard segment. Private to csrc/.
  *
  * Offset table (bytes)
- *   0        struct sg_header      (256: 4 cache lines)
- *   256      struct sg_slot[cap]   (1024 each: 16 cache lines)
+ *   0        struct sg_header      (512: 8 cache lines)
+ *   512      struct sg_slot[cap]   (2048 each: 32 cache lines)
+ *
+ * Header lines: 0 identity and sizes, 1 manual clock, 2 used slots,
+ *   3 host identity (boot / namespaces), 4 fleet agent lease, 5-7 reserved.
  *
  * Slot, one cache line per part (no false sharing between parts):
  *   line 0      control: state word, hash, name length, policy seq + lease
  *   line 1      name bytes
- *   lines 2-5   policy[2] (double buffer; seq low bit picks the live one)
- *   line 6      breaker: word, half-open word, streak, baseline, (reserved), opens
- *   line 7      probe leases[8]
- *   lines 8-9   window buckets[16]   [epoch | failures | successes]
- *   lines 10-11 slow buckets[16]     [epoch | slow | ignored]
- *   line 12     limiter: TAT, rate-scale word
- *   line 13     limiter totals: accepted[4], rejected[4]
- *   line 14     waited[4], breaker totals (success, failure, ignored, rejected)
- *   line 15     limiter stats window[8]  [epoch | accepted | rejected]
+ *   lines 2-7   policy[2] (double buffer; seq low bit picks the live one)
+ *   line 8      breaker: word, half-open word, streak, baseline, (reserved), opens
+ *   line 9      probe leases[8]
+ *   lines 10-11 window buckets[16]   [epoch | failures | successes]
+ *   lines 12-13 slow buckets[16]     [epoch | slow | ignored]
+ *   line 14     limiter: TAT, rate-scale word (+ spare words)
+ *   line 15     limiter totals: accepted[4], rejected[4]
+ *   line 16     waited[4], breaker totals (success, failure, ignored, rejected)
+ *   line 17     limiter stats window[8]  [epoch | accepted | rejected]
+ *   line 18     bulkhead control          (bulkhead.c)
+ *   lines 19-26 bulkhead tickets[64]      (bulkhead.c)
+ *   line 27     retry budget              (budget.c)
+ *   lines 28-29 adaptive throttling       (throttle.c)
+ *   line 30     predictive breaking       (predict.c)
+ *   line 31     fleet share and events    (fleet.c)
+ * An area's words are all zero in a fresh slot (fill_slot), and zero means
+ * "nothing recorded yet" for every area.
  *
  * Any change here bumps SG_LAYOUT_VERSION (shmguard.h).
  */
@@ -144,7 +155,9 @@ struct sg_header {
     sg_a32 init;                           /**< SG_INIT_READY, published last (R0) */
     alignas(SG_CACHE_LINE) sg_a64 manual_now_ns; /**< manual clock (tests) */
     alignas(SG_CACHE_LINE) sg_a32 used;    /**< READY slots (statistics only) */
-    alignas(SG_CACHE_LINE) uint64_t reserved[8]; /**< zero; future use */
+    alignas(SG_CACHE_LINE) uint64_t host[8]; /**< line 3: host identity (boot, namespaces) */
+    alignas(SG_CACHE_LINE) sg_a64 agent[8];  /**< line 4: fleet agent lease */
+    alignas(SG_CACHE_LINE) uint64_t reserved[24]; /**< lines 5-7: zero; future use */
 };
 
 /* Policy as stored: same fields as sg_policy_view, atomics so a reader may
@@ -156,7 +169,19 @@ struct sg_policy_raw {
     sg_a32 failure_ppm, slow_ppm, adaptive_max_ppm, min_requests;
     sg_a32 buckets, half_open_max, success_threshold, flags;
     sg_a32 rate_floor_ppm, jitter_ppm, backoff_milli, burst;
+    sg_a64 max_wait_ns, ticket_lease_ns, retry_window_ns;   /**< round 2: see view */
+    sg_a64 throttle_window_ns, predict_horizon_ns;
+    sg_a32 max_concurrent, quota_ppm, retry_ratio_ppm, retry_min_milli;
+    sg_a32 throttle_k_milli, throttle_min_requests;
 };
+
+/* Round-2 areas of a slot. Each is owned by the csrc file named beside it,
+ * which gives the words names (keeping the size, asserted below). */
+struct sg_bulkhead_area { sg_a64 w[8 + SG_MAX_TICKETS]; }; /**< lines 18-26: bulkhead.c */
+struct sg_budget_area { sg_a64 w[8]; };                    /**< line 27: budget.c */
+struct sg_throttle_area { sg_a64 w[16]; };                 /**< lines 28-29: throttle.c */
+struct sg_predict_area { sg_a64 w[8]; };                   /**< line 30: predict.c */
+struct sg_fleet_area { sg_a64 w[8]; };                     /**< line 31: fleet.c */
 
 struct sg_slot {
     /* line 0: control */
@@ -168,39 +193,57 @@ struct sg_slot {
     sg_a64 policy_lease;                 /**< writer lease: pid 22 | deadline 42 */
     /* line 1 */
     alignas(SG_CACHE_LINE) char name[SG_NAME_MAX]; /**< not NUL-terminated at 64 */
-    /* lines 2-5 */
+    /* lines 2-7 */
     alignas(SG_CACHE_LINE) struct sg_policy_raw policy[2];
-    /* line 6: breaker */
+    /* line 8: breaker */
     alignas(SG_CACHE_LINE) sg_a64 bword; /**< state | gen | since */
     sg_a64 ho;                           /**< half-open successes of a gen */
     sg_a64 streak;                       /**< consecutive opens (backoff) */
     sg_a64 baseline_ppm;                 /**< long-horizon failure ratio */
     sg_a64 reserved6;                    /**< zero (was the window floor, layout 1) */
     sg_a64 opens;                        /**< transitions to OPEN, ever */
-    /* line 7 */
+    /* line 9 */
     alignas(SG_CACHE_LINE) sg_a64 lease[SG_MAX_PROBES];
-    /* lines 8-11 */
+    /* lines 10-13 */
     alignas(SG_CACHE_LINE) sg_a64 bucket[SG_MAX_BUCKETS];
     alignas(SG_CACHE_LINE) sg_a64 slow[SG_MAX_BUCKETS];
-    /* line 12: limiter */
+    /* line 14: limiter */
     alignas(SG_CACHE_LINE) sg_a64 tat;   /**< GCRA theoretical arrival time */
     sg_a64 scale;                        /**< rate-scale word (0 = full) */
-    /* line 13 */
+    /* line 15 */
     alignas(SG_CACHE_LINE) sg_a64 accepted[SG_PRIORITIES];
     sg_a64 rejected[SG_PRIORITIES];
-    /* line 14 */
+    /* line 16 */
     alignas(SG_CACHE_LINE) sg_a64 waited[SG_PRIORITIES];
     sg_a64 b_success, b_failure, b_ignored, b_rejected;
-    /* line 15 */
+    /* line 17 */
     alignas(SG_CACHE_LINE) sg_a64 lwin[SG_STAT_BUCKETS];
+    /* lines 18-31: round-2 areas */
+    alignas(SG_CACHE_LINE) struct sg_bulkhead_area bulkhead;
+    alignas(SG_CACHE_LINE) struct sg_budget_area budget;
+    alignas(SG_CACHE_LINE) struct sg_throttle_area throttle;
+    alignas(SG_CACHE_LINE) struct sg_predict_area predict;
+    alignas(SG_CACHE_LINE) struct sg_fleet_area fleet;
 };
 
-_Static_assert(sizeof(struct sg_header) == 256, "header is 4 cache lines");
-_Static_assert(sizeof(struct sg_policy_raw) == 128, "policy is 2 cache lines");
-_Static_assert(sizeof(struct sg_slot) == SG_SLOT_SIZE, "slot is 1 KiB");
-_Static_assert(offsetof(struct sg_slot, bword) == 6 * 64, "breaker line");
-_Static_assert(offsetof(struct sg_slot, tat) == 12 * 64, "limiter line");
-_Static_assert(offsetof(struct sg_slot, lwin) == 15 * 64, "stats line");
+_Static_assert(sizeof(struct sg_header) == SG_HEADER_SIZE, "header is 8 cache lines");
+_Static_assert(offsetof(struct sg_header, host) == 3 * 64, "host identity line");
+_Static_assert(offsetof(struct sg_header, agent) == 4 * 64, "fleet agent line");
+_Static_assert(sizeof(struct sg_policy_raw) == 192, "policy is 3 cache lines");
+_Static_assert(sizeof(struct sg_slot) == SG_SLOT_SIZE, "slot is 2 KiB");
+_Static_assert(offsetof(struct sg_slot, bword) == 8 * 64, "breaker line");
+_Static_assert(offsetof(struct sg_slot, tat) == 14 * 64, "limiter line");
+_Static_assert(offsetof(struct sg_slot, lwin) == 17 * 64, "stats line");
+_Static_assert(offsetof(struct sg_slot, bulkhead) == 18 * 64, "bulkhead lines");
+_Static_assert(sizeof(struct sg_bulkhead_area) == 9 * 64, "bulkhead: 9 lines");
+_Static_assert(offsetof(struct sg_slot, budget) == 27 * 64, "budget line");
+_Static_assert(sizeof(struct sg_budget_area) == 64, "budget: 1 line");
+_Static_assert(offsetof(struct sg_slot, throttle) == 28 * 64, "throttle lines");
+_Static_assert(sizeof(struct sg_throttle_area) == 2 * 64, "throttle: 2 lines");
+_Static_assert(offsetof(struct sg_slot, predict) == 30 * 64, "predict line");
+_Static_assert(sizeof(struct sg_predict_area) == 64, "predict: 1 line");
+_Static_assert(offsetof(struct sg_slot, fleet) == 31 * 64, "fleet line");
+_Static_assert(sizeof(struct sg_fleet_area) == 64, "fleet: 1 line");
 
 /* Saturating 64-bit arithmetic (policies at the extremes never wrap). */
 static inline uint64_t sg_sat_add(uint64_t a, uint64_t b)

@@ -40,6 +40,17 @@ void sg_policy_store(struct sg_policy_raw *p, const struct sg_policy_view *v)
     ST(&p->jitter_ppm, v->jitter_ppm);
     ST(&p->backoff_milli, v->backoff_milli);
     ST(&p->burst, v->burst);
+    ST(&p->max_wait_ns, v->max_wait_ns);
+    ST(&p->ticket_lease_ns, v->ticket_lease_ns);
+    ST(&p->retry_window_ns, v->retry_window_ns);
+    ST(&p->throttle_window_ns, v->throttle_window_ns);
+    ST(&p->predict_horizon_ns, v->predict_horizon_ns);
+    ST(&p->max_concurrent, v->max_concurrent);
+    ST(&p->quota_ppm, v->quota_ppm);
+    ST(&p->retry_ratio_ppm, v->retry_ratio_ppm);
+    ST(&p->retry_min_milli, v->retry_min_milli);
+    ST(&p->throttle_k_milli, v->throttle_k_milli);
+    ST(&p->throttle_min_requests, v->throttle_min_requests);
 }
 
 static void copy_out(const struct sg_policy_raw *p, struct sg_policy_view *v)
@@ -67,6 +78,17 @@ static void copy_out(const struct sg_policy_raw *p, struct sg_policy_view *v)
     v->jitter_ppm = LD(&q->jitter_ppm);
     v->backoff_milli = LD(&q->backoff_milli);
     v->burst = LD(&q->burst);
+    v->max_wait_ns = LD(&q->max_wait_ns);
+    v->ticket_lease_ns = LD(&q->ticket_lease_ns);
+    v->retry_window_ns = LD(&q->retry_window_ns);
+    v->throttle_window_ns = LD(&q->throttle_window_ns);
+    v->predict_horizon_ns = LD(&q->predict_horizon_ns);
+    v->max_concurrent = LD(&q->max_concurrent);
+    v->quota_ppm = LD(&q->quota_ppm);
+    v->retry_ratio_ppm = LD(&q->retry_ratio_ppm);
+    v->retry_min_milli = LD(&q->retry_min_milli);
+    v->throttle_k_milli = LD(&q->throttle_k_milli);
+    v->throttle_min_requests = LD(&q->throttle_min_requests);
 }
 
 /* Clamp what the hot paths index or divide by: the slot is untrusted. */
@@ -92,6 +114,8 @@ static void sanitize(struct sg_policy_view *v)
     if (v->jitter_ppm > SG_PPM) v->jitter_ppm = SG_PPM;
     for (int i = 0; i < 4; i++)
         if (v->share_ppm[i] > 4 * SG_PPM) v->share_ppm[i] = 4 * SG_PPM;
+    if (v->max_concurrent > SG_MAX_TICKETS) v->max_concurrent = SG_MAX_TICKETS;
+    if (v->quota_ppm > SG_PPM) v->quota_ppm = SG_PPM;
 }
 
 void sg_policy_load(const struct sg_slot *s, struct sg_policy_view *out)

@@ -7,7 +7,7 @@
  * expressions (cffi accepts "#define NAME <integer>" only).
  *
  * Conventions: every function returns an `enum sg_rc` (or a packed int64
- * token whose negative values are `-sg_rc`); times are nanoseconds on the
+ * token; negative values are the `enum sg_rc` rejection or error itself); times are nanoseconds on the
  * segment's clock and end in _ns; outputs go through trailing pointers.
  * Nothing here allocates, sets errno or takes a lock.
  */
@@ -17,9 +17,10 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define SG_LAYOUT_VERSION 2
-#define SG_ABI_VERSION 2
-#define SG_SLOT_SIZE 1024
+#define SG_LAYOUT_VERSION 3
+#define SG_ABI_VERSION 3
+#define SG_HEADER_SIZE 512
+#define SG_SLOT_SIZE 2048
 #define SG_NAME_MAX 64
 #define SG_MAX_BUCKETS 16
 #define SG_MAX_PROBES 8
@@ -27,27 +28,32 @@
 #define SG_PRIORITIES 4
 #define SG_MAX_CAPACITY 65536
 #define SG_PPM 1000000
+#define SG_MAX_TICKETS 64
 
-/* Return codes. Negative tokens carry -rc. */
+/* Return codes: one convention for every function (rule).
+ *   0 and positive: success (SG_OK, SG_CREATED; tokens are >= 0).
+ *   negative:       a rejection (SG_R_*: the call may not go ahead now) or an
+ *                   error (SG_E_*: bad input, a busy lease, a corrupt segment).
+ * Functions returning int64_t tokens return these negative values as they
+ * are, so `x < 0` is the one test for "not admitted" everywhere. */
 enum sg_rc {
     SG_OK = 0,
     SG_CREATED = 1,          /**< register: a new slot was made */
-    SG_R_OPEN = 2,           /**< breaker open: call rejected */
-    SG_R_PROBES_FULL = 3,    /**< half-open and every probe permit is leased */
-    SG_R_RATE_LIMITED = 4,   /**< limiter: not conforming now */
-    SG_R_STALE = 5,          /**< outcome of an older generation: dropped */
-    SG_E_BUSY = 10,          /**< a live claim or writer lease is in the way */
-    SG_E_FULL = 11,          /**< slot table full */
-    SG_E_NOT_FOUND = 12,
-    SG_E_ARG = 13,           /**< bad argument (index, length, enum) */
-    SG_E_COST = 14,          /**< cost can never conform (exceeds burst) */
-    SG_E_NOT_READY = 20,     /**< segment header not published yet */
-    SG_E_MAGIC = 21,
-    SG_E_VERSION = 22,
-    SG_E_SIZE = 23,          /**< header sizes disagree with each other */
-    SG_E_TRUNCATED = 24,     /**< mapping shorter than the header claims */
-    SG_E_CORRUPT = 25,       /**< a slot or word fails validation */
-    SG_E_CLOCK = 26          /**< manual clock call on a real-clock segment */
+    SG_R_OPEN = -2,          /**< breaker open: call rejected */
+    SG_R_PROBES_FULL = -3,   /**< half-open and every probe permit is leased */
+    SG_R_RATE_LIMITED = -4,  /**< limiter: not conforming now */
+    SG_E_BUSY = -10,         /**< a live claim or writer lease is in the way */
+    SG_E_FULL = -11,         /**< slot table full */
+    SG_E_NOT_FOUND = -12,
+    SG_E_ARG = -13,          /**< bad argument (index, length, enum) */
+    SG_E_COST = -14,         /**< cost can never conform (exceeds burst) */
+    SG_E_NOT_READY = -20,    /**< segment header not published yet */
+    SG_E_MAGIC = -21,
+    SG_E_VERSION = -22,
+    SG_E_SIZE = -23,         /**< header sizes disagree with each other */
+    SG_E_TRUNCATED = -24,    /**< mapping shorter than the header claims */
+    SG_E_CORRUPT = -25,      /**< a slot or word fails validation */
+    SG_E_CLOCK = -26         /**< manual clock call on a real-clock segment */
 };
 
 /* Breaker modes (state field of the breaker word). */
@@ -59,7 +65,8 @@ enum sg_bstate {
 /* What sg_record did to the breaker (for callbacks). */
 enum sg_transition {
     SG_T_NONE = 0, SG_T_TO_OPEN = 1, SG_T_TO_HALF_OPEN = 2, SG_T_TO_CLOSED = 3,
-    SG_T_ECHO_HALF_OPEN = 8      /* sg_breaker_record: the token's admission half-opened */
+    SG_T_ECHO_HALF_OPEN = 8,     /* sg_breaker_record: the token's admission half-opened */
+    SG_T_STALE = 16              /* sg_breaker_record: outcome of an older generation, dropped */
 };
 
 /* Outcome bits ORed into a token by the caller of sg_record(). */
@@ -96,9 +103,23 @@ struct sg_policy_view {
     uint32_t jitter_ppm;
     uint32_t backoff_milli;      /* 1000 = no growth */
     uint32_t burst;
+    /* round 2: each group belongs to one csrc file (0 = feature off) */
+    uint64_t max_wait_ns;        /* bulkhead.c: longest wait for a ticket */
+    uint64_t ticket_lease_ns;    /* bulkhead.c: 0 = held until released or the holder dies */
+    uint64_t retry_window_ns;    /* budget.c: the retry budget's window */
+    uint64_t throttle_window_ns; /* throttle.c: adaptive throttling window */
+    uint64_t predict_horizon_ns; /* predict.c: predictive breaking horizon */
+    uint32_t max_concurrent;     /* bulkhead.c: tickets (<= SG_MAX_TICKETS) */
+    uint32_t quota_ppm;          /* bulkhead.c: tickets as a share of attached processes */
+    uint32_t retry_ratio_ppm;    /* budget.c: retries per first attempt */
+    uint32_t retry_min_milli;    /* budget.c: retries per second always allowed, x1000 */
+    uint32_t throttle_k_milli;   /* throttle.c: the SRE book's K, x1000 */
+    uint32_t throttle_min_requests;
 };
 #define SG_POL_ADAPTIVE 1
 #define SG_POL_NO_LIMIT 2
+#define SG_POL_FLEET_RATE 4      /* fleet/: rate and burst are fleet-wide */
+#define SG_POL_FLEET_BREAKER 8   /* fleet/: breaker state shared across hosts */
 
 struct sg_header_view {
     uint64_t total_size;
@@ -226,6 +247,18 @@ int64_t sg_admit(const struct sg_handle *h, uint64_t cost_prio);
 int64_t sg_admit_wait(const struct sg_handle *h, uint64_t cost_prio, int64_t max_wait_ns,
                       struct sg_decision *out);
 void sg_release_probe(const struct sg_handle *h, int64_t token);
+
+/* bulkhead.c: host-wide concurrency tickets (lines 18-26 of a slot) */
+
+/* budget.c: host-wide retry budget (line 27) */
+
+/* throttle.c: SRE adaptive throttling (lines 28-29) */
+
+/* predict.c: predictive breaking (line 30) */
+
+/* fleet.c: fleet share and breaker events written by the host's agent (line 31) */
+
+/* keyed.c: keyed limiter tables (their own shared-memory objects) */
 /* CDEF-END */
 
 #endif /* SHMGUARD_H */

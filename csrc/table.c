@@ -47,6 +47,12 @@ static uint32_t claim_age_ms(uint64_t w, uint64_t now)
     return (uint32_t)(((uint64_t)units << CLAIM_SHIFT) / 1000000ULL);
 }
 
+static void zero_area(sg_a64 *w, size_t bytes)
+{
+    for (size_t i = 0; i < bytes / sizeof *w; i++)
+        ST(&w[i], 0);
+}
+
 static void fill_slot(struct sg_slot *s, uint64_t hash, const char *name, uint32_t n,
                       const struct sg_policy_view *pol, uint64_t now)
 {
@@ -86,6 +92,11 @@ static void fill_slot(struct sg_slot *s, uint64_t hash, const char *name, uint32
     ST(&s->b_rejected, 0);
     for (int i = 0; i < SG_STAT_BUCKETS; i++)
         ST(&s->lwin[i], 0);
+    zero_area(s->bulkhead.w, sizeof s->bulkhead);
+    zero_area(s->budget.w, sizeof s->budget);
+    zero_area(s->throttle.w, sizeof s->throttle);
+    zero_area(s->predict.w, sizeof s->predict);
+    zero_area(s->fleet.w, sizeof s->fleet);
 }
 
 /* Fill a claimed slot and publish it; fails if our claim was taken over. */

@@ -62,8 +62,8 @@ CLAIM_BOUND_MS = CLAIM_STALE_NS // 1_000_000   # a live claim older than this is
 MAX_WAIT = 0.02          # reserve()'s max_wait in the workers (s)
 LEASE_UNIT = 1 << 20     # lease deadlines are kept in 2**20 ns units
 
-HDR_SLOT = 256           # struct sg_header
-SLOT = 1024              # struct sg_slot
+HDR_SLOT = lib.SG_HEADER_SIZE   # struct sg_header
+SLOT = lib.SG_SLOT_SIZE         # struct sg_slot
 BREAKER_EPS = ("brk", "lease", "mix")
 EP_ID = {"brk": 0, "lease": 1, "mix": 2}
 

@@ -32,11 +32,11 @@ def admit_slow(ep: Endpoint, tok: int | None, priority: Priority, timeout: float
     cp = pack(1, priority)
     if tok is None:
         tok = admit_once(ep, cp, timeout)
-    if tok == -lib.SG_R_PROBES_FULL and ep.reclaim_probes():
+    if tok == lib.SG_R_PROBES_FULL and ep.reclaim_probes():
         tok = admit_once(ep, cp, timeout)  # a dead holder's permit came back
     if tok >= 0:
         return tok
-    rc = -tok
+    rc = tok
     if rc in (lib.SG_R_OPEN, lib.SG_R_PROBES_FULL):
         raise ep.open_error()
     if rc == lib.SG_R_RATE_LIMITED:

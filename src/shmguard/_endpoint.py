@@ -120,7 +120,7 @@ class Endpoint:
     def acquire_permit(self) -> int:
         """A breaker-only token; if every probe permit is out, first frees dead holders'."""
         tok = int(self.acquire(self.h))
-        if tok == -lib.SG_R_PROBES_FULL and self.reclaim_probes():
+        if tok == lib.SG_R_PROBES_FULL and self.reclaim_probes():
             tok = int(self.acquire(self.h))
         return tok
 

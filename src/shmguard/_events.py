@@ -34,7 +34,7 @@ class Events:
     def after(self, ep: Endpoint, t: int, tok: int) -> None:
         """Fires callbacks for what sg_breaker_record reported (``t``)."""
         if t < 0:
-            raise ep.rc_error(-t)  # a bad token: never decode it as a transition
+            raise ep.rc_error(t)  # a bad token: never decode it as a transition
         if t & lib.SG_T_ECHO_HALF_OPEN:
             self.transition(ep, lib.SG_T_TO_HALF_OPEN, False)
         t &= 7

@@ -55,7 +55,7 @@ async def _admit(svc: ResilienceService, endpoint: str, priority: Priority,
                     lib.sg_limiter_cancel(ep.h, cp, d)
                     raise
             return ep, tok
-        if tok != -lib.SG_R_PROBES_FULL or attempt or not ep.reclaim_probes():
+        if tok != lib.SG_R_PROBES_FULL or attempt or not ep.reclaim_probes():
             break
     # a rejection: the sync path maps it to the right error (it does not wait)
     return ep, admit_slow(ep, tok, priority, None)

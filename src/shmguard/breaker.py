@@ -55,7 +55,7 @@ class Permit:
         # allow() already reported a half-open transition: drop its echo
         t = self._ep.record(self._ep.h, self._tok | outcome)
         if t < 0:
-            raise self._ep.rc_error(-t)
+            raise self._ep.rc_error(t)
         t &= 7
         if t in (1, 2, 3):
             self._ep.events.transition(self._ep, t, self.is_probe)
@@ -113,9 +113,9 @@ class Breaker:
         ep = self._ep
         tok = ep.acquire_permit()
         if tok < 0:
-            if tok in (-lib.SG_R_OPEN, -lib.SG_R_PROBES_FULL):
+            if tok in (lib.SG_R_OPEN, lib.SG_R_PROBES_FULL):
                 return None
-            raise ep.rc_error(-tok)
+            raise ep.rc_error(tok)
         if tok & HO_FLAG:
             ep.events.transition(ep, lib.SG_T_TO_HALF_OPEN, False)
         return Permit(ep, tok)

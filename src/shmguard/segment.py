@@ -151,7 +151,7 @@ class Segment:
         while not self.created and size < lib.sg_segment_size(1) and time.monotonic() < deadline:
             time.sleep(0.001)  # the creator has not sized it yet
             size = os.fstat(shm.fd).st_size
-        if size < 256:
+        if size < lib.SG_HEADER_SIZE:
             raise _capi.raise_segment(lib.SG_E_TRUNCATED if size else lib.SG_E_NOT_READY, self.name)
         self._mm = mmap.mmap(shm.fd, size)
         self._buf = ffi.from_buffer(self._mm)

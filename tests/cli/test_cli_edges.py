@@ -12,6 +12,7 @@ import sys
 import pytest
 
 import shmguard as sg
+from shmguard._capi import lib
 
 from _cli_helpers import cli, one_line_error, shm
 
@@ -57,7 +58,7 @@ def test_incompatible_and_truncated_segments(segname: str) -> None:
     one_line_error(cli("inspect", segname, ok=False), "another layout version")
     sg.unlink(segname)
     sg.segment.Segment(segname, capacity=4).close()
-    os.truncate(shm(segname), 256 + 1024)
+    os.truncate(shm(segname), lib.SG_HEADER_SIZE + lib.SG_SLOT_SIZE)
     one_line_error(cli("inspect", segname, ok=False), "shorter than its header claims")
 
 

@@ -73,13 +73,13 @@ def test_open_half_open_closed_cycle_with_generations(svc):
     for i in range(4):
         call(slot, 0, FAIL)
     assert view(slot, 0).state == lib.SG_OPEN
-    assert lib.sg_breaker_acquire_at(slot, T0 + 4 * S, 1) == -lib.SG_R_OPEN
+    assert lib.sg_breaker_acquire_at(slot, T0 + 4 * S, 1) == lib.SG_R_OPEN
     # 5 s later the first caller moves it to half-open and takes probe 1
     p1 = lib.sg_breaker_acquire_at(slot, T0 + 5 * S, 1)
     assert p1 >= 0 and p1 & (1 << 33)                       # it made the transition
     p2 = lib.sg_breaker_acquire_at(slot, T0 + 5 * S, 2)
     assert p2 >= 0 and not p2 & (1 << 33)
-    assert lib.sg_breaker_acquire_at(slot, T0 + 5 * S, 3) == -lib.SG_R_PROBES_FULL
+    assert lib.sg_breaker_acquire_at(slot, T0 + 5 * S, 3) == lib.SG_R_PROBES_FULL
     v = view(slot, 5)
     assert v.state == lib.SG_HALF_OPEN and v.generation == 2 and v.probes_in_flight == 2
     assert sorted(v.probe_pid[i] for i in range(8) if v.probe_pid[i]) == [1, 2]
@@ -90,7 +90,7 @@ def test_open_half_open_closed_cycle_with_generations(svc):
     v = view(slot, 5)
     assert v.state == lib.SG_CLOSED and v.generation == 3 and v.calls == 0  # window reset
     # a late outcome from generation 2 is dropped
-    assert lib.sg_breaker_record_at(slot, T0 + 6 * S, p1 | FAIL) == lib.SG_R_STALE
+    assert lib.sg_breaker_record_at(slot, T0 + 6 * S, p1 | FAIL) == lib.SG_T_STALE
 
 
 def test_half_open_failure_reopens_and_backoff_grows(svc):
@@ -102,7 +102,7 @@ def test_half_open_failure_reopens_and_backoff_grows(svc):
     v = view(slot, 5)
     assert v.state == lib.SG_OPEN and v.open_streak == 2
     assert v.open_remaining_ns == 10 * S                     # 5 s * 2
-    assert lib.sg_breaker_acquire_at(slot, T0 + 14 * S, 7) == -lib.SG_R_OPEN
+    assert lib.sg_breaker_acquire_at(slot, T0 + 14 * S, 7) == lib.SG_R_OPEN
     assert lib.sg_breaker_acquire_at(slot, T0 + 15 * S, 7) >= 0
 
 
@@ -111,7 +111,7 @@ def test_expired_lease_is_taken_over(svc):
     for i in range(4):
         call(slot, 0, FAIL)
     assert lib.sg_breaker_acquire_at(slot, T0 + 5 * S, 11) >= 0
-    assert lib.sg_breaker_acquire_at(slot, T0 + 6 * S, 12) == -lib.SG_R_PROBES_FULL
+    assert lib.sg_breaker_acquire_at(slot, T0 + 6 * S, 12) == lib.SG_R_PROBES_FULL
     # past the 2 s lease the permit is free again, for another holder
     tok = lib.sg_breaker_acquire_at(slot, T0 + 7 * S + S // 10, 12)
     assert tok >= 0
@@ -133,7 +133,7 @@ def test_reclaim_needs_the_exact_word(svc):
 def test_forced_modes(svc):
     slot = slot_of(svc, "force")
     assert lib.sg_breaker_force_at(slot, T0, lib.SG_FORCED_OPEN) == lib.SG_T_TO_OPEN
-    assert lib.sg_breaker_acquire_at(slot, T0 + 10**6 * S, 1) == -lib.SG_R_OPEN  # never half-opens
+    assert lib.sg_breaker_acquire_at(slot, T0 + 10**6 * S, 1) == lib.SG_R_OPEN  # never half-opens
     lib.sg_breaker_force_at(slot, T0, lib.SG_FORCED_CLOSED)
     for i in range(20):
         _, tr = call(slot, 0, FAIL)
@@ -196,10 +196,10 @@ def test_failed_probe_reopens_before_its_permit_is_free(svc):
     assert p >= 0 and view(slot, 5).probes_in_flight == 1
     assert lib.sg_breaker_record_at(slot, T0 + 5 * S, p | FAIL) == lib.SG_T_TO_OPEN
     assert view(slot, 5).probe_word[0] == 0                    # permit given back...
-    assert lib.sg_breaker_acquire_at(slot, T0 + 5 * S, 2) == -lib.SG_R_OPEN  # ...to an open breaker
+    assert lib.sg_breaker_acquire_at(slot, T0 + 5 * S, 2) == lib.SG_R_OPEN  # ...to an open breaker
 
 
 def test_record_echo_only_decorates_transitions(svc):
     h = svc._eps.get("echo") or (svc.register_endpoint("echo"), svc._eps["echo"])[1]
-    assert lib.sg_breaker_record(h.h, -5) == -lib.SG_E_ARG
-    assert lib.sg_breaker_record(h.h, (1 << 33) | 0) == -lib.SG_E_ARG   # no outcome: no echo
+    assert lib.sg_breaker_record(h.h, -5) == lib.SG_E_ARG
+    assert lib.sg_breaker_record(h.h, (1 << 33) | 0) == lib.SG_E_ARG   # no outcome: no echo

@@ -8,6 +8,7 @@ import struct
 import pytest
 
 import shmguard as sg
+from shmguard._capi import lib
 from shmguard.segment import SHM_DIR
 
 
@@ -19,7 +20,7 @@ def test_created_0600_and_named_by_uid(segname):
     with sg.ResilienceService(segname, capacity=8) as svc:
         st = os.stat(path_of(segname))
         assert stat.S_IMODE(st.st_mode) == 0o600
-        assert st.st_size == 256 + 8 * 1024
+        assert st.st_size == lib.SG_HEADER_SIZE + 8 * lib.SG_SLOT_SIZE
         assert svc.segment.capacity == 8
         svc.unlink()
 
@@ -67,7 +68,7 @@ def test_corrupt_headers_are_refused(segname, offset, data, err, msg):
 
 def test_truncated_segment(segname):
     sg.ResilienceService(segname, capacity=4).close()
-    os.truncate(path_of(segname), 256 + 1024)       # header claims 4 slots
+    os.truncate(path_of(segname), lib.SG_HEADER_SIZE + lib.SG_SLOT_SIZE)       # header claims 4 slots
     with pytest.raises(sg.SegmentCorruptError, match="shorter than its header"):
         sg.ResilienceService(segname, create=False)
     os.truncate(path_of(segname), 100)               # not even a header

@@ -30,7 +30,8 @@ EXAMPLES = int(os.environ.get("SHMGUARD_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
 
-HDR, SLOT, WORDS = 256, 1024, 128
+HDR, SLOT = lib.SG_HEADER_SIZE, lib.SG_SLOT_SIZE
+WORDS = SLOT // 8
 U64, U32 = 2**64 - 1, 2**32 - 1
 NS = 1_000_000_000
 
@@ -212,10 +213,10 @@ def _slot_ops(b: Buf, h, seq) -> None:
         now, u32 = a, c & U32
         if op == "acquire":
             t = lib.sg_breaker_acquire_at(slot, now, u32)
-            assert t >= 0 or -t in {lib.SG_R_OPEN, lib.SG_R_PROBES_FULL, lib.SG_E_CORRUPT}
+            assert t >= 0 or t in {lib.SG_R_OPEN, lib.SG_R_PROBES_FULL, lib.SG_E_CORRUPT}
         elif op == "record":
             t = lib.sg_breaker_record_at(slot, now, x)
-            assert t in (0, 1, 2, 3, lib.SG_R_STALE, -lib.SG_E_ARG)
+            assert t in (0, 1, 2, 3, lib.SG_T_STALE, lib.SG_E_ARG)
         elif op == "force":
             t = lib.sg_breaker_force_at(slot, now, u32 % 8)
             assert t in (0, 1, 3, lib.SG_E_ARG)
@@ -261,7 +262,7 @@ def _slot_ops(b: Buf, h, seq) -> None:
             assert lib.sg_policy_publish(h, pv, u32) in (lib.SG_OK, lib.SG_E_ARG, lib.SG_E_BUSY)
         elif op in ("admit", "admit_wait"):
             t = (lib.sg_admit(h, c) if op == "admit" else lib.sg_admit_wait(h, c, x, d))
-            assert t >= 0 or -t in ADMIT_NEG
+            assert t >= 0 or t in ADMIT_NEG
         elif op == "release":
             lib.sg_release_probe(h, x)
         elif op == "retry":
@@ -274,7 +275,7 @@ def _slot_ops(b: Buf, h, seq) -> None:
             assert lib.sg_reserve(h, c, x, d) in DECIDE_RCS
         elif op == "h_acquire":
             t = lib.sg_breaker_acquire(h)
-            assert t >= 0 or -t in {lib.SG_R_OPEN, lib.SG_R_PROBES_FULL, lib.SG_E_CORRUPT}
+            assert t >= 0 or t in {lib.SG_R_OPEN, lib.SG_R_PROBES_FULL, lib.SG_E_CORRUPT}
         elif op == "h_record":
             lib.sg_breaker_record(h, x)
         elif op == "h_cancel":
@@ -399,16 +400,20 @@ def test_fuzz_attach_to_scribbled_segment(segname, scribble, size, monkeypatch):
         sg.unlink(segname)
 
 
-@pytest.mark.parametrize("n", [0, 1, 8, 255, 256, 257, 1279, 1280, 1281])
+ONE = lib.SG_HEADER_SIZE + lib.SG_SLOT_SIZE
+
+
+@pytest.mark.parametrize("n", [0, 1, 8, lib.SG_HEADER_SIZE - 1, lib.SG_HEADER_SIZE,
+                               lib.SG_HEADER_SIZE + 1, ONE - 1, ONE, ONE + 1])
 def test_short_mappings_are_refused_exactly(n):
-    """The header claims one slot (1280 bytes); any shorter mapping is TRUNCATED."""
+    """The header claims one slot (header + one slot); any shorter mapping is TRUNCATED."""
     with _segment(1, False) as good:
         data = bytes(ffi.buffer(good.raw + good.off, good.n))
     with Buf(n) as b:
         ffi.memmove(b.raw + b.off, data[:n], n)
         hv = ffi.new("struct sg_header_view *")
-        want = lib.SG_OK if n >= 1280 else lib.SG_E_TRUNCATED
+        want = lib.SG_OK if n >= ONE else lib.SG_E_TRUNCATED
         assert lib.sg_segment_check(b.ptr, n, hv) == want
         h = ffi.new("struct sg_handle *")
         assert lib.sg_handle_init(h, b.ptr, n, 0) == want
-        assert lib.sg_handle_init(h, b.ptr, n, 1) == (lib.SG_E_ARG if n >= 1280 else want)
+        assert lib.sg_handle_init(h, b.ptr, n, 1) == (lib.SG_E_ARG if n >= ONE else want)

@@ -218,8 +218,8 @@ def test_probe_permit_ends_with_its_lease(svc):
     tok = lib.sg_breaker_acquire_at(slot, t, 1111)
     assert tok >= 0 and (tok >> 34) & 0xF == 1                  # probe permit, lease word 0
     expiry = (t + NS // 2) >> 20 << 20                           # deadline in 2**20 ns units
-    assert lib.sg_breaker_acquire_at(slot, t + 1, 2222) == -lib.SG_R_PROBES_FULL
-    assert lib.sg_breaker_acquire_at(slot, expiry - 1, 2222) == -lib.SG_R_PROBES_FULL
+    assert lib.sg_breaker_acquire_at(slot, t + 1, 2222) == lib.SG_R_PROBES_FULL
+    assert lib.sg_breaker_acquire_at(slot, expiry - 1, 2222) == lib.SG_R_PROBES_FULL
     v = ffi.new("struct sg_breaker_view *")
     assert lib.sg_breaker_snapshot_at(slot, expiry - 1, v) == 0
     assert (v.probes_in_flight, v.probe_pid[0]) == (1, 1111)
