@@ -6,7 +6,7 @@
  * the user's function, record after), which cost ~200 ns of its ~530 ns
  * overhead (bench/core.py). This module does admit -> call -> record inside
  * one METH_FASTCALL function and hands every unusual case (rejection, probe
- * permit, exception, state change, closed service) back to Python methods
+ * permit, full bulkhead, exception, state change, closed service) back to Python methods
  * of the endpoint object, so no decision is made here that C in the cffi
  * module does not make too. It reads no shared word itself.
  */
@@ -44,7 +44,19 @@ static PyObject *hot_execute(PyObject *self, PyObject *const *a, Py_ssize_t n)
         if (tok == -1 && PyErr_Occurred())
             return NULL;
     }
+    /* bulkhead after breaker and limiter: 0 = none; full or a quota recount: Python */
+    int64_t bt = sg_bulkhead_acquire(h, (uint32_t)(cp & 3) | SG_BH_QUIET);
+    if (bt < 0 || ((uint64_t)bt & SG_BH_REFRESH)) {
+        PyObject *r = PyObject_CallMethod(ep, "slow_bulkhead", "LLK", (long long)bt,
+                                          (long long)tok, cp);
+        if (r == NULL) /* refused: the probe permit is already given back */
+            return NULL;
+        bt = PyLong_AsLongLong(r);
+        Py_DECREF(r);
+    }
     PyObject *res = PyObject_Call(fn, args, kw);
+    if (bt > 0) /* the ticket goes back as soon as the call is over */
+        sg_bulkhead_release(h, bt);
     if (res == NULL) {
         PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb);

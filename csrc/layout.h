@@ -177,7 +177,31 @@ struct sg_policy_raw {
 
 /* Round-2 areas of a slot. Each is owned by the csrc file named beside it,
  * which gives the words names (keeping the size, asserted below). */
-struct sg_bulkhead_area { sg_a64 w[8 + SG_MAX_TICKETS]; }; /**< lines 18-26: bulkhead.c */
+/* ---- bulkhead limit word (bulkhead.c) -------------------------------------
+ * | valid 1 | policy seq 7 | span 8 | limit 8 | procs 16 | stamp (ns >> 20) 24 |
+ * limit: tickets now (0: no bulkhead); span: words that may still be held
+ * (> limit while a shrink drains); procs: attached processes last counted
+ * (quota mode); stamp: when they were counted.
+ * ---- ticket word (0 = free) ------------------------------------------------
+ * | pid 22 (63:42) | per-process generation 10 (41:32) | granted (ns >> 20) 32 |
+ */
+struct sg_bulkhead_area {
+    union {
+        sg_a64 w[8 + SG_MAX_TICKETS];   /**< the whole area (zeroed by fill_slot) */
+        struct {
+            sg_a32 wake_seq;            /**< futex word: bumped by a release that has sleepers */
+            sg_a32 sleepers;            /**< waiters inside a futex wait (hint) */
+            sg_a64 limit;               /**< limit word (above) */
+            sg_a64 acquired;            /**< tickets granted, ever */
+            sg_a64 rejected;            /**< acquires refused (none free in time) */
+            sg_a64 waited;              /**< tickets granted after waiting */
+            sg_a64 reclaimed;           /**< tickets taken back from dead or expired holders */
+            sg_a64 peak;                /**< most tickets out at once, seen at a grant */
+            sg_a64 reserved7;           /**< zero */
+            sg_a64 ticket[SG_MAX_TICKETS]; /**< lines 19-26 */
+        };
+    };
+};                                      /**< lines 18-26: bulkhead.c */
 struct sg_budget_area { sg_a64 w[8]; };                    /**< line 27: budget.c */
 struct sg_throttle_area { sg_a64 w[16]; };                 /**< lines 28-29: throttle.c */
 struct sg_predict_area { sg_a64 w[8]; };                   /**< line 30: predict.c */
@@ -236,6 +260,7 @@ _Static_assert(offsetof(struct sg_slot, tat) == 14 * 64, "limiter line");
 _Static_assert(offsetof(struct sg_slot, lwin) == 17 * 64, "stats line");
 _Static_assert(offsetof(struct sg_slot, bulkhead) == 18 * 64, "bulkhead lines");
 _Static_assert(sizeof(struct sg_bulkhead_area) == 9 * 64, "bulkhead: 9 lines");
+_Static_assert(offsetof(struct sg_slot, bulkhead.ticket) == 19 * 64, "tickets: lines 19-26");
 _Static_assert(offsetof(struct sg_slot, budget) == 27 * 64, "budget line");
 _Static_assert(sizeof(struct sg_budget_area) == 64, "budget: 1 line");
 _Static_assert(offsetof(struct sg_slot, throttle) == 28 * 64, "throttle lines");

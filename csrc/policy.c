@@ -114,7 +114,8 @@ static void sanitize(struct sg_policy_view *v)
     if (v->jitter_ppm > SG_PPM) v->jitter_ppm = SG_PPM;
     for (int i = 0; i < 4; i++)
         if (v->share_ppm[i] > 4 * SG_PPM) v->share_ppm[i] = 4 * SG_PPM;
-    if (v->max_concurrent > SG_MAX_TICKETS) v->max_concurrent = SG_MAX_TICKETS;
+    if ((v->max_concurrent & 0xffu) > SG_MAX_TICKETS) /* bits 8-15: CRITICAL reserve */
+        v->max_concurrent = (v->max_concurrent & 0xff00u) | SG_MAX_TICKETS;
     if (v->quota_ppm > SG_PPM) v->quota_ppm = SG_PPM;
 }
 
@@ -152,6 +153,10 @@ int sg_policy_check(const struct sg_policy_view *v)
         v->probe_lease_ns < (1ULL << LEASE_SHIFT) || v->backoff_milli < 1000 ||
         v->jitter_ppm > SG_PPM || v->rate_floor_ppm > SG_PPM || v->slow_ppm > SG_PPM ||
         v->adaptive_max_ppm > SG_PPM)
+        return SG_E_ARG;
+    /* bulkhead: tickets (bits 0-7) | CRITICAL reserve (8-15), or a quota; not both */
+    if ((v->max_concurrent & 0xffu) > SG_MAX_TICKETS || (v->max_concurrent >> 16) ||
+        v->quota_ppm > SG_PPM || ((v->max_concurrent & 0xffu) && v->quota_ppm))
         return SG_E_ARG;
     for (int i = 0; i < 4; i++)
         if (v->share_ppm[i] < 1 || v->share_ppm[i] > 4 * SG_PPM)

@@ -42,6 +42,7 @@ enum sg_rc {
     SG_R_OPEN = -2,          /**< breaker open: call rejected */
     SG_R_PROBES_FULL = -3,   /**< half-open and every probe permit is leased */
     SG_R_RATE_LIMITED = -4,  /**< limiter: not conforming now */
+    SG_R_BULKHEAD_FULL = -5, /**< bulkhead: every ticket is out (bulkhead.c) */
     SG_E_BUSY = -10,         /**< a live claim or writer lease is in the way */
     SG_E_FULL = -11,         /**< slot table full */
     SG_E_NOT_FOUND = -12,
@@ -109,7 +110,7 @@ struct sg_policy_view {
     uint64_t retry_window_ns;    /* budget.c: the retry budget's window */
     uint64_t throttle_window_ns; /* throttle.c: adaptive throttling window */
     uint64_t predict_horizon_ns; /* predict.c: predictive breaking horizon */
-    uint32_t max_concurrent;     /* bulkhead.c: tickets (<= SG_MAX_TICKETS) */
+    uint32_t max_concurrent;     /* bulkhead.c: tickets (bits 0-7, <= SG_MAX_TICKETS) | CRITICAL reserve (bits 8-15) */
     uint32_t quota_ppm;          /* bulkhead.c: tickets as a share of attached processes */
     uint32_t retry_ratio_ppm;    /* budget.c: retries per first attempt */
     uint32_t retry_min_milli;    /* budget.c: retries per second always allowed, x1000 */
@@ -248,7 +249,41 @@ int64_t sg_admit_wait(const struct sg_handle *h, uint64_t cost_prio, int64_t max
                       struct sg_decision *out);
 void sg_release_probe(const struct sg_handle *h, int64_t token);
 
-/* bulkhead.c: host-wide concurrency tickets (lines 18-26 of a slot) */
+/* bulkhead.c: host-wide concurrency tickets (lines 18-26 of a slot)
+ * A ticket token is > 0 (0: the endpoint has no bulkhead); see bulkhead.c. */
+#define SG_BH_QUIET 4            /* acquire mode bit: a waiter; do not count a rejection */
+#define SG_BH_WAITED 8           /* acquire mode bit: granted after waiting (counted) */
+#define SG_BH_REFRESH 562949953421312 /* token bit 49: quota mode, count processes now */
+#define SG_BH_REFRESH_NS 1000000000   /* quota: attached processes recounted this often */
+
+struct sg_bulkhead_view {
+    uint32_t limit;              /* tickets now (0: no bulkhead) */
+    uint32_t reserve;            /* of those, only CRITICAL may take the last `reserve` */
+    uint32_t in_flight;          /* tickets held now */
+    uint32_t span;               /* words that may be held (> limit while draining) */
+    uint32_t quota_ppm;          /* 0: fixed max_concurrent */
+    uint32_t procs;              /* quota: attached processes counted */
+    uint32_t sleepers;           /* waiters asleep now (a hint) */
+    uint32_t wake_seq;
+    uint64_t quota_age_ns;       /* since procs was counted */
+    uint64_t ticket_lease_ns;
+    uint64_t acquired, rejected, waited, reclaimed, peak;
+    uint32_t holder_pid[64];     /* 0: free */
+    uint64_t held_ns[64];        /* age of each held ticket */
+    uint64_t word[64];           /* the raw ticket words (for sg_bulkhead_reclaim) */
+};
+
+int sg_bulkhead_sync_at(void *slot, uint64_t now_ns);
+int64_t sg_bulkhead_acquire_at(void *slot, uint64_t now_ns, uint32_t pid, uint32_t mode);
+int sg_bulkhead_release_at(void *slot, uint32_t pid, int64_t ticket);
+int sg_bulkhead_reclaim(void *slot, uint32_t index, uint64_t expected_word);
+int sg_bulkhead_set_procs_at(void *slot, uint64_t now_ns, uint32_t procs);
+int sg_bulkhead_give_up(void *slot);
+int sg_bulkhead_snapshot_at(const void *slot, uint64_t now_ns, struct sg_bulkhead_view *out);
+int64_t sg_bulkhead_wait(const struct sg_handle *h, uint32_t mode, uint64_t timeout_ns,
+                         int64_t *out);  /* out[0]: the token (also returned); out[1]: woken */
+int64_t sg_bulkhead_acquire(const struct sg_handle *h, uint32_t mode);
+int sg_bulkhead_release(const struct sg_handle *h, int64_t ticket);
 
 /* budget.c: host-wide retry budget (line 27) */
 

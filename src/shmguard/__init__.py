@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from shmguard.breaker import Breaker, Permit
-from shmguard.errors import (CapacityError, CircuitOpenError, InvalidNameError, PolicyConflictError,
-                             PolicyError, RateLimitedError, RejectedError, SegmentCorruptError,
+from shmguard.bulkhead import Bulkhead, Ticket
+from shmguard.errors import (BulkheadFullError, CapacityError, CircuitOpenError,
+                             InvalidNameError, PolicyConflictError, PolicyError, RateLimitedError, RejectedError, SegmentCorruptError,
                              SegmentError, SegmentIncompatibleError, SegmentNotFoundError,
                              SegmentPermissionError, ShmguardError)
 from shmguard.executor import ResilientExecutor
@@ -12,14 +13,16 @@ from shmguard.policy import Outcome, Policy, PolicyBuilder, PolicyPresets, Prior
 from shmguard.result import Err, Ok
 from shmguard.segment import list_segments, unlink
 from shmguard.service import ResilienceService
-from shmguard.stats import BreakerMode, BreakerState, EndpointStats, LimiterMetrics
+from shmguard.stats import (BreakerMode, BreakerState, BulkheadStats, EndpointStats,
+                            LimiterMetrics)
 
 __version__ = "0.1.0"
 __all__ = [
-    "Breaker", "BreakerMode", "BreakerState", "CapacityError", "CircuitOpenError", "EndpointStats",
+    "Breaker", "BreakerMode", "BreakerState", "Bulkhead", "BulkheadFullError", "BulkheadStats",
+    "CapacityError", "CircuitOpenError", "EndpointStats",
     "Err", "InvalidNameError", "Limiter", "LimiterMetrics", "Ok", "Outcome", "Permit", "Policy",
     "PolicyBuilder", "PolicyConflictError", "PolicyError", "PolicyPresets", "Priority",
     "RateLimitedError", "RejectedError", "Reservation", "ResilienceService", "ResilientExecutor", "SegmentCorruptError",
     "SegmentError", "SegmentIncompatibleError", "SegmentNotFoundError", "SegmentPermissionError",
-    "ShmguardError", "list_segments", "unlink",
+    "ShmguardError", "Ticket", "list_segments", "unlink",
 ]

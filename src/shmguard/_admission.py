@@ -19,7 +19,8 @@ from shmguard.stats import BreakerState
 if TYPE_CHECKING:
     from shmguard._endpoint import Endpoint
 
-__all__ = ["admit_slow", "admit_once", "probe_instead", "run_probe", "rate_limited"]
+__all__ = ["admit_slow", "admit_once", "probe_instead", "run_probe", "rate_limited",
+           "enter_bulkhead"]
 
 NS = 1_000_000_000
 
@@ -91,3 +92,18 @@ def probe_instead(ep: Endpoint, tok: int, priority: Priority, timeout: float | N
     if run_probe(ep, tok) and ep.breaker_snapshot().state == BreakerState.CLOSED:
         return admit_slow(ep, None, priority, timeout)
     raise ep.open_error()
+
+
+def enter_bulkhead(ep: Endpoint, tok: int, priority: Priority) -> int:
+    """Returns a bulkhead ticket for the admitted call ``tok`` (0: the policy has none).
+
+    Waits up to the policy's ``max_wait``; on refusal gives back the probe
+    permit ``tok`` may hold and raises :class:`BulkheadFullError` (the rate
+    limit's token stays spent, as with any call refused after it).
+    """
+    from shmguard import bulkhead
+    try:
+        return bulkhead.take(ep, int(priority) | bulkhead.QUIET, None)
+    except BaseException:
+        lib.sg_release_probe(ep.h, tok)
+        raise

@@ -39,9 +39,14 @@ class Calls(Registry):
                 **kwargs: Any) -> T:
         """Runs ``fn(*args, **kwargs)`` if the endpoint admits it, and records the outcome.
 
+        Admission order: breaker, limiter, then the bulkhead (if the policy has
+        one: a ticket, waited for up to the policy's ``max_wait``, given back
+        as soon as ``fn`` returns or raises).
+
         :param timeout: how long to wait for the rate limit (None: do not wait).
         :raises CircuitOpenError: the breaker is open.
         :raises RateLimitedError: no token within ``timeout``.
+        :raises BulkheadFullError: no ticket within ``max_wait``.
         :returns: what ``fn`` returns; its exceptions are re-raised.
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
@@ -57,11 +62,14 @@ class Calls(Registry):
             tok = _admission.admit_slow(ep, None, priority, timeout)
         if tok & LEASE_BITS and ep.probe is not None:
             tok = _admission.probe_instead(ep, tok, priority, timeout)
+        bt = _admission.enter_bulkhead(ep, tok, priority)
         try:
             result = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException as exc:
+            _release(ep.h, bt)
             ep.record_exception(exc, tok)
             raise
+        _release(ep.h, bt)
         ep.record_success(tok)
         return result
 
@@ -93,6 +101,7 @@ class Calls(Registry):
         """Returns an admission token (breaker + limiter) or raises a rejection.
 
         The low-level half of :meth:`execute`; finish with :meth:`record`.
+        It takes no bulkhead ticket: use :meth:`bulkhead` (or :meth:`guard`).
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
         return _admission.admit_slow(ep, None, priority, timeout)
@@ -123,20 +132,29 @@ class Calls(Registry):
         return _Guard(self, endpoint, priority, timeout)
 
 
+def _release(h: Any, bt: int) -> None:
+    if bt:
+        _capi.lib.sg_bulkhead_release(h, bt)
+
+
 class _Guard:
-    __slots__ = ("svc", "endpoint", "priority", "timeout", "tok")
+    __slots__ = ("svc", "endpoint", "priority", "timeout", "tok", "bt")
 
     def __init__(self, svc: Calls, endpoint: str, priority: Priority,
                  timeout: float | None) -> None:
         self.svc, self.endpoint, self.priority, self.timeout = svc, endpoint, priority, timeout
         self.tok = -1
+        self.bt = 0
 
     def __enter__(self) -> _Guard:
         self.tok = self.svc.admit(self.endpoint, self.priority, self.timeout)
+        self.bt = _admission.enter_bulkhead(self.svc._eps[self.endpoint], self.tok, self.priority)
         return self
 
     def __exit__(self, et: Any, exc: Any, tb: Any) -> None:
         ep = self.svc._eps[self.endpoint]
+        bt, self.bt = self.bt, 0
+        _release(ep.h, bt)
         if exc is None:
             outcome = Outcome.SUCCESS
         elif isinstance(exc, Exception):
@@ -148,6 +166,8 @@ class _Guard:
     async def __aenter__(self) -> _Guard:
         from shmguard import aio
         self.tok = await aio.admit_async(self.svc, self.endpoint, self.priority, self.timeout)
+        self.bt = await aio.enter_bulkhead_async(self.svc._eps[self.endpoint], self.tok,
+                                                 self.priority)
         return self
 
     async def __aexit__(self, et: Any, exc: Any, tb: Any) -> None:

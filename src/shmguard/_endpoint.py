@@ -16,8 +16,8 @@ from shmguard import _capi, probes
 from shmguard._capi import ffi, lib
 from shmguard.errors import CircuitOpenError, InvalidNameError, PolicyError, ShmguardError
 from shmguard.policy import Outcome, Policy, Priority
-from shmguard.stats import (BreakerMode, BreakerSnapshot, BreakerState, EndpointStats,
-                            LimiterMetrics, Probe)
+from shmguard.stats import (BreakerMode, BreakerSnapshot, BreakerState, BulkheadStats,
+                            EndpointStats, LimiterMetrics, Probe)
 
 if TYPE_CHECKING:
     from shmguard._events import Events
@@ -54,7 +54,8 @@ class Endpoint:
     """Process-local view of one slot: handle, bound C calls, local policy, reads."""
 
     __slots__ = ("name", "index", "h", "hp", "policy", "seg", "events", "admit", "record",
-                 "acquire", "allow1", "allow_cp", "next_reclaim", "next_metrics", "probe")
+                 "acquire", "allow1", "allow_cp", "next_reclaim", "next_metrics", "probe",
+                 "next_bh")
 
     def __init__(self, seg: Segment, events: Events, name: str, index: int,
                  policy: Policy) -> None:
@@ -68,6 +69,7 @@ class Endpoint:
         self.bind()
         self.next_reclaim = 0.0
         self.next_metrics = 0.0
+        self.next_bh = 0.0
         self.probe: Callable[[], Any] | None = None
 
     def bind(self) -> None:
@@ -96,6 +98,29 @@ class Endpoint:
         if tok & LEASE_BITS and self.probe is not None:
             tok = _admission.probe_instead(self, tok, priority, None)
         return tok
+
+    def slow_bulkhead(self, bt: int, tok: int, cp: int) -> int:
+        """The bulkhead was full (or its quota is due a recount): wait, reclaim, or raise.
+
+        Waits up to the policy's ``max_wait``. On refusal the breaker's probe
+        permit (if ``tok`` holds one) is given back before raising.
+        """
+        from shmguard import bulkhead
+        if bt >= 0:  # granted; the quota asks for a recount of the processes
+            bulkhead.refresh_quota(self)
+            return bt
+        try:
+            return bulkhead.take(self, (cp & 3) | bulkhead.QUIET, None)
+        except BaseException:
+            lib.sg_release_probe(self.h, tok)
+            raise
+
+    def sync_bulkhead(self) -> None:
+        """Makes the slot's ticket limit follow its policy (and counts processes for a quota)."""
+        lib.sg_bulkhead_sync_at(self.h.slot, self.seg.now_ns())
+        if self.policy_view().quota_ppm:
+            from shmguard import bulkhead
+            bulkhead.refresh_quota(self)
 
     def record_success(self, tok: int) -> None:
         t = self.record(self.h, tok | Outcome.SUCCESS)
@@ -179,13 +204,18 @@ class Endpoint:
                               v.win_accepted, v.win_rejected, v.win_ns / NS, v.tokens,
                               v.effective_rate, v.scale_ppm / 1e6)
 
+    def bulkhead_stats(self) -> BulkheadStats | None:
+        self.seg.base  # raises once closed
+        from shmguard import bulkhead
+        return bulkhead.snapshot(self)
+
     def stats(self) -> EndpointStats:
         """Returns the endpoint's statistics, read from the segment."""
         b = self.breaker_snapshot()
         pv = self.policy_view()
         rate = None if pv.flags & lib.SG_POL_NO_LIMIT else NS / pv.emission_ns
         return EndpointStats(self.name, b.state, b.failure_rate, self.limiter_metrics(), b,
-                             rate, pv.burst)
+                             rate, pv.burst, self.bulkhead_stats())
 
     # -- errors ---------------------------------------------------------------------
     def rc_error(self, rc: int) -> ShmguardError:

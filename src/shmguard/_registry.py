@@ -131,6 +131,7 @@ class Registry:
                 raise ShmguardError(f"endpoint {name!r}: policy writer lease stayed busy")
             time.sleep(0.001)
         _capi.check(rc, f"publish policy of {name!r}", self.name)
+        ep.sync_bulkhead()
         ep.policy = policy
 
     def _register(self, name: str, policy: Policy) -> tuple[Endpoint, bool]:
@@ -160,6 +161,7 @@ class Registry:
             if ep is None or ep.index != idx[0]:
                 ep = Endpoint(seg, self._events, name, idx[0], policy)
                 self._eps[name] = ep
+        ep.sync_bulkhead()
         return ep, rc == lib.SG_CREATED
 
     def _endpoint(self, name: str) -> Endpoint:

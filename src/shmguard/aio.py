@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from shmguard._registry import Registry as ResilienceService
 
 T = TypeVar("T")
-__all__ = ["admit_async", "execute_async", "protect_async"]
+__all__ = ["admit_async", "execute_async", "protect_async", "enter_bulkhead_async"]
 
 
 async def _admit(svc: ResilienceService, endpoint: str, priority: Priority,
@@ -89,13 +89,31 @@ async def execute_async(svc: ResilienceService, endpoint: str,
     ep, tok = await _admit(svc, endpoint, priority, timeout)
     if tok & _LEASE and ep.probe is not None:
         tok = await _probe_instead(svc, ep, tok, priority, timeout)
+    bt = await enter_bulkhead_async(ep, tok, priority)
     try:
         result = await coro_fn(*args, **kwargs)
     except BaseException as exc:  # CancelledError is not an Exception: ignored
+        if bt:
+            lib.sg_bulkhead_release(ep.h, bt)
         ep.record_exception(exc, tok)
         raise
+    if bt:
+        lib.sg_bulkhead_release(ep.h, bt)
     ep.record_success(tok)
     return result
+
+
+async def enter_bulkhead_async(ep: Endpoint, tok: int, priority: Priority) -> int:
+    """Returns a bulkhead ticket for the admitted call ``tok`` (0: none), awaiting up to ``max_wait``.
+
+    On refusal or cancellation the probe permit ``tok`` may hold is given back.
+    """
+    from shmguard import bulkhead
+    try:
+        return await bulkhead.take_async(ep, int(priority) | bulkhead.QUIET, None)
+    except BaseException:
+        lib.sg_release_probe(ep.h, tok)
+        raise
 
 
 async def _probe_instead(svc: ResilienceService, ep: Endpoint, tok: int, priority: Priority,

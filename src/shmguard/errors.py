@@ -65,3 +65,7 @@ class CircuitOpenError(RejectedError):
 
 class RateLimitedError(RejectedError):
     """The endpoint's rate limit did not admit the call in time."""
+
+
+class BulkheadFullError(RejectedError):
+    """Every ticket of the endpoint's bulkhead stayed out for as long as the call could wait."""

@@ -102,6 +102,13 @@ class Policy:
     recovery: float = 10.0
     failure_exceptions: tuple[type[BaseException], ...] = (Exception,)
     ignored_exceptions: tuple[type[BaseException], ...] = ()
+    # bulkhead (shmguard.bulkhead): at most max_concurrent calls in flight host-wide,
+    # or ceil(quota x attached processes); max_wait: longest wait for a ticket
+    max_concurrent: int | None = None
+    max_wait: float = 0.0
+    quota: float | None = None
+    critical_reserve: int = 0
+    ticket_lease: float | None = None
     _fingerprint: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -142,12 +149,35 @@ class Policy:
                  lo=self.failure_threshold, hi=1)
         _num("rate_floor", self.rate_floor, lo=0, hi=1)
         _num("recovery", self.recovery, lo=0, hi=86400)
+        self._check_bulkhead()
         for fname in ("failure_exceptions", "ignored_exceptions"):
             value = getattr(self, fname)
             if not isinstance(value, tuple) or not all(
                     isinstance(c, type) and issubclass(c, BaseException) for c in value):
                 raise PolicyError(f"{fname} must be a tuple of exception classes, got {value!r}")
         object.__setattr__(self, "_fingerprint", self._compute_fingerprint())
+
+    def _check_bulkhead(self) -> None:
+        if self.max_concurrent is not None:
+            _num("max_concurrent", self.max_concurrent, lo=1, hi=64, integer=True)
+        if self.quota is not None:
+            _num("quota", self.quota, lo=0, hi=1, lo_open=True)
+            if self.max_concurrent is not None:
+                raise PolicyError(f"give max_concurrent ({self.max_concurrent!r}) or quota "
+                                  f"({self.quota!r}), not both")
+        _num("max_wait", self.max_wait, lo=0, hi=86400)
+        top = 63 if self.max_concurrent is None else self.max_concurrent - 1
+        _num("critical_reserve", self.critical_reserve, lo=0, hi=top, integer=True)
+        if self.ticket_lease is not None:
+            _num("ticket_lease", self.ticket_lease, lo=0.002, hi=86400 * 20)
+        if not self.has_bulkhead and (self.max_wait or self.critical_reserve or self.ticket_lease):
+            raise PolicyError("max_wait, critical_reserve and ticket_lease need a bulkhead "
+                              "(max_concurrent or quota)")
+
+    @property
+    def has_bulkhead(self) -> bool:
+        """Reports whether the policy limits concurrent calls (max_concurrent or quota)."""
+        return self.max_concurrent is not None or self.quota is not None
 
     # -- derived values ---------------------------------------------------
     @property
@@ -212,6 +242,10 @@ class Policy:
         v.jitter_ppm = round(self.jitter * ppm)
         v.backoff_milli = round(self.backoff * 1000)
         v.burst = self.effective_burst
+        v.max_concurrent = int(self.max_concurrent or 0) | int(self.critical_reserve) << 8
+        v.quota_ppm = 0 if self.quota is None else max(1, round(self.quota * ppm))
+        v.max_wait_ns = int(self.max_wait * NS)
+        v.ticket_lease_ns = 0 if self.ticket_lease is None else int(self.ticket_lease * NS)
         return v
 
     def replace(self, **changes: Any) -> Policy:
@@ -309,6 +343,21 @@ class PolicyBuilder:
         if ignored is not None:
             kw["ignored_exceptions"] = tuple(ignored)
         return self._set(**kw)
+
+    def with_bulkhead(self, max_concurrent: int | None = None, max_wait: float = 0.0, *,
+                      quota: float | None = None, critical_reserve: int = 0,
+                      ticket_lease: float | None = None) -> PolicyBuilder:
+        """At most ``max_concurrent`` calls in flight host-wide, or ``ceil(quota x processes)``.
+
+        :param max_wait: how long a call may wait for a ticket (seconds).
+        :param critical_reserve: tickets only CRITICAL calls may take.
+        :param ticket_lease: a ticket held longer is free again (off by default).
+        """
+        if (max_concurrent is None) == (quota is None):
+            raise PolicyError("with_bulkhead needs exactly one of max_concurrent and quota, "
+                              f"got max_concurrent={max_concurrent!r}, quota={quota!r}")
+        return self._set(max_concurrent=max_concurrent, max_wait=max_wait, quota=quota,
+                         critical_reserve=critical_reserve, ticket_lease=ticket_lease)
 
     def adaptive(self, flag: bool = True) -> PolicyBuilder:
         return self._set(adaptive=flag)

@@ -19,6 +19,7 @@ from shmguard._capi import lib
 from shmguard._endpoint import LEASE_BITS
 from shmguard._registry import CLAIM_STALE_NS, REGISTER_WAIT
 from shmguard.breaker import Breaker
+from shmguard.bulkhead import Bulkhead
 from shmguard.errors import PolicyError, ShmguardError
 from shmguard.limiter import Limiter
 from shmguard.policy import Policy
@@ -76,6 +77,10 @@ class ResilienceService(Calls):
     def limiter(self, endpoint: str) -> Limiter:
         """Returns the limiter handle of ``endpoint`` (registering it if new)."""
         return Limiter(self._endpoint(endpoint))
+
+    def bulkhead(self, endpoint: str) -> Bulkhead:
+        """Returns the bulkhead handle of ``endpoint`` (registering it if new)."""
+        return Bulkhead(self._endpoint(endpoint))
 
     def probe(self, endpoint: str) -> bool | None:
         """Runs the endpoint's health probe if a half-open permit is free now.

@@ -4,7 +4,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-__all__ = ["BreakerState", "BreakerMode", "BreakerSnapshot", "LimiterMetrics", "EndpointStats"]
+__all__ = ["BreakerState", "BreakerMode", "BreakerSnapshot", "LimiterMetrics", "EndpointStats",
+           "BulkheadStats", "TicketHolder"]
 
 
 class BreakerState(enum.IntEnum):
@@ -85,6 +86,37 @@ class LimiterMetrics:
 
 
 @dataclass(frozen=True)
+class TicketHolder:
+    """One ticket out: which process holds it, for how long (seconds)."""
+
+    index: int
+    pid: int
+    held: float
+    word: int
+
+
+@dataclass(frozen=True)
+class BulkheadStats:
+    """Bulkhead counters and the tickets out now (host-wide)."""
+
+    max_concurrent: int           # tickets now (the quota's share in quota mode)
+    in_flight: int
+    peak: int
+    acquired: int
+    rejected: int
+    waited: int
+    reclaimed: int
+    critical_reserve: int = 0
+    quota: float | None = None
+    processes: int = 0            # quota mode: attached processes last counted
+    holders: tuple[TicketHolder, ...] = ()
+
+    @property
+    def available(self) -> int:
+        return max(0, self.max_concurrent - self.in_flight)
+
+
+@dataclass(frozen=True)
 class EndpointStats:
     endpoint: str
     breaker_state: BreakerState
@@ -93,3 +125,4 @@ class EndpointStats:
     breaker: BreakerSnapshot | None = None
     rate: float | None = None
     burst: int = 0
+    bulkhead: BulkheadStats | None = None
