@@ -408,9 +408,10 @@ int sg_bulkhead_release(const struct sg_handle *h, int64_t ticket)
 
 /* One slice of a wait: count ourselves a sleeper BEFORE trying (see freed()),
  * try, and if every ticket is out sleep until a release or the slice ends.
- * timeout 0: one try, no sleep. Returns the token (also written to out[0]
- * before returning, so a caller interrupted right after the call still finds
- * it and gives it back) or SG_R_BULKHEAD_FULL; out[1] = 1 if a release woke us. */
+ * After a wake-up it tries once more. timeout 0: one try, no sleep. Returns
+ * the token (also written to out[0] before returning, so a caller
+ * interrupted right after the call still finds it and gives it back) or
+ * SG_R_BULKHEAD_FULL; out[1] = 1 if a release woke us. */
 int64_t sg_bulkhead_wait(const struct sg_handle *h, uint32_t mode, uint64_t timeout_ns,
                          int64_t *out)
 {
@@ -421,8 +422,11 @@ int64_t sg_bulkhead_wait(const struct sg_handle *h, uint32_t mode, uint64_t time
     atomic_fetch_add_explicit(&b->sleepers, 1, SC);
     uint32_t seq = atomic_load_explicit(&b->wake_seq, SC);
     int64_t t = sg_bulkhead_acquire_at(h->slot, sg_now_h(h), my_pid(), mode | SG_BH_QUIET);
-    if (t == SG_R_BULKHEAD_FULL)
+    if (t == SG_R_BULKHEAD_FULL) {
         out[1] = futex_wait(&b->wake_seq, seq, timeout_ns) == 0;
+        if (out[1] || atomic_load_explicit(&b->wake_seq, SC) != seq) /* a release: try again */
+            t = sg_bulkhead_acquire_at(h->slot, sg_now_h(h), my_pid(), mode | SG_BH_QUIET);
+    }
     atomic_fetch_sub_explicit(&b->sleepers, 1, SC);
     return out[0] = t;
 }
