@@ -2,7 +2,7 @@
 
 Every number comes from a C snapshot function (``sg_segment_check``,
 ``sg_slot_snapshot``, ``sg_breaker_snapshot_at``, ``sg_limiter_snapshot_at``,
-``sg_policy_read``); nothing here parses shared words or registers an
+``sg_bulkhead_snapshot_at``, ``sg_policy_read``); nothing here parses shared words or registers an
 endpoint. The dicts hold only JSON types, so the CLI, the demo and tests can
 print, compare or serialise them as they are.
 
@@ -186,6 +186,30 @@ def _limiter(seg: Segment, h: Any, now: int, pol: Any) -> dict[str, Any]:
     }
 
 
+def _bulkhead(seg: Segment, h: Any, now: int) -> dict[str, Any] | None:
+    v = ffi.new("struct sg_bulkhead_view *")
+    _capi.check(lib.sg_bulkhead_snapshot_at(h.slot, now, v), "bulkhead", seg.name)
+    if v.limit == 0 and v.in_flight == 0 and v.acquired == 0:
+        return None  # the policy has no bulkhead
+    return {
+        "max_concurrent": int(v.limit),
+        "in_flight": int(v.in_flight),
+        "available": max(0, int(v.limit) - int(v.in_flight)),
+        "peak": int(v.peak),
+        "acquired": int(v.acquired),
+        "rejected": int(v.rejected),
+        "waited": int(v.waited),
+        "reclaimed": int(v.reclaimed),
+        "critical_reserve": int(v.reserve),
+        "quota": v.quota_ppm / 1e6 if v.quota_ppm else None,
+        "processes": int(v.procs) if v.quota_ppm else None,
+        "ticket_lease_seconds": v.ticket_lease_ns / NS if v.ticket_lease_ns else None,
+        "waiters": int(v.sleepers),
+        "holders": [{"ticket": i, "pid": int(v.holder_pid[i]), "held_seconds": v.held_ns[i] / NS}
+                    for i in range(lib.SG_MAX_TICKETS) if v.word[i]],
+    }
+
+
 def _policy(pol: Any, seq: int) -> dict[str, Any]:
     return {
         "failure_threshold": pol.failure_ppm / 1e6,
@@ -209,6 +233,7 @@ def endpoint_snapshot(seg: Segment, index: int, name: str, now: int | None = Non
     out: dict[str, Any] = {"name": name, "index": index}
     out.update(_breaker(seg, h, now, pol))
     out["limiter"] = _limiter(seg, h, now, pol)
+    out["bulkhead"] = _bulkhead(seg, h, now)
     out["policy"] = _policy(pol, policy_seq)
     return out
 
@@ -232,7 +257,7 @@ def snapshot(seg: Segment, *, commands: bool = True) -> dict[str, Any]:
             corrupt.append(index)
             continue
         if commands:
-            for p in ep["half_open"]["probes"]:
+            for p in ep["half_open"]["probes"] + (ep["bulkhead"] or {}).get("holders", []):
                 p["command"] = process_command(p["pid"])
         endpoints.append(ep)
     return {"segment": info, "endpoints": endpoints, "corrupt_slots": sorted(corrupt)}

@@ -14,6 +14,13 @@ _STATES = ("closed", "open", "half-open")
 _MODES = ("normal", "forced-open", "forced-closed", "metrics-only")
 
 Getter = Callable[[dict[str, Any]], Any]
+
+
+def _bh(e: dict[str, Any], key: str) -> Any:
+    """A bulkhead figure of endpoint ``e``, None when it has no bulkhead (no sample)."""
+    bh = e.get("bulkhead")
+    return None if bh is None else bh[key]
+
 # (name, type, help, value getter): one sample per endpoint
 _SIMPLE: list[tuple[str, str, str, Getter]] = [
     ("breaker_state_seconds", "gauge", "Time the breaker has been in its current state.",
@@ -44,6 +51,25 @@ _SIMPLE: list[tuple[str, str, str, Getter]] = [
      lambda e: e["limiter"]["tokens"]),
     ("limiter_acceptance_ratio", "gauge", "Admitted / decided over the statistics window.",
      lambda e: e["limiter"]["acceptance_rate"]),
+    # bulkhead (endpoints whose policy has one)
+    ("bulkhead_max_concurrent", "gauge",
+     "Bulkhead tickets now (max_concurrent, or the quota's share).",
+     lambda e: _bh(e, "max_concurrent")),
+    ("bulkhead_in_flight", "gauge", "Bulkhead tickets held now, host-wide.",
+     lambda e: _bh(e, "in_flight")),
+    ("bulkhead_peak", "gauge", "Most bulkhead tickets held at once, seen at a grant.",
+     lambda e: _bh(e, "peak")),
+    ("bulkhead_waiters", "gauge", "Callers asleep waiting for a ticket now.",
+     lambda e: _bh(e, "waiters")),
+    ("bulkhead_acquired_total", "counter", "Bulkhead tickets granted.",
+     lambda e: _bh(e, "acquired")),
+    ("bulkhead_rejected_total", "counter", "Calls refused by the bulkhead (no ticket in time).",
+     lambda e: _bh(e, "rejected")),
+    ("bulkhead_waited_total", "counter", "Tickets granted after waiting.",
+     lambda e: _bh(e, "waited")),
+    ("bulkhead_reclaimed_total", "counter",
+     "Tickets taken back from dead (or lease-expired) holders.",
+     lambda e: _bh(e, "reclaimed")),
 ]
 _PER_PRIORITY = [
     ("limiter_admitted_total", "Calls the rate limiter admitted, by priority.", "admitted"),

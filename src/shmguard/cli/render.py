@@ -9,7 +9,7 @@ import os
 from typing import Any, TextIO
 
 __all__ = ["Style", "use_colour", "duration", "count", "rate", "size", "state_label",
-           "inspect_text", "list_text", "clip"]
+           "inspect_text", "list_text", "clip", "bulkhead_text"]
 
 WIDTH = 80
 _ANSI = {"green": "32", "red": "31", "yellow": "33", "magenta": "35", "cyan": "36",
@@ -110,6 +110,8 @@ def _detail(ep: dict[str, Any]) -> list[str]:
                      f"{ho['needed']}" + (f" [{_probes(ep)}]" if ho["probes"] else ""))
     if ep["open_remaining_seconds"] is not None:
         parts.append(f"half-open in {duration(ep['open_remaining_seconds'])}")
+    if ep.get("bulkhead"):
+        parts.append(bulkhead_text(ep["bulkhead"]))
     lines, cur = [], "   "
     for p in parts:
         if len(cur) + len(p) + 2 > WIDTH and cur.strip():
@@ -118,6 +120,18 @@ def _detail(ep: dict[str, Any]) -> list[str]:
         cur += p + "  "
     lines.append(cur.rstrip())
     return lines
+
+
+def bulkhead_text(bh: dict[str, Any]) -> str:
+    """Returns ``bulkhead 2/4 peak 4 wait 3 rej 1 [pids]`` (quota and reserve when set)."""
+    quota = f" (quota {bh['quota']:g} x {bh['processes']} procs)" if bh["quota"] else ""
+    extra = "".join(f" {k} {count(bh[v])}" for k, v in (("wait", "waited"), ("rej", "rejected"),
+                                                       ("reclaimed", "reclaimed")) if bh[v])
+    crit = f" crit {bh['critical_reserve']}" if bh["critical_reserve"] else ""
+    pids = ",".join(str(h["pid"]) for h in bh["holders"][:4])
+    more = "+" if len(bh["holders"]) > 4 else ""
+    return (f"bulkhead {bh['in_flight']}/{bh['max_concurrent']}{quota}{crit} peak {bh['peak']}"
+            f"{extra}" + (f" [{pids}{more}]" if pids else ""))
 
 
 HEAD = (f"{'ENDPOINT':<20} {'STATE':<13} {'FOR':>6} {'GEN':>5} {'FAIL':>4} {'F/CALLS':>9}"

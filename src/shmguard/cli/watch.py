@@ -19,7 +19,8 @@ from collections import deque
 from types import TracebackType
 from typing import Any, Callable, TextIO
 
-from shmguard.cli.render import Style, clip, count, duration, state_label, STATE_COLOUR
+from shmguard.cli.render import (STATE_COLOUR, Style, bulkhead_text, clip, count, duration,
+                                  state_label)
 from shmguard.cli.inspector import open_segment, snapshot
 
 __all__ = ["History", "spark", "frame", "run"]
@@ -54,9 +55,9 @@ class History:
 
     @staticmethod
     def totals(ep: dict[str, Any]) -> tuple[int, int]:
-        """Returns (admitted, rejected): limiter admissions; limiter plus breaker rejections."""
-        lim = ep["limiter"]
-        return lim["admitted"], lim["rejected"] + ep["totals"]["rejected"]
+        """Returns (admitted, rejected): limiter admissions; limiter, breaker and bulkhead rejections."""
+        lim, bh = ep["limiter"], ep.get("bulkhead") or {}
+        return lim["admitted"], lim["rejected"] + ep["totals"]["rejected"] + bh.get("rejected", 0)
 
     def update(self, snap: dict[str, Any], now: float) -> None:
         dt = None if self.t_prev is None else now - self.t_prev
@@ -100,6 +101,8 @@ def frame(snap: dict[str, Any], hist: History, style: Style, blocks: str = BLOCK
                    f"{ep['window']['failure_rate'] * 100:>3.0f}% {tok:>6} "
                    f"{style(spark(adm, blocks=blocks), 'green')} {clip(a_now, 5):>5} "
                    f"{style(spark(rej, blocks=blocks), 'red')} {clip(r_now, 5):>5}")
+        if ep.get("bulkhead"):
+            out.append(style(clip("   " + bulkhead_text(ep["bulkhead"]), 78), "cyan"))
     if not snap["endpoints"]:
         out.append("(no endpoints yet)")
     return "\n".join(out)
