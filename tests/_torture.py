@@ -21,6 +21,12 @@ Afterwards it checks, and reports as ``violations`` (must be empty):
   the moment of its kill, each clipped at its lease expiry), no generation
   of a half-open breaker ever had more than half_open_max permits at once;
   and no sampled permit ever showed more lease left than its lease;
+- the bulkhead bound: replaying every call through the bulkhead endpoint
+  ``bh`` (logged inside the call: start after the ticket, end before its
+  release, a killed caller's end at its kill), never more than max_concurrent
+  calls at once, while workers are also SIGSTOPped (a stalled holder keeps
+  its ticket); at the end, with every worker gone, no ticket is lost: all
+  max_concurrent tickets can be taken again;
 - the slot table: every slot passes sg_slot_snapshot, READY names are
   unique and found by sg_table_find at their slot, no claim of a live
   process is older than the claim bound, and every name (including those
@@ -65,7 +71,7 @@ LEASE_UNIT = 1 << 20     # lease deadlines are kept in 2**20 ns units
 HDR_SLOT = lib.SG_HEADER_SIZE   # struct sg_header
 SLOT = lib.SG_SLOT_SIZE         # struct sg_slot
 BREAKER_EPS = ("brk", "lease", "mix")
-EP_ID = {"brk": 0, "lease": 1, "mix": 2}
+EP_ID = {"brk": 0, "lease": 1, "mix": 2, "bh": 3}
 
 PRIOS = (sg.Priority.LOW, sg.Priority.NORMAL, sg.Priority.HIGH, sg.Priority.CRITICAL)
 POLICIES = {
@@ -83,6 +89,8 @@ POLICIES = {
     "mix": sg.Policy(rate=500, burst=10, failure_threshold=0.25, min_requests=4, window=1.0,
                      open_timeout=0.004, half_open_max_calls=2, probe_lease=5.0,
                      failure_exceptions=(ConnectionError,)),
+    # bulkhead only: at most 2 calls in flight host-wide (intervals replayed)
+    "bh": sg.Policy(max_concurrent=2, max_wait=0.005),
 }
 REG_POLICY = sg.Policy(rate=1000, burst=10)
 MAX_WAIT_NS = {"lim": int(MAX_WAIT * NS), "mix": 0}
@@ -220,8 +228,9 @@ class _Worker:
         self.lim = self.svc.limiter("lim")
         self.brk = self.svc.breaker("brk")
         self.lease = self.svc.breaker("lease")
-        self.ops = [(0.30, self.op_allow), (0.15, self.op_reserve), (0.20, self.op_permit_brk),
-                    (0.10, self.op_permit_lease), (0.17, self.op_execute), (0.08, self.op_register)]
+        self.ops = [(0.27, self.op_allow), (0.13, self.op_reserve), (0.18, self.op_permit_brk),
+                    (0.09, self.op_permit_lease), (0.15, self.op_execute), (0.08, self.op_register),
+                    (0.10, self.op_bulkhead)]
 
     # -- the probe log --------------------------------------------------------------
     def log_start(self, ep: str, tok: int) -> int:
@@ -294,6 +303,20 @@ class _Worker:
             pass
         return 1
 
+    def op_bulkhead(self) -> int:
+        hold = self.rng.choice((0, 0, 0.0002, 0.001, 0.003))
+
+        def call() -> None:
+            rec = self.log_start("bh", 0)        # after the ticket was granted
+            if hold:
+                time.sleep(hold)
+            self.log_end(rec)                    # before it is released
+        try:
+            self.svc.execute("bh", call, priority=self.rng.choice(PRIOS))
+        except sg.BulkheadFullError:
+            pass
+        return 1
+
     def op_register(self) -> int:
         q, cfg = self.q, self.cfg
         frontier = min(cfg["nreg"], 1 + (time.monotonic_ns() - q[G_T0]) * cfg["new_per_s"] // NS)
@@ -350,8 +373,8 @@ class _Worker:
                     permit.success()
             elif k == 2:
                 try:
-                    svc.execute("mix", int)
-                except (sg.CircuitOpenError, sg.RateLimitedError):
+                    svc.execute("mix" if i & 4 else "bh", int)
+                except (sg.CircuitOpenError, sg.RateLimitedError, sg.BulkheadFullError):
                     pass
             else:
                 reg.allow()
@@ -409,7 +432,7 @@ class Torture:
         self.q = memoryview(self.mm).cast("q")
         self.procs: dict[int, int] = {}
         self.violations: list[str] = []
-        self.kills = self.respawns = self.injected = self.samples = 0
+        self.kills = self.respawns = self.injected = self.samples = self.stops = 0
         self.max_probes_seen = {ep: 0 for ep in BREAKER_EPS}
         self.corpse = 0
 
@@ -446,6 +469,14 @@ class Torture:
         else:
             self._exited(slot, pid, status)
         self._close_open_record(slot, t_kill)
+
+    def stall(self, slot: int) -> None:
+        """SIGSTOPs a worker for a moment: a stalled holder keeps its tickets and permits."""
+        pid = self.procs[slot]
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(self.rng.uniform(0.001, 0.02))
+        os.kill(pid, signal.SIGCONT)
+        self.stops += 1
 
     def _exited(self, slot: int, pid: int, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
@@ -552,6 +583,8 @@ class Torture:
                 elif now - last_dec[s][1] > STALL_LIMIT:
                     self.violations.append(f"worker slot {s} made no decision for {STALL_LIMIT} s")
                     last_dec[s] = (d, now)
+            if self.rng.random() < 0.5:
+                self.stall(self.rng.randrange(k))
             victim = self.rng.randrange(k)
             self.kill(victim)
             self.spawn(victim)
@@ -572,9 +605,11 @@ class Torture:
         table, bad = table_report(svc, expected)
         self.violations += bad
         self.sample(svc)
+        bulkhead = self._tickets_back(svc)
         return {
             "seconds": round(time.monotonic() - t_start, 1), "workers": k, "seed": self.seed,
-            "kills": self.kills, "respawns": self.respawns, "decisions": decisions,
+            "kills": self.kills, "stops": self.stops, "respawns": self.respawns,
+            "decisions": decisions, "bulkhead": bulkhead,
             "registrations": registrations, "stale_claims_planted": self.injected,
             "breaker_samples": self.samples, "max_live_probes_sampled": self.max_probes_seen,
             "sprints": sprints, "limiter": limiter, "probes": probes, "table": table,
@@ -621,12 +656,29 @@ class Torture:
                 "rate": NS / T, "burst": pv.burst, "elapsed_s": round(elapsed / NS, 3),
                 "fill": round(m.accepted / bound, 3) if bound else 0.0}
 
+    def _tickets_back(self, svc: sg.ResilienceService) -> dict:
+        """Every worker is gone: every ticket must come back (dead holders' reclaimed)."""
+        bh = svc.bulkhead("bh")
+        n = POLICIES["bh"].max_concurrent
+        time.sleep(0.06)                          # past the reclaim throttle of this process
+        got = [bh.try_acquire() for _ in range(n + 1)]
+        s = bh.stats()
+        if [t is not None for t in got] != [True] * n + [False]:
+            self.violations.append(f"bh: after the run {sum(t is not None for t in got)} of {n} "
+                                   f"tickets could be taken again: holders {s.holders}")
+        for t in got:
+            if t is not None:
+                t.release()
+        return {"acquired": s.acquired, "rejected": s.rejected, "waited": s.waited,
+                "reclaimed": s.reclaimed, "peak": s.peak, "max_concurrent": n}
+
     def _probe_replay(self) -> dict:
         """Replays every logged probe interval: <= half_open_max per generation at once."""
         q, region = self.q, self.cfg["region"]
         groups: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
         logged = truncated = 0
         lease_ns = {EP_ID[ep]: int(POLICIES[ep].probe_lease * NS) for ep in BREAKER_EPS}
+        lease_ns[EP_ID["bh"]] = 1 << 62            # a ticket has no lease: never clipped
         for s in range(self.k + 1):
             b = GLOBAL + s * region
             n = q[b + H_NREC]
@@ -648,7 +700,10 @@ class Torture:
                     groups.setdefault((ep, key & 0xFFFFFFFF), []).append((start, end, s, lease))
                 logged += 1
         names = {v: k for k, v in EP_ID.items()}
-        worst = {ep: 0 for ep in ("brk", "lease")}   # the endpoints whose permits are logged
+        bound = {"brk": POLICIES["brk"].half_open_max_calls,   # the endpoints whose permits
+                 "lease": POLICIES["lease"].half_open_max_calls,  # and tickets are logged
+                 "bh": POLICIES["bh"].max_concurrent}
+        worst = {ep: 0 for ep in bound}
         for (ep, gen), iv in groups.items():
             events = sorted([(v[0], 1) for v in iv] + [(v[1], -1) for v in iv])
             cur = peak = at = 0
@@ -658,14 +713,13 @@ class Torture:
                     peak, at = cur, t
             name = names[ep]
             worst[name] = max(worst[name], peak)
-            if peak > POLICIES[name].half_open_max_calls:
+            if peak > bound[name]:
                 who = ", ".join(f"worker slot {w} lease {ls} [{(a - at) / 1e6:+.3f}, "
                                 f"{(e - at) / 1e6:+.3f}] ms" for a, e, w, ls in iv if a <= at < e)
-                self.violations.append(f"{name}: generation {gen} had {peak} probe permits at "
-                                       f"once, max {POLICIES[name].half_open_max_calls}: {who}")
+                what = "calls in flight" if name == "bh" else f"generation {gen} probe permits"
+                self.violations.append(f"{name}: {peak} {what} at once, max {bound[name]}: {who}")
         return {"permits_logged": logged, "generations": len(groups), "max_at_once": worst,
-                "half_open_max": {ep: POLICIES[ep].half_open_max_calls for ep in worst},
-                "log_truncated": bool(truncated)}
+                "half_open_max": bound, "log_truncated": bool(truncated)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -702,6 +756,11 @@ def summary(rep: dict) -> str:
     p = rep["probes"]
     lines.append(f"  probes: {p['permits_logged']} permits in {p['generations']} half-open "
                  f"generations; most at once {p['max_at_once']} (max {p['half_open_max']})")
+    b = rep["bulkhead"]
+    lines.append(f"  bulkhead bh: {b['acquired']} tickets ({b['waited']} after waiting, "
+                 f"{b['rejected']} refused, {b['reclaimed']} reclaimed from killed holders), "
+                 f"{rep['stops']} SIGSTOPs; most calls at once {rep['probes']['max_at_once']['bh']} "
+                 f"(max {b['max_concurrent']})")
     lines.append(f"  table: {rep['table']}")
     lines.append(f"  violations: {len(rep['violations'])}")
     lines += [f"    - {v}" for v in rep["violations"][:20]]

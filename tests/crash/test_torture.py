@@ -53,6 +53,8 @@ def test_torture_quick():
         assert m["rejected"] > 0, ep        # the limiter was really pushed past its rate
     assert rep["probes"]["permits_logged"] > 0
     assert rep["probes"]["max_at_once"]["brk"] <= 3
+    assert rep["probes"]["max_at_once"]["bh"] <= 2 and rep["stops"] > 0   # bulkhead bound
+    assert rep["bulkhead"]["acquired"] > 0
     assert rep["table"]["claims_live"] == 0
     assert not os.path.exists(f"/dev/shm/shmguard.{os.geteuid()}.{segname}")
 
