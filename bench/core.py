@@ -43,7 +43,8 @@ def python_rows(n: int, reps: int) -> list[tuple[str, float, float, float]]:
     svc = sg.ResilienceService(name, capacity=8)
     try:
         svc.register_endpoint("ep", sg.Policy(rate=1e9, burst=10**9))
-        lim, br = svc.limiter("ep"), svc.breaker("ep")
+        svc.register_endpoint("bh", sg.Policy(max_concurrent=4))
+        lim, br, bh = svc.limiter("ep"), svc.breaker("ep"), svc.bulkhead("bh")
 
         def f() -> None:
             return None
@@ -67,6 +68,16 @@ def python_rows(n: int, reps: int) -> list[tuple[str, float, float, float]]:
             for _ in range(k):
                 e("ep", f)
 
+        def bulkhead(k: int) -> None:
+            a = bh.try_acquire
+            for _ in range(k):
+                a().release()
+
+        def execute_bh(k: int) -> None:
+            e = svc.execute
+            for _ in range(k):
+                e("bh", f)
+
         rows = [("bare call f()", *per_call(bare, n, reps)),
                 ("limiter.allow()", *per_call(allow, n, reps)),
                 ("breaker.allow() + success()", *per_call(breaker, n, reps))]
@@ -74,6 +85,8 @@ def python_rows(n: int, reps: int) -> list[tuple[str, float, float, float]]:
         rows.append(("svc.execute(ep, f)", *ex))
         rows.append(("execute overhead over f()", ex[0] - rows[0][1], ex[1] - rows[0][1],
                      ex[2] - rows[0][1]))
+        rows.append(("bulkhead.try_acquire() + release()", *per_call(bulkhead, n, reps)))
+        rows.append(("svc.execute(bulkhead ep, f)", *per_call(execute_bh, n, reps)))
         return rows
     finally:
         svc.close()
@@ -84,13 +97,16 @@ def c_rows() -> list[tuple[str, float, float, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         exe = os.path.join(tmp, "gcra_bench")
         srcs = [os.path.join(CSRC, f) for f in
-                ("segment.c", "table.c", "policy.c", "window.c", "breaker.c", "gcra.c")]
+                ("segment.c", "table.c", "policy.c", "window.c", "breaker.c", "gcra.c",
+                 "bulkhead.c")]
         subprocess.run(["gcc", "-std=c11", "-O2", "-D_POSIX_C_SOURCE=200809L", "-I", CSRC,
-                        os.path.join(ROOT, "bench", "gcra_bench.c"), *srcs, "-o", exe], check=True)
+                        os.path.join(ROOT, "bench", "gcra_bench.c"), *srcs, "-o", exe,
+                        "-lpthread"], check=True)
         out = subprocess.run([exe], check=True, capture_output=True, text=True).stdout
     labels = {"gcra_decide_ns": "C: GCRA decision (explicit now)",
               "allow_with_clock_ns": "C: sg_allow (reads the clock)",
-              "breaker_acquire_record_ns": "C: breaker acquire + record"}
+              "breaker_acquire_record_ns": "C: breaker acquire + record",
+              "bulkhead_acquire_release_ns": "C: bulkhead ticket acquire + release"}
     rows = []
     for line in out.splitlines():
         k, med, lo, hi = line.split()

@@ -1,5 +1,5 @@
-/* bench/gcra_bench.c -- C-level cost of one GCRA decision and one breaker
- * acquire+record, without Python. Built and run by bench/core.py. */
+/* bench/gcra_bench.c -- C-level cost of one GCRA decision, one breaker
+ * acquire+record and one bulkhead ticket acquire+release, without Python. Built and run by bench/core.py. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,9 +43,14 @@ int main(void)
     uint64_t claim;
     if (sg_table_register(base, size, "bench", 5, &p, 1, 1000000000ULL, &idx, &claim) < 0)
         return 2;
-    struct sg_handle h;
+    struct sg_handle h, hb;
     sg_handle_init(&h, base, size, idx);
-    double t_decide[REPS], t_allow[REPS], t_br[REPS];
+    p.flags = SG_POL_NO_LIMIT;
+    p.max_concurrent = 4; /* a bulkhead endpoint: acquire + release of one ticket */
+    if (sg_table_register(base, size, "bh", 2, &p, 1, 1000000000ULL, &idx, &claim) < 0)
+        return 3;
+    sg_handle_init(&hb, base, size, idx);
+    double t_decide[REPS], t_allow[REPS], t_br[REPS], t_bh[REPS];
     uint64_t now = 1000000000000ULL;
     for (int r = 0; r < REPS; r++) {
         double t = now_s();
@@ -62,13 +67,19 @@ int main(void)
             sg_breaker_record_at(h.slot, now, tok | 1);
         }
         t_br[r] = (now_s() - t) * 1e9 / N;
+        t = now_s();
+        for (int i = 0; i < N; i++)
+            sg_bulkhead_release(&hb, sg_bulkhead_acquire(&hb, 1 | SG_BH_QUIET));
+        t_bh[r] = (now_s() - t) * 1e9 / N;
     }
+    qsort(t_bh, REPS, sizeof(double), cmp);
     qsort(t_decide, REPS, sizeof(double), cmp);
     qsort(t_allow, REPS, sizeof(double), cmp);
     qsort(t_br, REPS, sizeof(double), cmp);
     printf("gcra_decide_ns %.1f %.1f %.1f\n", t_decide[REPS / 2], t_decide[0], t_decide[REPS - 1]);
     printf("allow_with_clock_ns %.1f %.1f %.1f\n", t_allow[REPS / 2], t_allow[0], t_allow[REPS - 1]);
     printf("breaker_acquire_record_ns %.1f %.1f %.1f\n", t_br[REPS / 2], t_br[0], t_br[REPS - 1]);
+    printf("bulkhead_acquire_release_ns %.1f %.1f %.1f\n", t_bh[REPS / 2], t_bh[0], t_bh[REPS - 1]);
     free(base);
     return 0;
 }

@@ -21,7 +21,6 @@ Thread safe and process safe.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -43,15 +42,16 @@ ASYNC_TICKS = (0.001, 0.02)  # asyncio polls from 1 ms, doubling up to 20 ms
 RECLAIM_EVERY = 0.05
 FULL = lib.SG_R_BULKHEAD_FULL
 QUIET, WAITED, REFRESH = int(lib.SG_BH_QUIET), int(lib.SG_BH_WAITED), int(lib.SG_BH_REFRESH)
+_MODES = tuple(int(p) | QUIET for p in Priority)  # indexed by a Priority
 
 
 class Ticket:
     """One ticket of a bulkhead, held until :meth:`release` (or the end of a ``with``)."""
 
-    __slots__ = ("_ep", "_tok", "_pid")
+    __slots__ = ("_ep", "_tok")
 
     def __init__(self, ep: Endpoint, tok: int) -> None:
-        self._ep, self._tok, self._pid = ep, tok, os.getpid()
+        self._ep, self._tok = ep, tok
 
     @property
     def held(self) -> bool:
@@ -63,9 +63,13 @@ class Ticket:
         return (self._tok >> 42) & 0x3F
 
     def release(self) -> None:
-        """Gives the ticket back and wakes one waiter; a second call does nothing."""
+        """Gives the ticket back and wakes one waiter; a second call does nothing.
+
+        Only the process that took it can give it back (C compares the pid):
+        in a fork child this does nothing, and the parent still holds it.
+        """
         tok, self._tok = self._tok, 0
-        if tok > 0 and self._pid == os.getpid() and not self._ep.seg.closed:
+        if tok > 0 and self._ep.hp:  # hp is 0 once the service is closed
             lib.sg_bulkhead_release(self._ep.h, tok)
 
     def __enter__(self) -> Ticket:
@@ -75,10 +79,11 @@ class Ticket:
         self.release()
 
     def __del__(self) -> None:  # a Ticket dropped unreleased (e.g. lost to an interrupt)
-        try:
-            self.release()
-        except Exception:
-            pass
+        if self._tok:
+            try:
+                self.release()
+            except Exception:
+                pass
 
     def __repr__(self) -> str:
         return f"<Ticket {self._ep.name!r} #{self.index} {'held' if self.held else 'released'}>"
@@ -97,10 +102,25 @@ class Bulkhead:
 
     def try_acquire(self, priority: Priority = Priority.NORMAL) -> Ticket | None:
         """Returns a ticket if one is free now (a dead holder's counts as free), else None."""
+        ep = self._ep
+        mode = _MODES[priority] if type(priority) is Priority else _prio(priority)
+        buf = _BUFS.pop() if _BUFS else ffi.new("int64_t[2]")
         try:
-            return self.acquire(0.0, priority)
-        except BulkheadFullError:
-            return None
+            t = lib.sg_bulkhead_wait(ep.h, mode, 0, buf)
+            if t <= 0 or t & REFRESH:  # full, no bulkhead, an error or a recount: slow path
+                if t == FULL and reclaim(ep):
+                    t = lib.sg_bulkhead_wait(ep.h, mode, 0, buf)
+                if t == FULL:
+                    lib.sg_bulkhead_give_up(ep.h.slot)
+                    return None
+                t = _done(ep, t) or _no_bulkhead(ep)
+            ticket = Ticket(ep, t)
+        except BaseException:
+            if buf[0] > 0:
+                lib.sg_bulkhead_release(ep.h, buf[0])
+            raise
+        _BUFS.append(buf)
+        return ticket
 
     def acquire(self, timeout: float | None = None,
                 priority: Priority = Priority.NORMAL) -> Ticket:
@@ -109,19 +129,14 @@ class Bulkhead:
         :raises BulkheadFullError: none was free in time.
         """
         ep = self._ep
-        tok = take(ep, _prio(priority), self._wait(timeout))
-        if tok == 0:
-            raise PolicyError(f"endpoint {ep.name!r} has no bulkhead (max_concurrent or quota)")
-        return Ticket(ep, tok)
+        return Ticket(ep, take(ep, _prio(priority), self._wait(timeout)) or _no_bulkhead(ep))
 
     async def acquire_async(self, timeout: float | None = None,
                             priority: Priority = Priority.NORMAL) -> Ticket:
         """Like :meth:`acquire`, awaiting with ``asyncio.sleep`` (never blocks the loop)."""
         ep = self._ep
-        tok = await take_async(ep, _prio(priority), self._wait(timeout))
-        if tok == 0:
-            raise PolicyError(f"endpoint {ep.name!r} has no bulkhead (max_concurrent or quota)")
-        return Ticket(ep, tok)
+        return Ticket(ep, await take_async(ep, _prio(priority), self._wait(timeout))
+                      or _no_bulkhead(ep))
 
     def _wait(self, timeout: float | None) -> float | None:
         if timeout is None:
@@ -153,6 +168,13 @@ class Bulkhead:
         if s is None:
             raise PolicyError(f"endpoint {self._ep.name!r} has no bulkhead")
         return s
+
+
+_BUFS: list[Any] = []  # int64_t[2] out-buffers for try_acquire, reused (list ops are atomic)
+
+
+def _no_bulkhead(ep: Endpoint) -> int:
+    raise PolicyError(f"endpoint {ep.name!r} has no bulkhead (max_concurrent or quota)")
 
 
 def _prio(priority: Priority) -> int:
