@@ -26,8 +26,9 @@ def test_short_run_passes_its_checks_and_cleans_up(segname: str) -> None:
         [sys.executable, "-m", "shmguard", "demo", "--duration", "5", "--workers", "2", "--plain",
          "--segment", segname], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "All three checks passed." in proc.stdout
-    assert proc.stdout.count("[PASS]") == 3
+    assert "All four checks passed." in proc.stdout
+    assert proc.stdout.count("[PASS]") == 4
+    assert "bulkhead held" in proc.stdout
     assert segname not in sg.list_segments()
 
 

@@ -1,4 +1,4 @@
-"""The demo's three claims, checked from the segment's own counters (and the cache's log)."""
+"""The demo's claims, checked from the segment's own counters (and the servers' own logs)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +7,7 @@ from shmguard.demo.server import Hit
 from shmguard.demo.view import Counts
 from shmguard.stats import BreakerMode, BreakerState, EndpointStats
 
-__all__ = ["Check", "Evidence", "check_all"]
+__all__ = ["Check", "DbEvidence", "Evidence", "check_all"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,19 @@ class Evidence:
     workers: list[tuple[str, int, Counts]]
     pool_size: int
     hits: list[Hit]               # every request the cache saw
+    db: DbEvidence | None = None  # the slow dependency behind the bulkhead
+
+
+@dataclass(frozen=True)
+class DbEvidence:
+    """The slow dependency's lane: its bulkhead and what the dependency itself saw."""
+
+    tickets: int                  # the policy's max_concurrent
+    lanes: int                    # client threads calling it
+    peak: int                     # most requests at once, counted by the dependency
+    served: int
+    refused: int                  # calls the bulkhead refused (counted by the clients)
+    stats_peak: int               # the segment's peak
 
 
 def check_rate(ev: Evidence) -> Check:
@@ -79,5 +92,17 @@ def check_recovery(ev: Evidence) -> Check:
                  f"{len(after)} calls served since")
 
 
+def check_bulkhead(ev: Evidence) -> Check:
+    """(d) The slow dependency never served more than the bulkhead's tickets at once."""
+    d = ev.db
+    assert d is not None
+    ok = 0 < d.peak <= d.tickets and d.served > 0 and d.stats_peak <= d.tickets
+    return Check("d", ok,
+                 f"bulkhead held: the slow dependency served at most {d.peak} requests at once "
+                 f"(<= {d.tickets} tickets, asked by {d.lanes} lanes), {d.served} served, "
+                 f"{d.refused} refused at once so no pool worker waited on it")
+
+
 def check_all(ev: Evidence) -> list[Check]:
-    return [check_rate(ev), check_open(ev), check_recovery(ev)]
+    checks = [check_rate(ev), check_open(ev), check_recovery(ev)]
+    return checks + [check_bulkhead(ev)] if ev.db is not None else checks

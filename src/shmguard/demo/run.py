@@ -7,7 +7,10 @@ refused or fails they "build locally" instead. The live view shows the
 endpoint as every process sees it; the summary then checks, from the
 segment's own counters, that (a) the pool kept the rate limit, (b) the
 breaker opened for all workers at once and the failing calls stopped, and
-(c) it recovered through half-open to closed. Exit status 1 if a check fails.
+(c) it recovered through half-open to closed. A third kind of lane calls a
+slow dependency ("db") through a bulkhead that lets the pool hit it only N at
+a time; (d) checks, from the dependency's own count, that it never served
+more at once. Exit status 1 if a check fails.
 """
 from __future__ import annotations
 
@@ -23,10 +26,11 @@ from types import FrameType
 from typing import Any, Iterator
 
 from shmguard.demo import worker
-from shmguard.demo.checks import Evidence, check_all
+from shmguard.demo.checks import DbEvidence, Evidence, check_all
 from shmguard.demo.server import FlakyCache, Schedule
 from shmguard.demo.view import Sample, Tally, make_view
-from shmguard.errors import CircuitOpenError, InvalidNameError, RateLimitedError
+from shmguard.errors import (BulkheadFullError, CircuitOpenError, InvalidNameError,
+                             RateLimitedError)
 from shmguard.executor import ResilientExecutor
 from shmguard.limiter import NS
 from shmguard.policy import NETWORK_ERRORS, Policy
@@ -37,6 +41,7 @@ from shmguard.stats import BreakerState
 __all__ = ["main", "demo_policy"]
 
 ENDPOINT = "cache"
+DB = "db"
 RATE_WAIT = 0.05    # a fetch may wait this long for its rate-limit slot
 LOCAL_BUILD = 0.02  # what a refused or failed fetch costs instead
 SAMPLE_EVERY = 0.05
@@ -52,6 +57,45 @@ def demo_policy(rate: float) -> Policy:
                   open_timeout=1.0, half_open_max_calls=1, probe_lease=2.0, rate=rate,
                   burst=max(1, round(rate / 5)),
                   failure_exceptions=NETWORK_ERRORS + (worker.CacheDown,))
+
+
+def db_policy(tickets: int) -> Policy:
+    """Returns the slow dependency's policy: ``tickets`` calls at once, refused at once beyond."""
+    return Policy(max_concurrent=tickets, max_wait=0.0)
+
+
+class _DbTally:
+    """What the db lanes' calls came to (client side); thread safe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.served = self.refused = 0
+
+    def add(self, served: bool) -> None:
+        with self.lock:
+            if served:
+                self.served += 1
+            else:
+                self.refused += 1
+
+
+def _db_lane(i: int, ex: ResilientExecutor, url: str, tally: _DbTally, stop: threading.Event,
+             errors: list[BaseException]) -> None:
+    """A client of the slow dependency: query; when the bulkhead refuses, do without a while."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        try:
+            ex.submit(DB, worker.query, url, f"row-{i}-{n}").result()
+            tally.add(True)
+            continue
+        except BulkheadFullError:
+            tally.add(False)
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+            return
+        stop.wait(LOCAL_BUILD)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,15 +141,15 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Interrupted(f"signal {signum}")
 
 
-def _sample(svc: ResilienceService, cache: FlakyCache) -> Sample:
+def _sample(svc: ResilienceService, cache: FlakyCache, db: _DbTally) -> Sample:
     st = svc.stats(ENDPOINT)
     b, m = st.breaker, st.limiter_metrics
     assert b is not None
     return Sample(cache.now(), cache.phase(), b.state, b.failure_rate, m.accepted, m.rejected,
-                  b.rejected, len(cache.hits()))
+                  b.rejected, len(cache.hits()), cache.db()[0], db.refused)
 
 
-def _watch(svc: ResilienceService, cache: FlakyCache, tally: Tally, view: Any,
+def _watch(svc: ResilienceService, cache: FlakyCache, tally: Tally, db: _DbTally, view: Any,
            duration: float, stop: threading.Event) -> None:
     """Main thread: sample the segment, report transitions and probes, redraw."""
     state, seen, next_draw = BreakerState.CLOSED, 0, 0.0
@@ -124,25 +168,27 @@ def _watch(svc: ResilienceService, cache: FlakyCache, tally: Tally, view: Any,
             view.event(cache.now(), f"breaker {state} -> {now_state} (seen by every worker)")
             state = now_state
         if cache.now() >= next_draw:
-            view.update(_sample(svc, cache), tally.workers())
+            view.update(_sample(svc, cache, db), tally.workers())
             next_draw += view.interval
         stop.wait(SAMPLE_EVERY)
 
 
 def _run(args: argparse.Namespace, segment: str) -> int:
-    policy = demo_policy(args.rate)
+    policy, tickets = demo_policy(args.rate), max(1, args.workers // 2)
     schedule = Schedule.for_duration(args.duration)
-    tally, stop = Tally(), threading.Event()
+    tally, db, stop = Tally(), _DbTally(), threading.Event()
     errors: list[BaseException] = []
     lanes: list[threading.Thread] = []
     view: Any = None
     t0 = 0
     with ProcessPoolExecutor(args.workers, initializer=worker.ignore_sigint) as pool:
         ex = ResilientExecutor(pool, segment, policy=policy)
+        ex_db = ResilientExecutor(pool, segment, policy=db_policy(tickets))
         svc = ex.service
         cache: FlakyCache | None = None
         try:
             svc.register_endpoint(ENDPOINT, policy)
+            svc.register_endpoint(DB, db_policy(tickets))
             # start every worker before any thread of ours exists (fork safety)
             for f in [pool.submit(worker.warm_up, segment, 0.1) for _ in range(args.workers)]:
                 f.result()
@@ -151,14 +197,17 @@ def _run(args: argparse.Namespace, segment: str) -> int:
             view.start(f"shmguard demo: {args.workers} workers -> endpoint {ENDPOINT!r} "
                        f"(limit {args.rate:g}/s, burst {policy.effective_burst}) -> flaky cache "
                        f"{cache.url}; ill from {schedule.sick_from:.1f}s to "
-                       f"{schedule.sick_until:.1f}s")
+                       f"{schedule.sick_until:.1f}s; {tickets + 1} lanes -> slow dependency "
+                       f"{DB!r} through a bulkhead of {tickets} ticket(s)")
             t0 = svc.now_ns()
             cache.begin()
             lanes = [threading.Thread(target=_lane, args=(i, ex, cache.url, tally, stop, errors),
                                       name=f"lane-{i}", daemon=True) for i in range(args.workers)]
+            lanes += [threading.Thread(target=_db_lane, args=(i, ex_db, cache.url, db, stop, errors),
+                                       name=f"db-lane-{i}", daemon=True) for i in range(tickets + 1)]
             for lane in lanes:
                 lane.start()
-            _watch(svc, cache, tally, view, args.duration, stop)
+            _watch(svc, cache, tally, db, view, args.duration, stop)
         finally:
             stop.set()
             for lane in lanes:
@@ -172,8 +221,12 @@ def _run(args: argparse.Namespace, segment: str) -> int:
     if errors:
         print(f"demo failed: {errors[0]!r}", file=sys.stderr)
         return 1
+    bh = svc.stats(DB).bulkhead
+    assert bh is not None
+    _, peak, served = cache.db()
     ev = Evidence(svc.stats(ENDPOINT), args.rate, policy.half_open_max_calls, elapsed,
-                  tally.workers(), args.workers, cache.hits())
+                  tally.workers(), args.workers, cache.hits(),
+                  DbEvidence(tickets, tickets + 1, peak, served, db.refused, bh.peak))
     svc.close()
     return _report(ev, segment)
 
@@ -188,7 +241,9 @@ def _report(ev: Evidence, segment: str) -> int:
     for c in checks:
         print(c.line())
     bad = [c.label for c in checks if not c.ok]
-    print("All three checks passed." if not bad else f"FAILED: check(s) {', '.join(bad)}")
+    words = {3: "three", 4: "four"}
+    print(f"All {words.get(len(checks), len(checks))} checks passed." if not bad
+          else f"FAILED: check(s) {', '.join(bad)}")
     return 1 if bad else 0
 
 

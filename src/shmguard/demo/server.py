@@ -2,7 +2,9 @@
 
 Healthy, it answers ``GET /cache/<key>`` with 200 at once. Unhealthy, it
 answers 503, and every fourth request only after a delay longer than the
-clients' timeout. For each request it reads the endpoint's breaker state
+clients' timeout. ``GET /db/<key>`` is a second, slow dependency: always
+200 after DB_QUERY s, counting how many requests it serves at once. For each
+cache request it reads the endpoint's breaker state
 from the segment as the request arrives, so the summary can tell which calls
 reached it while the breaker was open or half-open (probes).
 """
@@ -20,6 +22,7 @@ __all__ = ["Schedule", "FlakyCache", "Hit"]
 
 SLOW_RESPONSE = 0.4  # seconds; the clients give up after 0.25
 SLOW_EVERY = 4
+DB_QUERY = 0.03      # seconds: the slow dependency ("db") answers after this, always 200
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ class Hit:
 class _Tally:
     hits: list[Hit] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    db_now: int = 0      # "db" requests being served now
+    db_peak: int = 0     # the most at once, as the dependency itself saw them
+    db_served: int = 0
 
 
 class FlakyCache:
@@ -117,6 +123,23 @@ class FlakyCache:
         return status, SLOW_RESPONSE if sick and slow else 0.0
 
 
+    def query(self) -> None:
+        """Serves one request of the slow dependency: counts it in flight for DB_QUERY s."""
+        t = self._tally
+        with t.lock:
+            t.db_now += 1
+            t.db_peak = max(t.db_peak, t.db_now)
+        time.sleep(DB_QUERY)
+        with t.lock:
+            t.db_now -= 1
+            t.db_served += 1
+
+    def db(self) -> tuple[int, int, int]:
+        """Returns the slow dependency's (in flight now, peak in flight, served)."""
+        with self._tally.lock:
+            return self._tally.db_now, self._tally.db_peak, self._tally.db_served
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
@@ -130,6 +153,10 @@ def _handler_for(cache: FlakyCache) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.0"
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.path.startswith("/db/"):
+                cache.query()
+                self._answer(200, b"row\n")
+                return
             try:
                 pid = int(self.headers.get("X-Worker", "0"))
             except ValueError:
@@ -138,6 +165,9 @@ def _handler_for(cache: FlakyCache) -> type[BaseHTTPRequestHandler]:
             if delay:
                 time.sleep(delay)
             body = (f"artifact {self.path}\n" if status == 200 else "unavailable\n").encode()
+            self._answer(status, body)
+
+        def _answer(self, status: int, body: bytes) -> None:
             try:
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))

@@ -64,6 +64,8 @@ class Sample:
     limited: int
     stopped: int
     hits: int
+    db_in_flight: int = 0   # the slow dependency: requests it serves now
+    db_refused: int = 0     # calls its bulkhead refused so far
 
 
 def _per_second(new: Sample, old: Sample | None) -> tuple[float, float, float]:
@@ -97,7 +99,8 @@ class PlainView:
         ws = " ".join(f"{label} {'/'.join(c.cells())}" for label, _, c in workers)
         print(f"[{s.t:5.1f}s] cache={s.phase:<9} breaker={str(s.state):<9} "
               f"fail={s.failure_rate:4.0%} admitted/s={adm:5.0f} rejected/s={rej:5.0f} "
-              f"hits/s={hits:4.0f} | {ws}", file=self.out, flush=True)
+              f"hits/s={hits:4.0f} db={s.db_in_flight} ({s.db_refused} refused) | {ws}",
+              file=self.out, flush=True)
 
     def stop(self) -> None:
         pass
@@ -137,11 +140,12 @@ class RichView:
         self._last = s
         ep = Table(box=None, show_header=True, header_style="bold")
         for col in ("time", "cache", "breaker", "window fail", "admitted/s", "rejected/s",
-                    "cache hits/s"):
+                    "cache hits/s", "db in flight", "db refused"):
             ep.add_column(col, justify="right")
         ep.add_row(f"{s.t:.1f}s", Text(s.phase, _PHASE_STYLE.get(s.phase, "")),
                    Text(str(s.state), _STATE_STYLE[s.state]), f"{s.failure_rate:.0%}",
-                   f"{adm:.0f}", f"{rej:.0f}", f"{hits:.0f}")
+                   f"{adm:.0f}", f"{rej:.0f}", f"{hits:.0f}", str(s.db_in_flight),
+                   str(s.db_refused))
         wt = Table(box=None, header_style="bold")
         for col in ("worker", "pid", "ok", "failed", "rejected (open)", "rate-limited"):
             wt.add_column(col, justify="right")

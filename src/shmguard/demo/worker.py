@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from shmguard.executor import attach
 
-__all__ = ["CacheDown", "fetch", "ignore_sigint", "warm_up"]
+__all__ = ["CacheDown", "fetch", "query", "ignore_sigint", "warm_up"]
 
 CLIENT_TIMEOUT = 0.25  # seconds
 
@@ -43,6 +43,18 @@ def fetch(url: str, key: str) -> tuple[int, int]:
     if resp.status != 200:
         raise CacheDown(f"HTTP {resp.status}", pid)
     return pid, len(body)
+
+
+def query(url: str, key: str) -> tuple[int, int]:
+    """Returns (worker pid, bytes) for ``GET <url>/db/<key>``: the slow dependency."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=5.0)
+    try:
+        conn.request("GET", f"/db/{key}")
+        body = conn.getresponse().read()
+    finally:
+        conn.close()
+    return os.getpid(), len(body)
 
 
 def ignore_sigint() -> None:
