@@ -6,7 +6,7 @@ refused further down the line does.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
 from shmguard.errors import PolicyError, RateLimitedError, SegmentNotFoundError, ShmguardError
 from shmguard.keyed import Key, KeyedLimiter
@@ -15,7 +15,9 @@ from shmguard.policy import Priority
 if TYPE_CHECKING:
     from shmguard._endpoint import Endpoint
 
-__all__ = ["limiter_of", "keyed_admit", "keyed_admit_async"]
+T = TypeVar("T")
+
+__all__ = ["limiter_of", "keyed_admit", "keyed_admit_async", "execute_async"]
 
 
 def limiter_of(svc: Any, ep: Endpoint) -> KeyedLimiter:
@@ -69,3 +71,14 @@ async def keyed_admit_async(svc: Any, ep: Endpoint, key: Key, priority: Priority
         ok = await kl.wait_async(key, 1, timeout, priority)
     if not ok:
         raise _refused(kl, ep, key, priority)
+
+
+async def execute_async(svc: Any, endpoint: str, key: Key, coro_fn: Callable[..., Awaitable[T]],
+                        args: tuple[Any, ...], priority: Priority, timeout: float | None,
+                        kwargs: dict[str, Any]) -> T:
+    """``execute_async(..., key=)``: the key's token first, then the endpoint's admission."""
+    from shmguard import aio
+    ep = svc._eps.get(endpoint) or svc._endpoint(endpoint)
+    await keyed_admit_async(svc, ep, key, priority, timeout)
+    return await aio.execute_async(svc, endpoint, coro_fn, *args, priority=priority,
+                                   timeout=timeout, **kwargs)

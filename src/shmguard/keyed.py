@@ -28,16 +28,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Union
 
+from shmguard import _capi
 from shmguard._capi import ffi, lib
 from shmguard._keyed_shm import KeyedTable
 from shmguard.errors import PolicyError, ShmguardError
 from shmguard.limiter import FOREVER_NS, pack, wait_ns
 from shmguard.policy import Priority
 
-try:  # one CPython call per decision (csrc/hot.c); cffi below is the equivalent
-    from shmguard._hot import kl_allow as _hot_allow
-except ImportError:  # pragma: no cover - a build without it still works, slower
-    _hot_allow = None
+# one CPython call per decision (csrc/hot.c); _cffi_allow below is the equivalent
+_hot_allow = getattr(_capi.hot, "kl_allow", None)
 
 __all__ = ["KeyedLimiter", "KeyedStats", "HotKey", "KeyedReservation", "Key"]
 
