@@ -77,38 +77,6 @@ static PyObject *hot_execute(PyObject *self, PyObject *const *a, Py_ssize_t n)
     return res;
 }
 
-/* kl_allow(khp, key, cp) -> rc: one keyed decision (keyed.py's allow).
- * The key is hashed straight from the str's UTF-8 buffer or the bytes, so
- * the call costs one crossing and no encoding copy. */
-static PyObject *hot_kl_allow(PyObject *self, PyObject *const *a, Py_ssize_t n)
-{
-    (void)self;
-    if (n != 3) {
-        PyErr_SetString(PyExc_TypeError, "kl_allow(khp, key, cp)");
-        return NULL;
-    }
-    const struct sg_kl_handle *kh = PyLong_AsVoidPtr(a[0]);
-    unsigned long long cp = PyLong_AsUnsignedLongLong(a[2]);
-    if (PyErr_Occurred())
-        return NULL;
-    const char *p;
-    Py_ssize_t len;
-    if (PyUnicode_Check(a[1])) {
-        p = PyUnicode_AsUTF8AndSize(a[1], &len);
-        if (p == NULL)
-            return NULL;
-    } else if (PyBytes_Check(a[1])) {
-        p = PyBytes_AS_STRING(a[1]);
-        len = PyBytes_GET_SIZE(a[1]);
-    } else {
-        return PyErr_Format(PyExc_TypeError, "key must be str or bytes, got %.40s %.40R",
-                            Py_TYPE(a[1])->tp_name, a[1]);
-    }
-    if (kh == NULL || kh->table == NULL)
-        return PyLong_FromLong(SG_E_ARG); /* closed: Python raises the error */
-    return PyLong_FromLong(sg_kl_allow(kh, p, (uint64_t)len, cp));
-}
-
 static PyObject *hp_name; /* interned "hp" */
 
 const struct sg_handle *hot_handle_of(PyObject *ep)
@@ -130,8 +98,8 @@ static PyMethodDef methods[] = {
      "execute(ep, hp, cp, fn, args, kwargs): admit, call, record (see _calls.py)"},
     {"bind_allow", (PyCFunction)(void (*)(void))hot_bind_allow, METH_FASTCALL,
      "bind_allow(kind, ep, slow): limiter.allow (0) or breaker.allow (1) of ep"},
-    {"kl_allow", (PyCFunction)(void (*)(void))hot_kl_allow, METH_FASTCALL,
-     "kl_allow(khp, key, cp): one keyed limiter decision (see keyed.py)"},
+    {"bind_kl_allow", (PyCFunction)(void (*)(void))hot_bind_kl_allow, METH_FASTCALL,
+     "bind_kl_allow(khp, owner, slow): keyed_limiter.allow (see keyed.py)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -145,7 +113,7 @@ PyMODINIT_FUNC PyInit__hot(void)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m && (PyModule_AddIntConstant(m, "ABI_VERSION", SG_ABI_VERSION) < 0 ||
-              hot_add_handle_types(m) < 0)) {
+              hot_add_handle_types(m) < 0 || hot_add_keyed_types(m) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

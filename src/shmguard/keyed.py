@@ -24,6 +24,7 @@ True
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any, Union
@@ -35,8 +36,6 @@ from shmguard.errors import PolicyError, ShmguardError
 from shmguard.limiter import FOREVER_NS, pack, wait_ns
 from shmguard.policy import Priority
 
-# one CPython call per decision (csrc/hot.c); _cffi_allow below is the equivalent
-_hot_allow = getattr(_capi.hot, "kl_allow", None)
 
 __all__ = ["KeyedLimiter", "KeyedStats", "HotKey", "KeyedReservation", "Key"]
 
@@ -57,9 +56,33 @@ def key_bytes(key: object) -> bytes:
     raise TypeError(f"key must be str or bytes, got {type(key).__name__} {key!r:.40}")
 
 
-def _cffi_allow(khp: int, key: object, cp: int) -> int:
+def allow(t: KeyedTable, key: Key, cost: int = 1, priority: Priority = _NORMAL) -> bool:
+    """Reports whether ``cost`` tokens of ``key`` were free now (and takes them).
+
+    :meth:`KeyedLimiter.allow`; called with a key only, it runs in C
+    (csrc/hot_keyed.c), which hands every other case to this function.
+    """
     raw = key_bytes(key)
-    return int(lib.sg_kl_allow(ffi.cast("struct sg_kl_handle *", khp), raw, len(raw), cp))
+    cp = 5 if cost is _ONE and priority is _NORMAL else pack(cost, priority)
+    if t.closed:
+        raise ShmguardError(f"{t.what} is closed in this process")
+    rc = lib.sg_kl_allow(t.kh, raw, len(raw), cp)
+    if rc == 0:
+        return True
+    if rc == _LIMITED or rc == _FULL:
+        return False
+    raise _error(t, rc, "allow", cost, priority)
+
+
+def _error(t: KeyedTable, rc: int, verb: str, cost: int, priority: Priority) -> ShmguardError:
+    if t.closed:
+        return ShmguardError(f"{t.what} is closed in this process")
+    if rc == lib.SG_E_COST:
+        return PolicyError(f"{verb}(cost={cost}) exceeds burst {t.kh.burst} of {t.what} at "
+                           f"priority {Priority(priority)}")
+    if rc == lib.SG_E_BUSY:
+        return ShmguardError(f"{t.what}: the key's entry stayed contended")
+    return ShmguardError(f"{t.what}: {verb} failed with code {rc}")
 
 
 @dataclass(frozen=True)
@@ -127,28 +150,21 @@ class KeyedLimiter:
     """A rate limit per key, shared by every process of the host (see the module docstring).
 
     Made by :meth:`ResilienceService.keyed_limiter`; not constructed directly.
+    ``allow(key, cost=1, priority=Priority.NORMAL) -> bool`` reports whether
+    ``cost`` tokens of ``key`` were free now (and takes them); with a key
+    only, it is one C call (see :func:`allow`).
     """
 
-    __slots__ = ("name", "_t", "_hp", "_allow", "__weakref__")
+    __slots__ = ("name", "_t", "allow", "__weakref__")
 
     def __init__(self, table: KeyedTable) -> None:
         self.name = table.name
         self._t = table
-        self._hp = int(ffi.cast("uintptr_t", table.kh))
-        self._allow = _hot_allow or _cffi_allow
+        hot = _capi.hot
+        self.allow: Any = (hot.bind_kl_allow(int(ffi.cast("uintptr_t", table.kh)), table, allow)
+                           if hot is not None else functools.partial(allow, table))
 
     # -- decisions -------------------------------------------------------------------
-    def allow(self, key: Key, cost: int = 1, priority: Priority = _NORMAL) -> bool:
-        """Reports whether ``cost`` tokens of ``key`` were free now (and takes them)."""
-        if cost is _ONE and priority is _NORMAL:
-            rc = self._allow(self._hp, key, 5)
-        else:
-            rc = self._allow(self._hp, key, pack(cost, priority))
-        if rc == 0:
-            return True
-        if rc == _LIMITED or rc == _FULL:
-            return False
-        raise self._error(rc, "allow", cost, priority)
 
     def reserve(self, key: Key, cost: int = 1, priority: Priority = _NORMAL,
                 max_wait: float | None = None) -> KeyedReservation:
@@ -236,14 +252,7 @@ class KeyedLimiter:
         self._t.close()
 
     def _error(self, rc: int, verb: str, cost: int, priority: Priority) -> ShmguardError:
-        if self._t.closed or rc == lib.SG_E_ARG and self._t.kh.table == ffi.NULL:
-            return ShmguardError(f"{self._t.what} is closed in this process")
-        if rc == lib.SG_E_COST:
-            return PolicyError(f"{verb}(cost={cost}) exceeds burst {self._t.kh.burst} of "
-                               f"{self._t.what} at priority {Priority(priority)}")
-        if rc == lib.SG_E_BUSY:
-            return ShmguardError(f"{self._t.what}: the key's entry stayed contended")
-        return ShmguardError(f"{self._t.what}: {verb} failed with code {rc}")
+        return _error(self._t, rc, verb, cost, priority)
 
     def __repr__(self) -> str:
         return f"<KeyedLimiter {self.name!r} of segment {self._t.segment.name!r}>"
