@@ -46,7 +46,8 @@ uint64_t sg_kl_size(uint32_t capacity)
 int sg_kl_init(void *base, uint64_t len, const struct sg_kl_config *c, uint32_t pid,
                uint64_t unix_ns)
 {
-    if (!base || !c || c->capacity == 0 || c->capacity > SG_KL_MAX_CAPACITY ||
+    if (!base || ((uintptr_t)base & 15) || !c || c->capacity == 0 ||
+        c->capacity > SG_KL_MAX_CAPACITY ||
         c->emission_ns == 0 || c->burst == 0 || len < sg_kl_size(c->capacity))
         return SG_E_ARG;
     for (int i = 0; i < SG_PRIORITIES; i++)
@@ -89,8 +90,8 @@ static void counters(struct sg_kl_header *h, struct sg_kl_view *out)
 
 int sg_kl_check(const void *base, uint64_t len, struct sg_kl_view *out)
 {
-    if (!base || !out)
-        return SG_E_ARG;
+    if (!base || !out || ((uintptr_t)base & 15))
+        return SG_E_ARG; /* entries must be 16-byte aligned for the 128-bit CAS */
     if (len < sizeof(struct sg_kl_header))
         return SG_E_TRUNCATED;
     struct sg_kl_header *h = (struct sg_kl_header *)base;

@@ -158,3 +158,10 @@ def test_fuzz_keyed_limiter_over_a_scribbled_table(segname, scribble):
     finally:
         svc.close()
         svc.unlink()
+
+
+def test_a_misaligned_table_is_refused():
+    with _table(1) as b:
+        p = ffi.cast("char *", b.ptr) + 8
+        v = ffi.new("struct sg_kl_view *")
+        assert lib.sg_kl_check(p, b.n - 8, v) == lib.SG_E_ARG
