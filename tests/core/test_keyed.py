@@ -189,3 +189,13 @@ def test_life_cycle(segname):
     with pytest.raises(sg.ShmguardError, match="closed"):
         kl.tokens("k")
     assert sg.unlink(segname) and tables(segname) == []
+
+
+def test_executor_passes_the_key(svc):
+    from concurrent.futures import ThreadPoolExecutor
+    svc.keyed_limiter("per-user", rate=1, burst=1)
+    with ThreadPoolExecutor(2) as pool:   # the ticket carries the policy, and so its keyed limit
+        ex = sg.ResilientExecutor(pool, svc.name, policy=sg.Policy(keyed_limit="per-user"))
+        assert ex.submit("api", lambda: 7, key="dora", priority=sg.Priority.HIGH).result() == 7
+        with pytest.raises(sg.RateLimitedError, match="key 'dora'"):
+            ex.submit("api", lambda: 7, key="dora", priority=sg.Priority.HIGH).result()
