@@ -15,6 +15,8 @@
 
 #include "shmguard.h"
 
+#include "hot.h"
+
 #define LEASE_BITS (0xFULL << 34)
 
 /* execute(ep, hp, cp, fn, args, kwargs) */
@@ -44,16 +46,9 @@ static PyObject *hot_execute(PyObject *self, PyObject *const *a, Py_ssize_t n)
         if (tok == -1 && PyErr_Occurred())
             return NULL;
     }
-    /* bulkhead after breaker and limiter: 0 = none; full or a quota recount: Python */
-    int64_t bt = sg_bulkhead_acquire(h, (uint32_t)(cp & 3) | SG_BH_QUIET);
-    if (bt < 0 || ((uint64_t)bt & SG_BH_REFRESH)) {
-        PyObject *r = PyObject_CallMethod(ep, "slow_bulkhead", "LLK", (long long)bt,
-                                          (long long)tok, cp);
-        if (r == NULL) /* refused: the probe permit is already given back */
-            return NULL;
-        bt = PyLong_AsLongLong(r);
-        Py_DECREF(r);
-    }
+    int64_t bt = hot_bulkhead_enter(ep, h, tok, cp);
+    if (bt < 0)
+        return NULL;
     PyObject *res = PyObject_Call(fn, args, kw);
     if (bt > 0) /* the ticket goes back as soon as the call is over */
         sg_bulkhead_release(h, bt);
@@ -87,9 +82,47 @@ static PyObject *hot_execute(PyObject *self, PyObject *const *a, Py_ssize_t n)
     return res;
 }
 
+/* The bulkhead, after breaker and limiter: a ticket (> 0), 0 when the policy
+ * has none, or -1 with the error set (refused: Python gave the probe permit
+ * of `tok` back). A full bulkhead or a quota recount goes to Python. */
+int64_t hot_bulkhead_enter(PyObject *ep, const struct sg_handle *h, int64_t tok,
+                           unsigned long long cp)
+{
+    int64_t bt = sg_bulkhead_acquire(h, (uint32_t)(cp & 3) | SG_BH_QUIET);
+    if (bt >= 0 && !((uint64_t)bt & SG_BH_REFRESH))
+        return bt;
+    PyObject *r = PyObject_CallMethod(ep, "slow_bulkhead", "LLK", (long long)bt, (long long)tok,
+                                      cp);
+    if (r == NULL)
+        return -1;
+    bt = PyLong_AsLongLong(r);
+    Py_DECREF(r);
+    return bt;
+}
+
+static PyObject *hp_name; /* interned "hp" */
+
+const struct sg_handle *hot_handle_of(PyObject *ep)
+{
+    PyObject *hp = PyObject_GetAttr(ep, hp_name);
+    if (hp == NULL)
+        return NULL;
+    const struct sg_handle *h = PyLong_AsVoidPtr(hp);
+    Py_DECREF(hp);
+    if (h == NULL && !PyErr_Occurred()) { /* closed: let Python raise its error */
+        PyObject *r = PyObject_CallMethod(ep, "closed_error", NULL);
+        Py_XDECREF(r);
+    }
+    return h;
+}
+
 static PyMethodDef methods[] = {
     {"execute", (PyCFunction)(void (*)(void))hot_execute, METH_FASTCALL,
-     "execute(ep, hp, cp, fn, args, kwargs): admit, call, record (see service.py)"},
+     "execute(ep, hp, cp, fn, args, kwargs): admit, call, record (see _calls.py)"},
+    {"bind_allow", (PyCFunction)(void (*)(void))hot_bind_allow, METH_FASTCALL,
+     "bind_allow(kind, ep, slow): limiter.allow (0) or breaker.allow (1) of ep"},
+    {"bind_kl_allow", (PyCFunction)(void (*)(void))hot_bind_kl_allow, METH_FASTCALL,
+     "bind_kl_allow(khp, owner, slow): keyed_limiter.allow (see keyed.py)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -98,8 +131,12 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "shmguard._hot", NULL
 
 PyMODINIT_FUNC PyInit__hot(void)
 {
+    hp_name = PyUnicode_InternFromString("hp");
+    if (hp_name == NULL)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m && PyModule_AddIntConstant(m, "ABI_VERSION", SG_ABI_VERSION) < 0) {
+    if (m && (PyModule_AddIntConstant(m, "ABI_VERSION", SG_ABI_VERSION) < 0 ||
+              hot_add_handle_types(m) < 0 || hot_add_keyed_types(m) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

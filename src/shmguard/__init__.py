@@ -8,6 +8,7 @@ from shmguard.errors import (BulkheadFullError, CapacityError, CircuitOpenError,
                              SegmentError, SegmentIncompatibleError, SegmentNotFoundError,
                              SegmentPermissionError, ShmguardError)
 from shmguard.executor import ResilientExecutor
+from shmguard.keyed import KeyedLimiter, KeyedReservation, KeyedStats
 from shmguard.limiter import Limiter, Reservation
 from shmguard.policy import Outcome, Policy, PolicyBuilder, PolicyPresets, Priority
 from shmguard.result import Err, Ok
@@ -21,6 +22,7 @@ __all__ = [
     "Breaker", "BreakerMode", "BreakerState", "Bulkhead", "BulkheadFullError", "BulkheadStats",
     "CapacityError", "CircuitOpenError", "EndpointStats",
     "Err", "InvalidNameError", "Limiter", "LimiterMetrics", "Ok", "Outcome", "Permit", "Policy",
+    "KeyedLimiter", "KeyedReservation", "KeyedStats",
     "PolicyBuilder", "PolicyConflictError", "PolicyError", "PolicyPresets", "Priority",
     "RateLimitedError", "RejectedError", "Reservation", "ResilienceService", "ResilientExecutor", "SegmentCorruptError",
     "SegmentError", "SegmentIncompatibleError", "SegmentNotFoundError", "SegmentPermissionError",

@@ -7,9 +7,9 @@ Python methods, and the path below is the equivalent in Python.
 from __future__ import annotations
 
 import functools
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
-from shmguard import _admission, _capi
+from shmguard import _admission, _capi, _keyed_calls, aio
 from shmguard._endpoint import LEASE_BITS
 from shmguard._registry import Registry
 from shmguard.limiter import pack
@@ -22,13 +22,9 @@ __all__ = ["Calls"]
 _CP = tuple(pack(1, p) for p in Priority)
 _NORMAL = Priority.NORMAL
 
-try:  # the one-crossing execute path (csrc/hot.c); the Python path below is equivalent
-    from shmguard._hot import ABI_VERSION as _HOT_ABI
-    from shmguard._hot import execute as _hot_execute
-    if _HOT_ABI != _capi.ABI_VERSION:  # a stale build: use the Python path
-        _hot_execute = None
-except ImportError:  # pragma: no cover - a build without it still works, slower
-    _hot_execute = None
+# the one-crossing doors (csrc/hot.c); the Python paths below are equivalent
+_hot_execute = _capi.hot.execute if _capi.hot is not None else None
+_HotGuardBase: Any = _capi.hot.Guard if _capi.hot is not None else object
 
 
 class Calls(Registry):
@@ -36,7 +32,7 @@ class Calls(Registry):
 
     def execute(self, endpoint: str, fn: Callable[..., T], /, *args: Any,
                 priority: Priority = Priority.NORMAL, timeout: float | None = None,
-                **kwargs: Any) -> T:
+                key: str | bytes | None = None, **kwargs: Any) -> T:
         """Runs ``fn(*args, **kwargs)`` if the endpoint admits it, and records the outcome.
 
         Admission order: breaker, limiter, then the bulkhead (if the policy has
@@ -44,12 +40,16 @@ class Calls(Registry):
         as soon as ``fn`` returns or raises).
 
         :param timeout: how long to wait for the rate limit (None: do not wait).
+        :param key: apply the keyed limiter the endpoint's policy names
+            (``PolicyBuilder.with_keyed_limit``) to this key first.
         :raises CircuitOpenError: the breaker is open.
-        :raises RateLimitedError: no token within ``timeout``.
+        :raises RateLimitedError: no token within ``timeout`` (of the endpoint or of ``key``).
         :raises BulkheadFullError: no ticket within ``max_wait``.
         :returns: what ``fn`` returns; its exceptions are re-raised.
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        if key is not None:
+            _keyed_calls.keyed_admit(self, ep, key, priority, timeout)
         cp = 5 if priority is _NORMAL else _CP[priority]
         if timeout is None and _hot_execute is not None and self._events.on_metrics_update is None:
             # admit, call and record in one C call (shmguard._hot)
@@ -73,26 +73,29 @@ class Calls(Registry):
         ep.record_success(tok)
         return result
 
-    async def execute_async(self, endpoint: str, coro_fn: Callable[..., Awaitable[T]], /,
-                            *args: Any, priority: Priority = Priority.NORMAL,
-                            timeout: float | None = None, **kwargs: Any) -> T:
+    def execute_async(self, endpoint: str, coro_fn: Callable[..., Awaitable[T]], /,
+                      *args: Any, priority: Priority = Priority.NORMAL,
+                      timeout: float | None = None, key: str | bytes | None = None,
+                      **kwargs: Any) -> Coroutine[Any, Any, T]:
         """Awaits ``coro_fn(*args, **kwargs)`` if admitted, like :meth:`execute`.
 
         Waiting for the rate limit sleeps with ``asyncio.sleep`` (never blocks
         the loop); cancelling gives back the reservation and any probe permit,
         and a cancelled call counts as neither success nor failure.
         """
-        from shmguard import aio
-        return await aio.execute_async(self, endpoint, coro_fn, *args, priority=priority,
-                                       timeout=timeout, **kwargs)
+        if key is not None:
+            return _keyed_calls.execute_async(self, endpoint, key, coro_fn, args, priority,
+                                              timeout, kwargs)
+        return aio.execute_async(self, endpoint, coro_fn, *args, priority=priority,
+                                 timeout=timeout, **kwargs)
 
     def try_execute(self, endpoint: str, fn: Callable[..., T], /, *args: Any,
                     priority: Priority = Priority.NORMAL, timeout: float | None = None,
-                    **kwargs: Any) -> Ok[T] | Err:
+                    key: str | bytes | None = None, **kwargs: Any) -> Ok[T] | Err:
         """Like :meth:`execute`, but returns ``Ok(value)`` or ``Err(exception)``."""
         try:
             return Ok(self.execute(endpoint, fn, *args, priority=priority, timeout=timeout,
-                                   **kwargs))
+                                   key=key, **kwargs))
         except Exception as exc:
             return Err(exc)
 
@@ -116,7 +119,6 @@ class Calls(Registry):
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
             import inspect
             if inspect.iscoroutinefunction(fn):
-                from shmguard import aio
                 return aio.protect_async(self, endpoint, fn, priority, timeout)  # type: ignore[return-value]
 
             @functools.wraps(fn)
@@ -128,13 +130,32 @@ class Calls(Registry):
 
     def guard(self, endpoint: str, *, priority: Priority = Priority.NORMAL,
               timeout: float | None = None) -> Any:
-        """Context manager: admits on entry, records the block's outcome on exit."""
+        """Context manager: admits on entry, records the block's outcome on exit.
+
+        ``async with`` works too (it awaits the rate limit when ``timeout`` is set).
+        """
+        ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        if (_HotGuardBase is not object and timeout is None and ep.probe is None
+                and self._events.on_metrics_update is None):
+            return _HotGuard(ep, 5 if priority is _NORMAL else pack(1, priority))
         return _Guard(self, endpoint, priority, timeout)
 
 
 def _release(h: Any, bt: int) -> None:
     if bt:
         _capi.lib.sg_bulkhead_release(h, bt)
+
+
+class _HotGuard(_HotGuardBase):  # type: ignore[misc]
+    """The common guard (no wait, no health probe) in C: admit on entry, record on exit."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> Any:
+        return self.__enter__()  # no timeout: admission never waits
+
+    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> Any:
+        return self.__exit__(et, exc, tb)
 
 
 class _Guard:
@@ -164,7 +185,6 @@ class _Guard:
         ep.record_outcome(self.tok, outcome)
 
     async def __aenter__(self) -> _Guard:
-        from shmguard import aio
         self.tok = await aio.admit_async(self.svc, self.endpoint, self.priority, self.timeout)
         self.bt = await aio.enter_bulkhead_async(self.svc._eps[self.endpoint], self.tok,
                                                  self.priority)

@@ -109,6 +109,7 @@ class Policy:
     quota: float | None = None
     critical_reserve: int = 0
     ticket_lease: float | None = None
+    keyed_limit: str | None = None  # name of a keyed limiter execute(..., key=) applies
     _fingerprint: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -155,6 +156,9 @@ class Policy:
             if not isinstance(value, tuple) or not all(
                     isinstance(c, type) and issubclass(c, BaseException) for c in value):
                 raise PolicyError(f"{fname} must be a tuple of exception classes, got {value!r}")
+        if self.keyed_limit is not None:
+            from shmguard._keyed_shm import validate_keyed_name
+            validate_keyed_name(self.keyed_limit)
         object.__setattr__(self, "_fingerprint", self._compute_fingerprint())
 
     def _check_bulkhead(self) -> None:
@@ -358,6 +362,9 @@ class PolicyBuilder:
                               f"got max_concurrent={max_concurrent!r}, quota={quota!r}")
         return self._set(max_concurrent=max_concurrent, max_wait=max_wait, quota=quota,
                          critical_reserve=critical_reserve, ticket_lease=ticket_lease)
+    def with_keyed_limit(self, name: str | None) -> PolicyBuilder:
+        """Names the keyed limiter ``execute(..., key=)`` applies (made by ``svc.keyed_limiter``)."""
+        return self._set(keyed_limit=name)
 
     def adaptive(self, flag: bool = True) -> PolicyBuilder:
         return self._set(adaptive=flag)
