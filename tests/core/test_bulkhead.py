@@ -257,3 +257,35 @@ def test_quota_follows_the_attached_processes(realsvc, segname):
         for p in ps:
             p.kill()
             p.join(30)
+
+
+def test_every_door_takes_a_ticket_and_gives_it_back(realsvc):
+    realsvc.register_endpoint("db", sg.Policy(max_concurrent=1))
+    bh = realsvc.bulkhead("db")
+    seen = []
+
+    def inside() -> None:
+        seen.append((bh.in_flight, bh.try_acquire() is None))
+
+    async def ainside() -> None:
+        inside()
+
+    realsvc.execute("db", inside)                          # one C crossing (_hot)
+    realsvc.execute("db", inside, timeout=1.0)             # the Python path
+    with realsvc.guard("db"):                              # the C guard
+        inside()
+    with realsvc.guard("db", timeout=1.0):                 # the Python guard
+        inside()
+    realsvc.protect("db")(inside)()
+
+    async def doors() -> None:
+        await realsvc.execute_async("db", ainside)
+        async with realsvc.guard("db", timeout=1.0):
+            inside()
+        await realsvc.protect("db")(ainside)()
+    asyncio.run(doors())
+    assert seen == [(1, True)] * 8
+    with pytest.raises(ZeroDivisionError):
+        realsvc.execute("db", lambda: 1 / 0)
+    s = bh.stats()
+    assert (s.in_flight, s.acquired, s.rejected) == (0, 9, 8)   # 8 nested tries refused
