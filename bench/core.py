@@ -155,7 +155,7 @@ def c_rows() -> list[tuple[str, float, float, float]]:
         exe = os.path.join(tmp, "gcra_bench")
         srcs = [os.path.join(CSRC, f) for f in
                 ("segment.c", "table.c", "policy.c", "window.c", "breaker.c", "gcra.c",
-                 "bulkhead.c")]
+                 "bulkhead.c", "bulkhead_wait.c")]
         subprocess.run(["gcc", "-std=c11", "-O2", "-D_POSIX_C_SOURCE=200809L", "-I", CSRC,
                         os.path.join(ROOT, "bench", "gcra_bench.c"), *srcs, "-o", exe,
                         "-lpthread"], check=True)

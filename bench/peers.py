@@ -13,6 +13,9 @@ Measures, in one run:
    endpoint (aggregate decisions/s, p50/p99 per decision);
 3. correctness with 4 processes: admitted total vs burst + rate x duration
    and vs each algorithm's own promise; breaker trip and half-open leaks.
+5. bulkheads: a per-process semaphore, multiprocessing.BoundedSemaphore and
+   shmguard's bulkhead: cost, calls in flight with 4 processes, and what a
+   SIGKILLed holder leaves behind.
 
 Redis rows use a private ``redis-server`` started on 127.0.0.1 if the binary
 is on PATH (never installed by this script) and stopped by pid at the end.
@@ -39,7 +42,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from _peers import inproc_rows, keyed_rows, report, runner, shared_rows, shmguard_rows  # noqa: E402
+from _peers import (bulkhead_rows, inproc_rows, keyed_rows, report, runner,  # noqa: E402
+                    shared_rows, shmguard_rows)
 from _peers.redis_server import RedisServer  # noqa: E402
 from _peers.registry import REGISTRY  # noqa: E402
 
@@ -154,7 +158,7 @@ def parse_args(argv=None):
     ap.add_argument("--dep-ms", type=float, default=2.0,
                     help="breaker check: the failing dependency takes this long before raising")
     ap.add_argument("--no-redis", action="store_true", help="do not start redis-server")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: inproc,shared,correctness,keyed")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: inproc,shared,correctness,keyed,bulkhead")
     a = ap.parse_args(argv)
     a.procs = [int(x) for x in a.procs.split(",") if x.strip()]
     a.skip = {s.strip() for s in a.skip.split(",") if s.strip()}
@@ -362,6 +366,10 @@ def main(argv=None) -> int:
             log("\n== 4. per-key limits (one bucket per tenant) ==")
             data["keyed"] = keyed_rows.run(redis.url if redis_ok else None, args.quick, log,
                                            wanted)
+        # ---- part 5 ------------------------------------------------------------
+        if "bulkhead" not in args.skip:
+            log("\n== 5. bulkheads: cost, bound across 4 processes, a SIGKILLed holder ==")
+            data["bulkhead"] = bulkhead_rows.run(args.quick, log, wanted)
     except KeyboardInterrupt:
         log("\ninterrupted: stopping redis-server and writing what was measured")
         data["notes"].append("run interrupted (Ctrl-C): partial results")

@@ -16,35 +16,13 @@
  * are back ("drain"), so old and new tickets together never exceed it.
  *
  * Waiters sleep on the 32-bit futex word wake_seq; a release bumps it and
- * wakes ONE sleeper, only when `sleepers` says someone sleeps.
+ * wakes ONE sleeper, only when `sleepers` says someone sleeps (bulkhead_wait.c).
  */
-#define _GNU_SOURCE
-#include <pthread.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
-#ifdef __linux__
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#endif
 
 #include "layout.h"
 
 #define SC memory_order_seq_cst
-#define LW_VALID (1ULL << 63)
-#define LW_SEQ(w) ((uint32_t)((w) >> 56) & 0x7fu)
-#define LW_SPAN(w) ((uint32_t)((w) >> 48) & 0xffu)
-#define LW_LIM(w) ((uint32_t)((w) >> 40) & 0xffu)
-#define LW_PROCS(w) ((uint32_t)((w) >> 24) & 0xffffu)
-#define LW_STAMP(w) ((uint32_t)(w) & 0xffffffu)
-#define LW_SHAPE (0xffffULL << 48 | 0xffULL << 40) /* valid, seq, span, limit */
-#define LW_MAKE(seq, span, lim, procs, now)                                                       \
-    (LW_VALID | ((uint64_t)((seq) & 0x7fu) << 56) | ((uint64_t)((span) & 0xffu) << 48) |        \
-     ((uint64_t)((lim) & 0xffu) << 40) | ((uint64_t)((procs) & 0xffffu) << 24) |                \
-     (((now) >> 20) & 0xffffffULL))
-#define TW_PID(w) ((uint32_t)((w) >> 42))
-#define TW_TIME(w) ((uint32_t)(w))
-#define TW_LOW 0x3ffffffffffULL /* generation 10 | grant time 32 */
 /* token (int64 > 0): | refresh 1 (49) | one 1 (48) | index 6 (47:42) | gen 10 | time 32 | */
 #define TK_ONE (1ULL << 48)
 #define TK_INDEX(t) ((uint32_t)(((uint64_t)(t) >> 42) & 0x3fu))
@@ -55,49 +33,8 @@ struct bh_pol {
     uint64_t lease_ns;
 };
 
-static _Atomic uint32_t cached_pid, generation;
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-
-static void forget_pid(void) { atomic_store_explicit(&cached_pid, 0, memory_order_relaxed); }
-static void watch_forks(void) { pthread_atfork(NULL, NULL, forget_pid); }
-
-/* getpid() is a system call in glibc >= 2.25: cache it, forgotten in fork children. */
-static uint32_t my_pid(void)
-{
-    uint32_t p = atomic_load_explicit(&cached_pid, memory_order_relaxed);
-    if (p == 0) {
-        pthread_once(&atfork_once, watch_forks);
-        p = (uint32_t)getpid();
-        atomic_store_explicit(&cached_pid, p, memory_order_relaxed);
-    }
-    return p;
-}
-
-#ifdef __linux__
-/* The mapping is shared between processes: no FUTEX_PRIVATE_FLAG (the futex
- * key is then the page, not this process's address space). */
-static int futex_wait(sg_a32 *w, uint32_t val, uint64_t ns)
-{
-    if (ns > 3600ULL * 1000000000ULL)
-        ns = 3600ULL * 1000000000ULL;
-    struct timespec ts = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
-    return (int)syscall(SYS_futex, (uint32_t *)w, FUTEX_WAIT, val, &ts, NULL, 0);
-}
-static int futex_wake(sg_a32 *w, int n)
-{
-    long r = syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE, n, NULL, NULL, 0);
-    return r < 0 ? 0 : (int)r;
-}
-#else /* no futex: sleep the slice (the caller retries) */
-static int futex_wait(sg_a32 *w, uint32_t val, uint64_t ns)
-{
-    (void)w, (void)val;
-    struct timespec ts = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
-    nanosleep(&ts, NULL);
-    return -1;
-}
-static int futex_wake(sg_a32 *w, int n) { return (void)w, (void)n, 0; }
-#endif
+/* Per thread: tells two grants of one process apart (ABA on a ticket word). */
+static _Thread_local uint32_t generation;
 
 /* The bulkhead fields of the live policy (seqlock, as lim_load in gcra.c). */
 static void bh_policy(struct sg_slot *s, struct bh_pol *out)
@@ -139,11 +76,11 @@ static uint32_t max3(uint32_t a, uint32_t b, uint32_t c)
  * every word the previous limit let out. */
 static uint64_t wanted(uint64_t lw, const struct bh_pol *p, uint32_t procs, uint64_t now)
 {
-    int valid = (lw & LW_VALID) != 0;
+    int valid = (lw & BL_VALID) != 0;
     uint32_t lim = p->n ? p->n : p->quota_ppm ? quota_limit(p->quota_ppm, procs) : 0;
-    uint32_t span = max3(valid ? LW_SPAN(lw) : 0, valid ? LW_LIM(lw) : 0, lim);
-    uint64_t w = LW_MAKE(p->seq7, span > SG_MAX_TICKETS ? SG_MAX_TICKETS : span, lim, procs, now);
-    return valid ? (w & ~0xffffffULL) | LW_STAMP(lw) : w & ~0xffffffULL; /* keep the stamp */
+    uint32_t span = max3(valid ? BL_SPAN(lw) : 0, valid ? BL_LIM(lw) : 0, lim);
+    uint64_t w = BL_MAKE(p->seq7, span > SG_MAX_TICKETS ? SG_MAX_TICKETS : span, lim, procs, now);
+    return valid ? (w & ~0xffffffULL) | BL_STAMP(lw) : w & ~0xffffffULL; /* keep the stamp */
 }
 
 static uint64_t age_ns(uint32_t then_u, uint64_t now)
@@ -156,27 +93,16 @@ static int expired(uint64_t w, uint64_t now, uint64_t lease_ns)
     return lease_ns && age_ns(TW_TIME(w), now) >= lease_ns;
 }
 
-/* A ticket went back to 0: wake ONE sleeper, if any sleeps. seq_cst pairs
- * with the waiter's sleepers increment before its try (sg_bulkhead_wait):
- * either it sees the free word, or we see it counted and bump wake_seq. */
-static int freed(struct sg_bulkhead_area *b)
-{
-    if (atomic_load_explicit(&b->sleepers, SC) == 0)
-        return 0;
-    atomic_fetch_add_explicit(&b->wake_seq, 1, SC);
-    return futex_wake(&b->wake_seq, 1);
-}
-
 /* Words [limit, span) may still be held after a shrink: close the span once
  * none is (then retry), else report 0 (no ticket until they are back). */
 static int drain(struct sg_bulkhead_area *b, uint64_t lw, uint64_t now, uint64_t lease_ns)
 {
-    for (uint32_t i = LW_LIM(lw); i < LW_SPAN(lw) && i < SG_MAX_TICKETS; i++) {
+    for (uint32_t i = BL_LIM(lw); i < BL_SPAN(lw) && i < SG_MAX_TICKETS; i++) {
         uint64_t w = atomic_load_explicit(&b->ticket[i], SC);
         if (w && !expired(w, now, lease_ns))
             return 0;
     }
-    uint64_t nw = (lw & ~(0xffULL << 48)) | ((uint64_t)LW_LIM(lw) << 48);
+    uint64_t nw = (lw & ~(0xffULL << 48)) | ((uint64_t)BL_LIM(lw) << 48);
     atomic_compare_exchange_strong_explicit(&b->limit, &lw, nw, SC, SC); /* lost: retry anyway */
     return 1;
 }
@@ -213,7 +139,7 @@ static void granted(struct sg_bulkhead_area *b, uint64_t lw, uint32_t mode)
     atomic_fetch_add_explicit(&b->acquired, 1, memory_order_relaxed);
     if (mode & SG_BH_WAITED)
         atomic_fetch_add_explicit(&b->waited, 1, memory_order_relaxed);
-    uint32_t n = 0, end = LW_SPAN(lw) > LW_LIM(lw) ? LW_SPAN(lw) : LW_LIM(lw);
+    uint32_t n = 0, end = BL_SPAN(lw) > BL_LIM(lw) ? BL_SPAN(lw) : BL_LIM(lw);
     for (uint32_t i = 0; i < end && i < SG_MAX_TICKETS; i++)
         n += LD(&b->ticket[i]) != 0;
     uint64_t pk = LD(&b->peak);
@@ -227,7 +153,7 @@ static void granted(struct sg_bulkhead_area *b, uint64_t lw, uint32_t mode)
 static int64_t refresh_due(struct sg_bulkhead_area *b, const struct bh_pol *p, uint64_t now)
 {
     uint64_t lw = atomic_load_explicit(&b->limit, memory_order_relaxed);
-    if (!p->quota_ppm || (uint64_t)((((uint32_t)(now >> 20)) - LW_STAMP(lw)) & 0xffffffu) << 20 <
+    if (!p->quota_ppm || (uint64_t)((((uint32_t)(now >> 20)) - BL_STAMP(lw)) & 0xffffffu) << 20 <
                              SG_BH_REFRESH_NS)
         return 0;
     uint64_t nw = (lw & ~0xffffffULL) | ((now >> 20) & 0xffffffULL);
@@ -245,32 +171,31 @@ int64_t sg_bulkhead_acquire_at(void *slot, uint64_t now, uint32_t pid, uint32_t 
     struct bh_pol p;
     bh_policy(s, &p);
     uint64_t mine = ((uint64_t)(pid & 0x3fffffu) << 42) |
-                    ((uint64_t)(atomic_fetch_add_explicit(&generation, 1, memory_order_relaxed) &
-                                0x3ffu) << 32) | ((now >> 20) & 0xffffffffULL);
+                    ((uint64_t)(generation++ & 0x3ffu) << 32) | ((now >> 20) & 0xffffffffULL);
     for (int round = 0; round < 8; round++) {
         uint64_t lw = atomic_load_explicit(&b->limit, SC);
-        uint64_t want = wanted(lw, &p, (lw & LW_VALID) ? LW_PROCS(lw) : 0, now);
+        uint64_t want = wanted(lw, &p, (lw & BL_VALID) ? BL_PROCS(lw) : 0, now);
         if (want != lw) { /* follow the policy first; lw refreshes on failure */
             atomic_compare_exchange_strong_explicit(&b->limit, &lw, want, SC, SC);
             continue;
         }
-        if (LW_LIM(lw) == 0)
+        if (BL_LIM(lw) == 0)
             return 0; /* no bulkhead */
-        if (LW_SPAN(lw) > LW_LIM(lw)) {
+        if (BL_SPAN(lw) > BL_LIM(lw)) {
             if (!drain(b, lw, now, p.lease_ns))
                 break;
             continue;
         }
         uint32_t i;
-        if (!take(b, LW_LIM(lw), p.reserve, mode & 3, mine, now, p.lease_ns, &i))
+        if (!take(b, BL_LIM(lw), p.reserve, mode & 3, mine, now, p.lease_ns, &i))
             break;
         /* Validate after winning (rule): the limit we granted under must still
          * be the limit. If it moved, undo before anyone ran with the ticket. */
-        if ((atomic_load_explicit(&b->limit, SC) ^ lw) & LW_SHAPE) {
+        if ((atomic_load_explicit(&b->limit, SC) ^ lw) & BL_SHAPE) {
             uint64_t w = mine;
             if (atomic_compare_exchange_strong_explicit(&b->ticket[i], &w, 0, SC,
                                                         memory_order_relaxed))
-                freed(b);
+                sg_bulkhead_freed(b);
             continue;
         }
         granted(b, lw, mode);
@@ -287,11 +212,11 @@ int sg_bulkhead_release_at(void *slot, uint32_t pid, int64_t ticket)
     if (!s || ticket <= 0 || !((uint64_t)ticket & TK_ONE))
         return SG_E_ARG;
     uint64_t w = TK_WORD(ticket, pid);
-    /* seq_cst: the free word is ordered before our sleepers load (freed()) */
+    /* seq_cst: the free word is ordered before our sleepers load (sg_bulkhead_freed()) */
     if (!atomic_compare_exchange_strong_explicit(&s->bulkhead.ticket[TK_INDEX(ticket)], &w, 0, SC,
                                                  memory_order_relaxed))
         return SG_E_NOT_FOUND; /* no longer ours: its lease ended and it was taken */
-    return freed(&s->bulkhead);
+    return sg_bulkhead_freed(&s->bulkhead);
 }
 
 int sg_bulkhead_reclaim(void *slot, uint32_t index, uint64_t expected)
@@ -304,7 +229,7 @@ int sg_bulkhead_reclaim(void *slot, uint32_t index, uint64_t expected)
                                                  memory_order_relaxed))
         return SG_E_BUSY;
     atomic_fetch_add_explicit(&s->bulkhead.reclaimed, 1, memory_order_relaxed);
-    freed(&s->bulkhead);
+    sg_bulkhead_freed(&s->bulkhead);
     return SG_OK;
 }
 
@@ -321,9 +246,9 @@ int sg_bulkhead_set_procs_at(void *slot, uint64_t now, uint32_t procs)
     do { /* lw refreshes on failure */
         nw = (wanted(lw, &p, procs, now) & ~0xffffffULL) | ((now >> 20) & 0xffffffULL);
     } while (!atomic_compare_exchange_strong_explicit(&s->bulkhead.limit, &lw, nw, SC, SC));
-    if (LW_LIM(nw) > LW_LIM(lw))
-        freed(&s->bulkhead); /* more tickets: a sleeper may go */
-    return (int)LW_LIM(nw);
+    if (BL_LIM(nw) > BL_LIM(lw))
+        sg_bulkhead_freed(&s->bulkhead); /* more tickets: a sleeper may go */
+    return (int)BL_LIM(nw);
 }
 
 int sg_bulkhead_sync_at(void *slot, uint64_t now)
@@ -335,10 +260,10 @@ int sg_bulkhead_sync_at(void *slot, uint64_t now)
     bh_policy(s, &p);
     uint64_t lw = atomic_load_explicit(&s->bulkhead.limit, SC), nw;
     do { /* lw refreshes on failure */
-        nw = wanted(lw, &p, (lw & LW_VALID) ? LW_PROCS(lw) : 0, now);
+        nw = wanted(lw, &p, (lw & BL_VALID) ? BL_PROCS(lw) : 0, now);
     } while (nw != lw &&
              !atomic_compare_exchange_strong_explicit(&s->bulkhead.limit, &lw, nw, SC, SC));
-    return (int)LW_LIM(nw);
+    return (int)BL_LIM(nw);
 }
 
 int sg_bulkhead_give_up(void *slot)
@@ -347,7 +272,7 @@ int sg_bulkhead_give_up(void *slot)
     if (!s)
         return SG_E_ARG;
     atomic_fetch_add_explicit(&s->bulkhead.rejected, 1, memory_order_relaxed);
-    freed(&s->bulkhead); /* pass on a wake-up this waiter may have taken */
+    sg_bulkhead_freed(&s->bulkhead); /* pass on a wake-up this waiter may have taken */
     return SG_OK;
 }
 
@@ -361,13 +286,13 @@ int sg_bulkhead_snapshot_at(const void *slot, uint64_t now, struct sg_bulkhead_v
     struct bh_pol p;
     bh_policy(s, &p);
     uint64_t lw = atomic_load_explicit(&b->limit, memory_order_acquire);
-    uint64_t w = wanted(lw, &p, (lw & LW_VALID) ? LW_PROCS(lw) : 0, now);
-    out->limit = LW_LIM(w);
+    uint64_t w = wanted(lw, &p, (lw & BL_VALID) ? BL_PROCS(lw) : 0, now);
+    out->limit = BL_LIM(w);
     out->reserve = p.reserve >= out->limit ? (out->limit ? out->limit - 1 : 0) : p.reserve;
-    out->span = LW_SPAN(w);
+    out->span = BL_SPAN(w);
     out->quota_ppm = p.quota_ppm;
-    out->procs = LW_PROCS(w);
-    out->quota_age_ns = (lw & LW_VALID) ? age_ns(LW_STAMP(lw), now) & ((1ULL << 44) - 1) : 0;
+    out->procs = BL_PROCS(w);
+    out->quota_age_ns = (lw & BL_VALID) ? age_ns(BL_STAMP(lw), now) & ((1ULL << 44) - 1) : 0;
     out->ticket_lease_ns = p.lease_ns;
     out->sleepers = LD(&b->sleepers);
     out->wake_seq = LD(&b->wake_seq);
@@ -386,47 +311,4 @@ int sg_bulkhead_snapshot_at(const void *slot, uint64_t now, struct sg_bulkhead_v
     out->reclaimed = LD(&b->reclaimed);
     out->peak = LD(&b->peak);
     return SG_OK;
-}
-
-/* ---- handle forms: the clock and this process's pid ------------------------ */
-
-int64_t sg_bulkhead_acquire(const struct sg_handle *h, uint32_t mode)
-{
-    struct sg_slot *s = h->slot;
-    /* Fast "no bulkhead": a limit word synced to the live policy, limit 0.
-     * relaxed: a call racing a policy publish may decide under either one. */
-    uint64_t lw = atomic_load_explicit(&s->bulkhead.limit, memory_order_relaxed);
-    if ((lw & LW_VALID) && LW_LIM(lw) == 0 && LW_SEQ(lw) == (LD(&s->policy_seq) & 0x7fu))
-        return 0;
-    return sg_bulkhead_acquire_at(s, sg_now_h(h), my_pid(), mode);
-}
-
-int sg_bulkhead_release(const struct sg_handle *h, int64_t ticket)
-{
-    return ticket == 0 ? SG_OK : sg_bulkhead_release_at(h->slot, my_pid(), ticket);
-}
-
-/* One slice of a wait: count ourselves a sleeper BEFORE trying (see freed()),
- * try, and if every ticket is out sleep until a release or the slice ends.
- * After a wake-up it tries once more. timeout 0: one try, no sleep. Returns
- * the token (also written to out[0] before returning, so a caller
- * interrupted right after the call still finds it and gives it back) or
- * SG_R_BULKHEAD_FULL; out[1] = 1 if a release woke us. */
-int64_t sg_bulkhead_wait(const struct sg_handle *h, uint32_t mode, uint64_t timeout_ns,
-                         int64_t *out)
-{
-    struct sg_bulkhead_area *b = &((struct sg_slot *)h->slot)->bulkhead;
-    out[0] = out[1] = 0;
-    if (timeout_ns == 0)
-        return out[0] = sg_bulkhead_acquire(h, mode);
-    atomic_fetch_add_explicit(&b->sleepers, 1, SC);
-    uint32_t seq = atomic_load_explicit(&b->wake_seq, SC);
-    int64_t t = sg_bulkhead_acquire_at(h->slot, sg_now_h(h), my_pid(), mode | SG_BH_QUIET);
-    if (t == SG_R_BULKHEAD_FULL) {
-        out[1] = futex_wait(&b->wake_seq, seq, timeout_ns) == 0;
-        if (out[1] || atomic_load_explicit(&b->wake_seq, SC) != seq) /* a release: try again */
-            t = sg_bulkhead_acquire_at(h->slot, sg_now_h(h), my_pid(), mode | SG_BH_QUIET);
-    }
-    atomic_fetch_sub_explicit(&b->sleepers, 1, SC);
-    return out[0] = t;
 }

@@ -21,4 +21,8 @@ int hot_add_keyed_types(PyObject *m);
 int64_t hot_bulkhead_enter(PyObject *ep, const struct sg_handle *h, int64_t tok,
                            unsigned long long cp);
 
+/* hot_bulkhead.c: bulkhead.try_acquire -> Ticket */
+PyObject *hot_bind_bulkhead(PyObject *self, PyObject *const *a, Py_ssize_t n);
+int hot_add_bulkhead_types(PyObject *m);
+
 #endif /* SHMGUARD_HOT_H */

@@ -185,6 +185,20 @@ struct sg_policy_raw {
  * ---- ticket word (0 = free) ------------------------------------------------
  * | pid 22 (63:42) | per-process generation 10 (41:32) | granted (ns >> 20) 32 |
  */
+#define BL_VALID (1ULL << 63)
+#define BL_SEQ(w) ((uint32_t)((w) >> 56) & 0x7fu)
+#define BL_SPAN(w) ((uint32_t)((w) >> 48) & 0xffu)
+#define BL_LIM(w) ((uint32_t)((w) >> 40) & 0xffu)
+#define BL_PROCS(w) ((uint32_t)((w) >> 24) & 0xffffu)
+#define BL_STAMP(w) ((uint32_t)(w) & 0xffffffu)
+#define BL_SHAPE (0xffffULL << 48 | 0xffULL << 40) /* valid, seq, span, limit */
+#define BL_MAKE(seq, span, lim, procs, now)                                                       \
+    (BL_VALID | ((uint64_t)((seq) & 0x7fu) << 56) | ((uint64_t)((span) & 0xffu) << 48) |        \
+     ((uint64_t)((lim) & 0xffu) << 40) | ((uint64_t)((procs) & 0xffffu) << 24) |                \
+     (((now) >> 20) & 0xffffffULL))
+#define TW_PID(w) ((uint32_t)((w) >> 42))
+#define TW_TIME(w) ((uint32_t)(w))
+#define TW_LOW 0x3ffffffffffULL /* generation 10 | grant time 32 */
 struct sg_bulkhead_area {
     union {
         sg_a64 w[8 + SG_MAX_TICKETS];   /**< the whole area (zeroed by fill_slot) */
@@ -442,5 +456,7 @@ void sg_window_sum(const struct sg_slot *s, const struct sg_policy_view *p, uint
                    uint64_t since_ns, struct sg_window_sum *out);
 void sg_window_reset(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now);
 uint32_t sg_window_threshold(const struct sg_slot *s, const struct sg_policy_view *p);
+/* bulkhead_wait.c: a ticket went back to 0; wakes one sleeper (returns how many woke) */
+int sg_bulkhead_freed(struct sg_bulkhead_area *b);
 
 #endif /* SHMGUARD_LAYOUT_H */

@@ -7,6 +7,7 @@ Nothing here is a runtime dependency of shmguard. Modules:
 - shared_rows:   multi-process / shared-backend peer contenders
 - shmguard_rows: shmguard's own contenders (registers nothing if not installed)
 - runner:        timing harnesses (in-process batches, barrier-started workers)
+- bulkhead_rows: part 5, bulkheads (semaphores per process and shared, shmguard)
 - redis_server:  a private redis-server on 127.0.0.1, stopped by pid
 - report:        markdown, JSON and PNG output
 """

@@ -288,6 +288,8 @@ def markdown(data: Dict[str, Any]) -> str:
     L.append("")
     from .keyed_rows import markdown as keyed_markdown
     L += keyed_markdown(data.get("keyed"))
+    from .bulkhead_rows import markdown as bulkhead_markdown
+    L += bulkhead_markdown(data.get("bulkhead"))
     notes = data.get("notes", [])
     if notes:
         L.append("## Notes")

@@ -116,6 +116,11 @@ class Endpoint:
             lib.sg_release_probe(self.h, tok)
             raise
 
+    def refresh_bulkhead(self) -> None:
+        """Counts the processes attached to the segment for a quota (shmguard._hot asks)."""
+        from shmguard import bulkhead
+        bulkhead.refresh_quota(self)
+
     def sync_bulkhead(self) -> None:
         """Makes the slot's ticket limit follow its policy (and counts processes for a quota)."""
         lib.sg_bulkhead_sync_at(self.h.slot, self.seg.now_ns())

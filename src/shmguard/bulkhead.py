@@ -21,11 +21,12 @@ Thread safe and process safe.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import TYPE_CHECKING, Any
 
 from shmguard import probes
-from shmguard._capi import ffi, lib
+from shmguard._capi import ffi, hot, lib
 from shmguard.errors import BulkheadFullError, PolicyError
 from shmguard.policy import Priority
 from shmguard.stats import BulkheadStats, TicketHolder
@@ -33,7 +34,7 @@ from shmguard.stats import BulkheadStats, TicketHolder
 if TYPE_CHECKING:
     from shmguard._endpoint import Endpoint
 
-__all__ = ["Bulkhead", "Ticket", "take", "take_async", "full_error", "reclaim", "max_wait",
+__all__ = ["Bulkhead", "Ticket", "PyTicket", "take", "take_async", "full_error", "reclaim", "max_wait",
            "refresh_quota", "attached_processes", "SLICE"]
 
 NS = 1_000_000_000
@@ -45,8 +46,11 @@ QUIET, WAITED, REFRESH = int(lib.SG_BH_QUIET), int(lib.SG_BH_WAITED), int(lib.SG
 _MODES = tuple(int(p) | QUIET for p in Priority)  # indexed by a Priority
 
 
-class Ticket:
-    """One ticket of a bulkhead, held until :meth:`release` (or the end of a ``with``)."""
+class PyTicket:
+    """One ticket of a bulkhead, held until :meth:`release` (or the end of a ``with``).
+
+    (The pure-Python twin of the C ``Ticket`` of ``shmguard._hot``.)
+    """
 
     __slots__ = ("_ep", "_tok")
 
@@ -72,7 +76,7 @@ class Ticket:
         if tok > 0 and self._ep.hp:  # hp is 0 once the service is closed
             lib.sg_bulkhead_release(self._ep.h, tok)
 
-    def __enter__(self) -> Ticket:
+    def __enter__(self) -> PyTicket:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -89,41 +93,29 @@ class Ticket:
         return f"<Ticket {self._ep.name!r} #{self.index} {'held' if self.held else 'released'}>"
 
 
+#: The ticket type: C (shmguard._hot) when built, else :class:`PyTicket`.
+Ticket: Any = hot.Ticket if hot is not None else PyTicket
+
+
 class Bulkhead:
     """The bulkhead of one endpoint (its policy's ``max_concurrent`` or ``quota``).
+
+    ``try_acquire(priority=Priority.NORMAL) -> Ticket | None`` returns a
+    ticket if one is free now (a dead holder's counts as free), else None;
+    when one is free it is one C call.
 
     :raises PolicyError: (from the calls) the endpoint's policy has no bulkhead.
     """
 
-    __slots__ = ("_ep",)
+    __slots__ = ("_ep", "try_acquire")
 
     def __init__(self, ep: Endpoint) -> None:
         self._ep = ep
-
-    def try_acquire(self, priority: Priority = Priority.NORMAL) -> Ticket | None:
-        """Returns a ticket if one is free now (a dead holder's counts as free), else None."""
-        ep = self._ep
-        mode = _MODES[priority] if type(priority) is Priority else _prio(priority)
-        buf = _BUFS.pop() if _BUFS else ffi.new("int64_t[2]")
-        try:
-            t = lib.sg_bulkhead_wait(ep.h, mode, 0, buf)
-            if t <= 0 or t & REFRESH:  # full, no bulkhead, an error or a recount: slow path
-                if t == FULL and reclaim(ep):
-                    t = lib.sg_bulkhead_wait(ep.h, mode, 0, buf)
-                if t == FULL:
-                    lib.sg_bulkhead_give_up(ep.h.slot)
-                    return None
-                t = _done(ep, t) or _no_bulkhead(ep)
-            ticket = Ticket(ep, t)
-        except BaseException:
-            if buf[0] > 0:
-                lib.sg_bulkhead_release(ep.h, buf[0])
-            raise
-        _BUFS.append(buf)
-        return ticket
+        self.try_acquire: Any = (hot.bind_bulkhead(ep, _try) if hot is not None
+                                 else functools.partial(_try, ep))
 
     def acquire(self, timeout: float | None = None,
-                priority: Priority = Priority.NORMAL) -> Ticket:
+                priority: Priority = Priority.NORMAL) -> Any:
         """Returns a ticket, waiting up to ``timeout`` seconds (None: the policy's ``max_wait``).
 
         :raises BulkheadFullError: none was free in time.
@@ -132,7 +124,7 @@ class Bulkhead:
         return Ticket(ep, take(ep, _prio(priority), self._wait(timeout)) or _no_bulkhead(ep))
 
     async def acquire_async(self, timeout: float | None = None,
-                            priority: Priority = Priority.NORMAL) -> Ticket:
+                            priority: Priority = Priority.NORMAL) -> Any:
         """Like :meth:`acquire`, awaiting with ``asyncio.sleep`` (never blocks the loop)."""
         ep = self._ep
         return Ticket(ep, await take_async(ep, _prio(priority), self._wait(timeout))
@@ -176,6 +168,28 @@ _BUFS: list[Any] = []  # int64_t[2] out-buffers for try_acquire, reused (list op
 def _no_bulkhead(ep: Endpoint) -> int:
     raise PolicyError(f"endpoint {ep.name!r} has no bulkhead (max_concurrent or quota)")
 
+
+
+def _try(ep: Endpoint, priority: Priority = Priority.NORMAL) -> Any:
+    """try_acquire's every case: arguments, a full bulkhead (dead holders first), a recount."""
+    mode = _MODES[priority] if type(priority) is Priority else _prio(priority)
+    buf = _BUFS.pop() if _BUFS else ffi.new("int64_t[2]")
+    try:
+        t = lib.sg_bulkhead_wait(ep.h, mode, 0, buf)
+        if t <= 0 or t & REFRESH:  # full, no bulkhead, an error or a recount: slow path
+            if t == FULL and reclaim(ep):
+                t = lib.sg_bulkhead_wait(ep.h, mode, 0, buf)
+            if t == FULL:
+                lib.sg_bulkhead_give_up(ep.h.slot)
+                return None
+            t = _done(ep, t) or _no_bulkhead(ep)
+        ticket = Ticket(ep, t)
+    except BaseException:
+        if buf[0] > 0:
+            lib.sg_bulkhead_release(ep.h, buf[0])
+        raise
+    _BUFS.append(buf)
+    return ticket
 
 def _prio(priority: Priority) -> int:
     if priority not in (0, 1, 2, 3):

@@ -1,0 +1,123 @@
+/*
+ * bulkhead_wait.c -- the sleeping side of bulkhead.c: the futex word, the
+ * wake-up of ONE sleeper per release, and the handle forms (this process's
+ * pid and the segment's clock).
+ *
+ * A waiter counts itself in `sleepers` BEFORE it tries, then sleeps on
+ * wake_seq; a release that sees a sleeper bumps wake_seq and wakes one
+ * (FUTEX_WAKE 1). Either the waiter's try sees the freed word, or the
+ * release sees the waiter counted: no wake-up is lost, and nobody polls.
+ * A waiter killed while counted leaves `sleepers` one too high: releases
+ * then make one futex call each that wakes nobody (as glibc's process-shared
+ * semaphores do); correctness is unchanged.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#endif
+
+#include "layout.h"
+
+#define SC memory_order_seq_cst
+
+static _Atomic uint32_t cached_pid;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void forget_pid(void) { atomic_store_explicit(&cached_pid, 0, memory_order_relaxed); }
+static void watch_forks(void) { pthread_atfork(NULL, NULL, forget_pid); }
+
+/* getpid() is a system call in glibc >= 2.25: cache it, forgotten in fork children. */
+static uint32_t my_pid(void)
+{
+    uint32_t p = atomic_load_explicit(&cached_pid, memory_order_relaxed);
+    if (p == 0) {
+        pthread_once(&atfork_once, watch_forks);
+        p = (uint32_t)getpid();
+        atomic_store_explicit(&cached_pid, p, memory_order_relaxed);
+    }
+    return p;
+}
+
+#ifdef __linux__
+/* The mapping is shared between processes: no FUTEX_PRIVATE_FLAG (the futex
+ * key is then the page, not this process's address space). */
+static int futex_wait(sg_a32 *w, uint32_t val, uint64_t ns)
+{
+    if (ns > 3600ULL * 1000000000ULL)
+        ns = 3600ULL * 1000000000ULL;
+    struct timespec ts = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
+    return (int)syscall(SYS_futex, (uint32_t *)w, FUTEX_WAIT, val, &ts, NULL, 0);
+}
+static int futex_wake(sg_a32 *w, int n)
+{
+    long r = syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE, n, NULL, NULL, 0);
+    return r < 0 ? 0 : (int)r;
+}
+#else /* no futex: sleep the slice (the caller retries) */
+static int futex_wait(sg_a32 *w, uint32_t val, uint64_t ns)
+{
+    (void)w, (void)val;
+    struct timespec ts = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
+    nanosleep(&ts, NULL);
+    return -1;
+}
+static int futex_wake(sg_a32 *w, int n) { return (void)w, (void)n, 0; }
+#endif
+
+/* A ticket went back to 0: wake ONE sleeper, if any sleeps. seq_cst pairs
+ * with the waiter's sleepers increment before its try (sg_bulkhead_wait):
+ * either it sees the free word, or we see it counted and bump wake_seq. */
+int sg_bulkhead_freed(struct sg_bulkhead_area *b)
+{
+    if (atomic_load_explicit(&b->sleepers, SC) == 0)
+        return 0;
+    atomic_fetch_add_explicit(&b->wake_seq, 1, SC);
+    return futex_wake(&b->wake_seq, 1);
+}
+
+/* ---- handle forms: the clock and this process's pid ------------------------ */
+
+int64_t sg_bulkhead_acquire(const struct sg_handle *h, uint32_t mode)
+{
+    struct sg_slot *s = h->slot;
+    /* Fast "no bulkhead": a limit word synced to the live policy, limit 0.
+     * relaxed: a call racing a policy publish may decide under either one. */
+    uint64_t lw = atomic_load_explicit(&s->bulkhead.limit, memory_order_relaxed);
+    if ((lw & BL_VALID) && BL_LIM(lw) == 0 && BL_SEQ(lw) == (LD(&s->policy_seq) & 0x7fu))
+        return 0;
+    return sg_bulkhead_acquire_at(s, sg_now_h(h), my_pid(), mode);
+}
+
+int sg_bulkhead_release(const struct sg_handle *h, int64_t ticket)
+{
+    return ticket == 0 ? SG_OK : sg_bulkhead_release_at(h->slot, my_pid(), ticket);
+}
+
+/* One slice of a wait: count ourselves a sleeper BEFORE trying (see sg_bulkhead_freed()),
+ * try, and if every ticket is out sleep until a release or the slice ends.
+ * After a wake-up it tries once more. timeout 0: one try, no sleep. Returns
+ * the token (also written to out[0] before returning, so a caller
+ * interrupted right after the call still finds it and gives it back) or
+ * SG_R_BULKHEAD_FULL; out[1] = 1 if a release woke us. */
+int64_t sg_bulkhead_wait(const struct sg_handle *h, uint32_t mode, uint64_t timeout_ns,
+                         int64_t *out)
+{
+    struct sg_bulkhead_area *b = &((struct sg_slot *)h->slot)->bulkhead;
+    out[0] = out[1] = 0;
+    if (timeout_ns == 0)
+        return out[0] = sg_bulkhead_acquire(h, mode);
+    atomic_fetch_add_explicit(&b->sleepers, 1, SC);
+    uint32_t seq = atomic_load_explicit(&b->wake_seq, SC);
+    int64_t t = sg_bulkhead_acquire_at(h->slot, sg_now_h(h), my_pid(), mode | SG_BH_QUIET);
+    if (t == SG_R_BULKHEAD_FULL) {
+        out[1] = futex_wait(&b->wake_seq, seq, timeout_ns) == 0;
+        if (out[1] || atomic_load_explicit(&b->wake_seq, SC) != seq) /* a release: try again */
+            t = sg_bulkhead_acquire_at(h->slot, sg_now_h(h), my_pid(), mode | SG_BH_QUIET);
+    }
+    atomic_fetch_sub_explicit(&b->sleepers, 1, SC);
+    return out[0] = t;
+}
