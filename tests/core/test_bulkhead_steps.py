@@ -215,3 +215,29 @@ def test_builder_wants_exactly_one_of_limit_and_quota():
     q = sg.PolicyBuilder().with_bulkhead(quota=0.25).build().fill_view(
         ffi.new("struct sg_policy_view *"))
     assert (q.max_concurrent, q.quota_ppm) == (0, 250_000)
+
+
+def test_any_bytes_in_the_bulkhead_area_give_codes_not_crashes(svc):
+    """The slot is untrusted: scribbled area words and policy fields stay in bounds."""
+    import random
+    rng = random.Random(2026)
+    slot = slot_of(svc, "db", max_concurrent=3)
+    area = ffi.cast("uint64_t *", ffi.cast("char *", slot) + 18 * 64)
+    pol = ffi.cast("uint32_t *", ffi.cast("char *", slot) + 2 * 64)   # both policy buffers
+    ok = {FULL, 0}
+    for i in range(400):
+        for k in rng.sample(range(72), rng.randrange(1, 12)):
+            area[k] = rng.getrandbits(64)
+        if i % 4 == 0:
+            pol[rng.randrange(96)] = rng.getrandbits(32)
+        now = T0 + rng.getrandbits(40)
+        t = lib.sg_bulkhead_acquire_at(slot, now, rng.randrange(1, 1 << 22), rng.randrange(4))
+        assert t > 0 or t in ok, t
+        if t > 0:   # another pid's release: refused; the granting pid's: given back
+            assert lib.sg_bulkhead_release_at(slot, 1, t) in (NOT_FOUND, 0)
+        assert lib.sg_bulkhead_set_procs_at(slot, now, rng.randrange(1 << 17)) <= 64
+        assert 0 <= lib.sg_bulkhead_sync_at(slot, now) <= 64
+        v = view(slot, 0)
+        assert v.limit <= 64 and v.span <= 64 and v.reserve < max(1, v.limit) + 1
+        assert lib.sg_bulkhead_reclaim(slot, rng.randrange(64), rng.getrandbits(64) | 1) in (
+            lib.SG_OK, BUSY)
