@@ -84,6 +84,8 @@ int sg_bulkhead_freed(struct sg_bulkhead_area *b)
 int64_t sg_bulkhead_acquire(const struct sg_handle *h, uint32_t mode)
 {
     struct sg_slot *s = h->slot;
+    if (s == NULL) /* a closed service */
+        return SG_E_ARG;
     /* Fast "no bulkhead": a limit word synced to the live policy, limit 0.
      * relaxed: a call racing a policy publish may decide under either one. */
     uint64_t lw = atomic_load_explicit(&s->bulkhead.limit, memory_order_relaxed);
@@ -106,8 +108,10 @@ int sg_bulkhead_release(const struct sg_handle *h, int64_t ticket)
 int64_t sg_bulkhead_wait(const struct sg_handle *h, uint32_t mode, uint64_t timeout_ns,
                          int64_t *out)
 {
-    struct sg_bulkhead_area *b = &((struct sg_slot *)h->slot)->bulkhead;
     out[0] = out[1] = 0;
+    if (h->slot == NULL) /* a closed service */
+        return out[0] = SG_E_ARG;
+    struct sg_bulkhead_area *b = &((struct sg_slot *)h->slot)->bulkhead;
     if (timeout_ns == 0)
         return out[0] = sg_bulkhead_acquire(h, mode);
     atomic_fetch_add_explicit(&b->sleepers, 1, SC);

@@ -173,6 +173,7 @@ def _no_bulkhead(ep: Endpoint) -> int:
 def _try(ep: Endpoint, priority: Priority = Priority.NORMAL) -> Any:
     """try_acquire's every case: arguments, a full bulkhead (dead holders first), a recount."""
     mode = _MODES[priority] if type(priority) is Priority else _prio(priority)
+    ep.seg.base  # raises once the service is closed
     buf = _BUFS.pop() if _BUFS else ffi.new("int64_t[2]")
     try:
         t = lib.sg_bulkhead_wait(ep.h, mode, 0, buf)
@@ -207,6 +208,7 @@ def take(ep: Endpoint, mode: int, wait_s: float | None) -> int:
     Whatever interrupts it (KeyboardInterrupt included), no ticket stays taken:
     C writes the token into ``buf`` before returning, and it is given back here.
     """
+    ep.seg.base  # raises once the service is closed
     buf = ffi.new("int64_t[2]")
     try:
         return _take(ep, mode, wait_s, buf)
@@ -250,6 +252,7 @@ async def take_async(ep: Endpoint, mode: int, wait_s: float | None) -> int:
     cancelled while it waits leaves no ticket behind; a ticket won by the
     last poll is given back if the task is cancelled before it returns.
     """
+    ep.seg.base  # raises once the service is closed
     buf = ffi.new("int64_t[2]")
     try:
         t = lib.sg_bulkhead_wait(ep.h, mode, 0, buf)

@@ -289,3 +289,20 @@ def test_every_door_takes_a_ticket_and_gives_it_back(realsvc):
         realsvc.execute("db", lambda: 1 / 0)
     s = bh.stats()
     assert (s.in_flight, s.acquired, s.rejected) == (0, 9, 8)   # 8 nested tries refused
+
+
+def test_a_closed_service_refuses_and_its_tickets_do_nothing(segname):
+    svc = sg.ResilienceService(segname, capacity=8)
+    try:
+        svc.register_endpoint("db", sg.Policy(max_concurrent=1))
+        bh = svc.bulkhead("db")
+        held = bh.acquire()
+        svc.close()
+        with pytest.raises(sg.ShmguardError, match="closed"):
+            bh.acquire()
+        with pytest.raises(sg.ShmguardError, match="closed"):
+            bh.try_acquire()
+        held.release()                                    # the mapping is gone: nothing to do
+        assert not held.held
+    finally:
+        svc.unlink()
