@@ -302,7 +302,15 @@ static PyObject *guard_new(PyTypeObject *t, PyObject *args, PyObject *kw)
         tp->tp_free(s);                                                         \
     }
 EP_DEALLOC(PermitObject)
-EP_DEALLOC(GuardObject)
+
+static void GuardObject_dealloc(PyObject *s)
+{
+    GuardObject *g = (GuardObject *)s;
+    if (g->bt > 0 && g->h != NULL && g->h->slot != NULL) /* entered, never exited */
+        sg_bulkhead_release(g->h, g->bt);
+    Py_XDECREF(g->ep);
+    Py_TYPE(s)->tp_free(s);
+}
 
 static void AllowObject_dealloc(PyObject *s)
 {
