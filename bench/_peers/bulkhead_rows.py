@@ -43,14 +43,17 @@ class _Gauge:
             self.cur.value -= 1
 
 
+# each maker returns (acquire() -> bool, release(), pair() = one acquire + release, close())
 def _threading():
     sem = threading.BoundedSemaphore(LIMIT)
-    return (lambda: sem.acquire(blocking=False)), sem.release, (lambda: None)
+    a, r = sem.acquire, sem.release
+    return (lambda: a(blocking=False)), r, (lambda: (a(blocking=False), r())), (lambda: None)
 
 
 def _multiprocessing():
     sem = CTX.BoundedSemaphore(LIMIT)
-    return (lambda: sem.acquire(block=False)), sem.release, (lambda: None)
+    a, r = sem.acquire, sem.release
+    return (lambda: a(block=False)), r, (lambda: (a(block=False), r())), (lambda: None)
 
 
 def _shmguard(kind: str):
@@ -66,8 +69,9 @@ def _shmguard(kind: str):
         svc.unlink()
     if kind == "execute":
         return None, None, close, svc
-    return (lambda: (held.append(t) or True) if (t := bh.try_acquire()) else False,
-            lambda: held.pop().release(), close)
+    a = bh.try_acquire
+    return (lambda: (held.append(t) or True) if (t := a()) else False,
+            lambda: held.pop().release(), (lambda: a().release()), close)
 
 
 CONTENDERS: List[tuple] = [
@@ -79,13 +83,12 @@ CONTENDERS: List[tuple] = [
 ]
 
 
-def _cost(acquire: Callable[[], Any], release: Callable[[], Any], n: int) -> float:
+def _cost(pair: Callable[[], Any], n: int) -> float:
     xs = []
     for _ in range(5):
         t = time.perf_counter_ns()
         for _ in range(n):
-            acquire()
-            release()
+            pair()
         xs.append((time.perf_counter_ns() - t) / n)
     return statistics.median(xs)
 
@@ -158,9 +161,9 @@ def run(quick: bool, log: Callable[[str], None], wanted: Callable[[str], bool]) 
     for name, scope, make in CONTENDERS:
         if not wanted(name):
             continue
-        acquire, release, close = make()
+        acquire, release, pair, close = make()
         try:
-            row = {"name": name, "scope": scope, "median_ns": _cost(acquire, release, n)}
+            row = {"name": name, "scope": scope, "median_ns": _cost(pair, n)}
             row["peak"], row["calls"] = _peak(acquire, release, seconds)
             row["back_after_kill"] = _after_kill(acquire, release)
         except Exception as e:  # noqa: BLE001
@@ -192,6 +195,9 @@ def markdown(rows: Optional[List[Dict[str, Any]]]) -> List[str]:
             continue
         peak = f"{r['peak']} (of {LIMIT})" if "peak" in r else "—"
         back = f"{r['back_after_kill']}/{LIMIT}" if "back_after_kill" in r else "—"
+        if r["scope"] == "per-process":
+            peak += f"; {PROCS} x {LIMIT} allowed"
+            back = "(its own copy)"
         L.append(f"| {r['name']} | {r['scope']} | {r['median_ns']:.1f} | {peak} | {back} |")
     L.append("")
     return L
