@@ -15,6 +15,7 @@ HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"
 
 
 def _load():
+    sys.path.insert(0, os.path.dirname(HARNESS))  # its helper modules (_torture_keyed)
     spec = importlib.util.spec_from_file_location("_torture", HARNESS)
     mod = importlib.util.module_from_spec(spec)
     sys.modules["_torture"] = mod
