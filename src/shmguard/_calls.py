@@ -7,20 +7,36 @@ Python methods, and the path below is the equivalent in Python.
 from __future__ import annotations
 
 import functools
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence, TypeVar
 
-from shmguard import _admission, _capi
+from shmguard import _admission, _capi, retry
+from shmguard.deadline import check as _check_deadline
+from shmguard.deadline import deadline_ns as _deadline_ns
+from shmguard.deadline import on_first_use
 from shmguard._endpoint import LEASE_BITS
 from shmguard._registry import Registry
 from shmguard.limiter import pack
 from shmguard.policy import Outcome, Priority
 from shmguard.result import Err, Ok
 
+if TYPE_CHECKING:
+    from shmguard.fallback import FallbackChain
+
 T = TypeVar("T")
 __all__ = ["Calls"]
 
 _CP = tuple(pack(1, p) for p in Priority)
 _NORMAL = Priority.NORMAL
+
+_NO_DEADLINES = True  # until this process first sets a deadline (then read the context)
+
+
+def _deadlines_in_use() -> None:
+    global _NO_DEADLINES
+    _NO_DEADLINES = False
+
+
+on_first_use(_deadlines_in_use)
 
 try:  # the one-crossing execute path (csrc/hot.c); the Python path below is equivalent
     from shmguard._hot import ABI_VERSION as _HOT_ABI
@@ -36,15 +52,29 @@ class Calls(Registry):
 
     def execute(self, endpoint: str, fn: Callable[..., T], /, *args: Any,
                 priority: Priority = Priority.NORMAL, timeout: float | None = None,
-                **kwargs: Any) -> T:
+                retries: int = 0, backoff: float = 0.05, max_backoff: float = 2.0,
+                retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+                fallback: Callable[[Exception], Any] | None = None, **kwargs: Any) -> T:
         """Runs ``fn(*args, **kwargs)`` if the endpoint admits it, and records the outcome.
 
-        :param timeout: how long to wait for the rate limit (None: do not wait).
+        :param timeout: how long to wait for the rate limit (None: do not wait);
+            a deadline in force (:func:`shmguard.deadline`) bounds it.
+        :param retries: attempts after the first, for failures (by the policy,
+            or ``retry_on``) while the breaker is closed; each sleeps
+            ``uniform(0, min(max_backoff, backoff x 2^n))`` first, ends before
+            the deadline and needs the endpoint's retry budget (see :mod:`shmguard.retry`).
+        :param fallback: called with the exception when the call is rejected,
+            misses the deadline or fails; its result is returned.
+        :raises DeadlineExceededError: the deadline passed before an attempt (never calls ``fn``).
         :raises CircuitOpenError: the breaker is open.
         :raises RateLimitedError: no token within ``timeout``.
-        :returns: what ``fn`` returns; its exceptions are re-raised.
+        :returns: what ``fn`` returns; its exceptions are re-raised (the last
+            one, after retries).
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        if retries or fallback is not None or not (_NO_DEADLINES or _deadline_ns() is None):
+            return retry.execute(ep, priority, timeout, fn, args, kwargs,
+                                 retry.Plan(retries, backoff, max_backoff, retry_on, fallback))
         cp = 5 if priority is _NORMAL else _CP[priority]
         if timeout is None and _hot_execute is not None and self._events.on_metrics_update is None:
             # admit, call and record in one C call (shmguard._hot)
@@ -67,8 +97,12 @@ class Calls(Registry):
 
     async def execute_async(self, endpoint: str, coro_fn: Callable[..., Awaitable[T]], /,
                             *args: Any, priority: Priority = Priority.NORMAL,
-                            timeout: float | None = None, **kwargs: Any) -> T:
-        """Awaits ``coro_fn(*args, **kwargs)`` if admitted, like :meth:`execute`.
+                            timeout: float | None = None, retries: int = 0,
+                            backoff: float = 0.05, max_backoff: float = 2.0,
+                            retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+                            fallback: Callable[[Exception], Any] | None = None,
+                            **kwargs: Any) -> T:
+        """Awaits ``coro_fn(*args, **kwargs)`` if admitted, like :meth:`execute` (retries too).
 
         Waiting for the rate limit sleeps with ``asyncio.sleep`` (never blocks
         the loop); cancelling gives back the reservation and any probe permit,
@@ -76,7 +110,9 @@ class Calls(Registry):
         """
         from shmguard import aio
         return await aio.execute_async(self, endpoint, coro_fn, *args, priority=priority,
-                                       timeout=timeout, **kwargs)
+                                       timeout=timeout, retries=retries, backoff=backoff,
+                                       max_backoff=max_backoff, retry_on=retry_on,
+                                       fallback=fallback, **kwargs)
 
     def try_execute(self, endpoint: str, fn: Callable[..., T], /, *args: Any,
                     priority: Priority = Priority.NORMAL, timeout: float | None = None,
@@ -95,6 +131,8 @@ class Calls(Registry):
         The low-level half of :meth:`execute`; finish with :meth:`record`.
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        if not _NO_DEADLINES:
+            timeout = _check_deadline(timeout, f"call to {endpoint!r}")
         return _admission.admit_slow(ep, None, priority, timeout)
 
     def record(self, endpoint: str, token: int, outcome: Outcome) -> None:
@@ -116,6 +154,18 @@ class Calls(Registry):
                                     **kwargs)
             return wrapper
         return deco
+
+    def fallback_chain(self, steps: Sequence[tuple[str, Callable[..., Any]]], *,
+                       last: Callable[[Exception], Any] | None = None,
+                       name: str | None = None) -> FallbackChain:
+        """Returns a callable that tries ``steps`` (``(endpoint, fn)``) in order until one serves.
+
+        A step is skipped when rejected (open, rate limited, deadline) or when
+        it fails; ``last(exc)`` serves when all were (see :mod:`shmguard.fallback`).
+        Steps that are all ``async def`` give an async chain.
+        """
+        from shmguard.fallback import make_chain
+        return make_chain(self, steps, last, name)
 
     def guard(self, endpoint: str, *, priority: Priority = Priority.NORMAL,
               timeout: float | None = None) -> Any:

@@ -20,6 +20,9 @@ import functools
 import inspect
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
+from shmguard import retry
+from shmguard.deadline import check as _check_deadline
+from shmguard.deadline import deadline_ns as _deadline_ns
 from shmguard._admission import admit_slow
 from shmguard._capi import ffi, lib
 from shmguard._endpoint import LEASE_BITS as _LEASE
@@ -71,21 +74,37 @@ async def admit_async(svc: ResilienceService, endpoint: str,
     :raises CircuitOpenError: the breaker is open (or its probes are out).
     :raises RateLimitedError: no token within ``timeout`` (None: do not wait).
     """
-    return (await _admit(svc, endpoint, priority, timeout))[1]
+    return (await _admit(svc, endpoint, priority, _check_deadline(timeout, f"call to {endpoint!r}")))[1]
 
 
 async def execute_async(svc: ResilienceService, endpoint: str,
                         coro_fn: Callable[..., Awaitable[T]], /, *args: Any,
                         priority: Priority = Priority.NORMAL, timeout: float | None = None,
+                        retries: int = 0, backoff: float = 0.05, max_backoff: float = 2.0,
+                        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+                        fallback: Callable[[Exception], Any] | None = None,
                         **kwargs: Any) -> T:
     """Awaits ``coro_fn(*args, **kwargs)`` if the endpoint admits it, and records the outcome.
 
-    :param timeout: how long to wait for the rate limit (None: do not wait).
+    :param timeout: how long to wait for the rate limit (None: do not wait);
+        the deadline in force bounds it.
+    :param retries: see :meth:`ResilienceService.execute` (backoff with ``asyncio.sleep``).
+    :raises DeadlineExceededError: the deadline passed before an attempt.
     :raises CircuitOpenError: the breaker is open.
     :raises RateLimitedError: no token within ``timeout``.
     :returns: what the coroutine returns; its exceptions are re-raised, and
         ``asyncio.CancelledError`` counts as neither success nor failure.
     """
+    if retries or fallback is not None or _deadline_ns() is not None:
+        ep = svc._eps.get(endpoint) or svc._endpoint(endpoint)
+
+        async def admit(t: float | None) -> int:
+            e, tok = await _admit(svc, endpoint, priority, t)
+            return await _probe_instead(svc, e, tok, priority, t) \
+                if tok & _LEASE and e.probe is not None else tok
+        return await retry.execute_async(ep, admit, timeout, coro_fn, args, kwargs,
+                                         retry.Plan(retries, backoff, max_backoff, retry_on,
+                                                    fallback))
     ep, tok = await _admit(svc, endpoint, priority, timeout)
     if tok & _LEASE and ep.probe is not None:
         tok = await _probe_instead(svc, ep, tok, priority, timeout)
