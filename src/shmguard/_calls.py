@@ -52,17 +52,20 @@ class Calls(Registry):
 
     def execute(self, endpoint: str, fn: Callable[..., T], /, *args: Any,
                 priority: Priority = Priority.NORMAL, timeout: float | None = None,
-                retries: int = 0, backoff: float = 0.05, max_backoff: float = 2.0,
-                retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
-                fallback: Callable[[Exception], Any] | None = None, **kwargs: Any) -> T:
+                **kwargs: Any) -> T:
         """Runs ``fn(*args, **kwargs)`` if the endpoint admits it, and records the outcome.
+
+        Keywords ``retries=0, backoff=0.05, max_backoff=2.0, retry_on=None,
+        fallback=None`` are execute's own (taken out of ``kwargs``: a named
+        parameter costs every call ~7 ns; see :class:`shmguard.retry.Plan`).
 
         :param timeout: how long to wait for the rate limit (None: do not wait);
             a deadline in force (:func:`shmguard.deadline`) bounds it.
         :param retries: attempts after the first, for failures (by the policy,
-            or ``retry_on``) while the breaker is closed; each sleeps
-            ``uniform(0, min(max_backoff, backoff x 2^n))`` first, ends before
-            the deadline and needs the endpoint's retry budget (see :mod:`shmguard.retry`).
+            or ``retry_on``, an exception class or tuple) while the breaker is
+            closed; each sleeps ``uniform(0, min(max_backoff, backoff x 2^n))``
+            first, ends before the deadline and needs the endpoint's retry
+            budget (see :mod:`shmguard.retry`).
         :param fallback: called with the exception when the call is rejected,
             misses the deadline or fails; its result is returned.
         :raises DeadlineExceededError: the deadline passed before an attempt (never calls ``fn``).
@@ -72,9 +75,10 @@ class Calls(Registry):
             one, after retries).
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
-        if retries or fallback is not None or not (_NO_DEADLINES or _deadline_ns() is None):
-            return retry.execute(ep, priority, timeout, fn, args, kwargs,
-                                 retry.Plan(retries, backoff, max_backoff, retry_on, fallback))
+        if (kwargs and not retry.KEYS.isdisjoint(kwargs)) or not (
+                _NO_DEADLINES or _deadline_ns() is None):
+            plan = retry.Plan.take(kwargs)
+            return retry.execute(ep, priority, timeout, fn, args, kwargs, plan)
         cp = 5 if priority is _NORMAL else _CP[priority]
         if timeout is None and _hot_execute is not None and self._events.on_metrics_update is None:
             # admit, call and record in one C call (shmguard._hot)

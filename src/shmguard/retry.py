@@ -37,9 +37,11 @@ if TYPE_CHECKING:
     from shmguard._endpoint import Endpoint
 
 T = TypeVar("T")
-__all__ = ["Plan", "execute", "execute_async", "seed", "moves_on"]
+__all__ = ["Plan", "KEYS", "execute", "execute_async", "seed", "moves_on"]
 
 _RNG = random.Random(os.getpid())
+#: execute()'s own keywords (the rest go to the function)
+KEYS = frozenset(("retries", "backoff", "max_backoff", "retry_on", "fallback"))
 
 
 def seed(value: int) -> None:
@@ -74,6 +76,13 @@ class Plan:
             raise PolicyError(f"fallback must be callable, got {fallback!r}")
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
         self.retry_on, self.fallback = retry_on, fallback
+
+    @classmethod
+    def take(cls, kwargs: dict[str, Any]) -> Plan:
+        """Returns the plan named by execute's own keywords, removing them from ``kwargs``."""
+        return cls(kwargs.pop("retries", 0), kwargs.pop("backoff", 0.05),
+                   kwargs.pop("max_backoff", 2.0), kwargs.pop("retry_on", None),
+                   kwargs.pop("fallback", None))
 
     def delay(self, attempt: int) -> float:
         """Returns the jittered sleep before retry number ``attempt + 1``."""
