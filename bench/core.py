@@ -81,10 +81,24 @@ def python_rows(n: int, reps: int) -> list[tuple[str, float, float, float]]:
         rows.append(("execute overhead over f()", ex[0] - rows[0][1], ex[1] - rows[0][1],
                      ex[2] - rows[0][1]))
         rows.append(("with svc.guard(ep): f()", *per_call(guard, n, reps)))
+        rows.extend(_deadline_rows(svc, execute, f, n, reps))  # last: it sets a deadline
         return rows
     finally:
         svc.close()
         svc.unlink()
+
+
+def _deadline_rows(svc: sg.ResilienceService, execute, f, n: int,
+                   reps: int) -> list[tuple[str, float, float, float]]:
+    """execute() once this process has used a deadline: none in force, then one in force."""
+    with sg.deadline(3600):
+        pass
+
+    def under(k: int) -> None:
+        with sg.deadline(3600):
+            execute(k)
+    return [("execute, deadlines used, none in force", *per_call(execute, n, reps)),
+            ("execute under sg.deadline()", *per_call(under, n, reps))]
 
 
 def c_rows() -> list[tuple[str, float, float, float]]:

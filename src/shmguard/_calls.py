@@ -7,6 +7,7 @@ Python methods, and the path below is the equivalent in Python.
 from __future__ import annotations
 
 import functools
+from time import monotonic_ns as _monotonic_ns
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence, TypeVar
 
 from shmguard import _admission, _capi, retry
@@ -71,10 +72,12 @@ class Calls(Registry):
             one, after retries).
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
-        if (kwargs and not retry.KEYS.isdisjoint(kwargs)) or not (
-                _NO_DEADLINES or _deadline_ns() is None):
+        if kwargs and not retry.KEYS.isdisjoint(kwargs):
             plan = retry.Plan.take(kwargs)
             return retry.execute(ep, priority, timeout, fn, args, kwargs, plan)
+        if not _NO_DEADLINES and (dl := _deadline_ns()) is not None:  # one is in force
+            if timeout is not None or _monotonic_ns() >= dl:
+                timeout = _check_deadline(timeout, endpoint)  # bounds the wait, or raises
         cp = 5 if priority is _NORMAL else _CP[priority]
         if timeout is None and _hot_execute is not None and self._events.on_metrics_update is None:
             # admit, call and record in one C call (shmguard._hot)
@@ -132,7 +135,7 @@ class Calls(Registry):
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
         if not _NO_DEADLINES:
-            timeout = _check_deadline(timeout, f"call to {endpoint!r}")
+            timeout = _check_deadline(timeout, endpoint)
         return _admission.admit_slow(ep, None, priority, timeout)
 
     def record(self, endpoint: str, token: int, outcome: Outcome) -> None:
@@ -172,12 +175,14 @@ class Calls(Registry):
         """Context manager: admits on entry, records the block's outcome on exit.
 
         ``async with`` works too (it awaits the rate limit when ``timeout`` is set).
-        A deadline in force when the guard is made is checked on entry.
+        A deadline in force is checked when the guard is made (``with
+        svc.guard(ep):`` raises before the block) and bounds the wait.
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        if not _NO_DEADLINES:
+            timeout = _check_deadline(timeout, endpoint)
         if (_HotGuardBase is not object and timeout is None and ep.probe is None
-                and self._events.on_metrics_update is None
-                and (_NO_DEADLINES or _deadline_ns() is None)):
+                and self._events.on_metrics_update is None):
             return _HotGuard(ep, 5 if priority is _NORMAL else pack(1, priority))
         return _Guard(self, endpoint, priority, timeout)
 

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
 from shmguard import retry
 from shmguard.deadline import check as _check_deadline
-from shmguard.deadline import deadline_ns as _deadline_ns
 from shmguard._admission import admit_slow
 from shmguard._capi import ffi, lib
 from shmguard._endpoint import LEASE_BITS as _LEASE
@@ -74,7 +73,7 @@ async def admit_async(svc: ResilienceService, endpoint: str,
     :raises CircuitOpenError: the breaker is open (or its probes are out).
     :raises RateLimitedError: no token within ``timeout`` (None: do not wait).
     """
-    return (await _admit(svc, endpoint, priority, _check_deadline(timeout, f"call to {endpoint!r}")))[1]
+    return (await _admit(svc, endpoint, priority, _check_deadline(timeout, endpoint)))[1]
 
 
 async def execute_async(svc: ResilienceService, endpoint: str,
@@ -95,7 +94,8 @@ async def execute_async(svc: ResilienceService, endpoint: str,
     :returns: what the coroutine returns; its exceptions are re-raised, and
         ``asyncio.CancelledError`` counts as neither success nor failure.
     """
-    if retries or fallback is not None or _deadline_ns() is not None:
+    timeout = _check_deadline(timeout, endpoint)
+    if retries or fallback is not None:
         ep = svc._eps.get(endpoint) or svc._endpoint(endpoint)
 
         async def admit(t: float | None) -> int:

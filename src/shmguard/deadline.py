@@ -64,8 +64,10 @@ def remaining() -> float | None:
     return None if dl is None else (dl - time.monotonic_ns()) / NS
 
 
-def check(timeout: float | None, what: str = "call") -> float | None:
+def check(timeout: float | None, endpoint: str) -> float | None:
     """Raises if the deadline in force has passed; returns ``timeout`` bounded by the time left.
+
+    ``None`` (do not wait) stays ``None``: a deadline shortens waits, it never starts one.
 
     :raises DeadlineExceededError: the deadline has passed.
     """
@@ -74,8 +76,9 @@ def check(timeout: float | None, what: str = "call") -> float | None:
         return timeout
     left = dl - time.monotonic_ns()
     if left <= 0:
-        raise DeadlineExceededError(f"deadline passed {-left / NS:.3f}s before the {what}")
-    return left / NS if timeout is None or timeout * NS > left else timeout
+        raise DeadlineExceededError(f"deadline passed {-left / NS:.3f}s before the call to "
+                                    f"{endpoint!r}")
+    return timeout if timeout is None or timeout * NS <= left else left / NS
 
 
 class until:

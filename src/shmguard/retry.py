@@ -120,7 +120,7 @@ def _granted(ep: Endpoint, plan: Plan, attempt: int, exc: BaseException) -> floa
 
 
 def _admit(ep: Endpoint, priority: Priority, timeout: float | None) -> int:
-    timeout = _check_deadline(timeout, f"call to {ep.name!r}")
+    timeout = _check_deadline(timeout, ep.name)
     tok = _admission.admit_slow(ep, None, priority, timeout)
     if tok & LEASE_BITS and ep.probe is not None:
         tok = _admission.probe_instead(ep, tok, priority, timeout)
@@ -171,7 +171,7 @@ async def _attempts_async(ep: Endpoint, admit: Callable[[float | None], Awaitabl
     attempt, last = 0, None
     while True:
         try:
-            tok = await admit(_check_deadline(timeout, f"call to {ep.name!r}"))
+            tok = await admit(_check_deadline(timeout, ep.name))
         except (RejectedError, DeadlineExceededError):
             if last is None:
                 raise
