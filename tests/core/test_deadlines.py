@@ -151,3 +151,12 @@ def test_task_queued_past_its_deadline_is_not_run(segname, tmp_path):
         finally:
             ex.service.close()
             ex.service.unlink()
+
+
+def test_a_deadline_never_starts_a_wait(svc):
+    svc.register_endpoint("slow", sg.Policy(rate=1, burst=1))
+    svc.execute("slow", lambda: None)
+    with sg.deadline(30), pytest.raises(sg.RateLimitedError):
+        svc.execute("slow", never)               # timeout=None: no wait, deadline or not
+    lim = svc.stats("slow").limiter_metrics
+    assert (lim.accepted, lim.rejected, lim.waited) == (1, 1, 0)

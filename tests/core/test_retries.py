@@ -160,3 +160,16 @@ def test_budget_caps_retries_of_all_processes_together(svc, segname, budget):
     assert st.retries_denied >= 1
     # each call ends with its retries spent or with exactly one refusal
     assert st.retries <= retries * first and st.retries_denied <= first
+
+
+def test_executor_passes_retries_to_the_worker(segname):
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:
+        ex = sg.ResilientExecutor(pool, segname, policy=sg.Policy(**NO_OPEN))
+        try:
+            fn = Flaky(2)
+            assert ex.submit("dep", fn, retries=2, backoff=0).result(30) == "ok"
+            assert fn.runs == 3 and ex.service.stats("dep").retries == 2
+        finally:
+            ex.service.close()
+            ex.service.unlink()
