@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import functools
 from time import monotonic_ns as _monotonic_ns
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Sequence, TypeVar
 
-from shmguard import _admission, _capi, retry
+from shmguard import _admission, _capi, aio, retry
 from shmguard.deadline import check as _check_deadline
 from shmguard.deadline import deadline_ns as _deadline_ns
 from shmguard.deadline import on_first_use
@@ -98,24 +98,17 @@ class Calls(Registry):
         ep.record_success(tok)
         return result
 
-    async def execute_async(self, endpoint: str, coro_fn: Callable[..., Awaitable[T]], /,
-                            *args: Any, priority: Priority = Priority.NORMAL,
-                            timeout: float | None = None, retries: int = 0,
-                            backoff: float = 0.05, max_backoff: float = 2.0,
-                            retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
-                            fallback: Callable[[Exception], Any] | None = None,
-                            **kwargs: Any) -> T:
+    def execute_async(self, endpoint: str, coro_fn: Callable[..., Awaitable[T]], /,
+                      *args: Any, priority: Priority = Priority.NORMAL,
+                      timeout: float | None = None, **kwargs: Any) -> Coroutine[Any, Any, T]:
         """Awaits ``coro_fn(*args, **kwargs)`` if admitted, like :meth:`execute` (retries too).
 
         Waiting for the rate limit sleeps with ``asyncio.sleep`` (never blocks
         the loop); cancelling gives back the reservation and any probe permit,
         and a cancelled call counts as neither success nor failure.
         """
-        from shmguard import aio
-        return await aio.execute_async(self, endpoint, coro_fn, *args, priority=priority,
-                                       timeout=timeout, retries=retries, backoff=backoff,
-                                       max_backoff=max_backoff, retry_on=retry_on,
-                                       fallback=fallback, **kwargs)
+        return aio.execute_async(self, endpoint, coro_fn, *args, priority=priority,
+                                 timeout=timeout, **kwargs)
 
     def try_execute(self, endpoint: str, fn: Callable[..., T], /, *args: Any,
                     priority: Priority = Priority.NORMAL, timeout: float | None = None,
@@ -148,7 +141,6 @@ class Calls(Registry):
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
             import inspect
             if inspect.iscoroutinefunction(fn):
-                from shmguard import aio
                 return aio.protect_async(self, endpoint, fn, priority, timeout)  # type: ignore[return-value]
 
             @functools.wraps(fn)
@@ -222,7 +214,6 @@ class _Guard:
         ep.record_outcome(self.tok, outcome)
 
     async def __aenter__(self) -> _Guard:
-        from shmguard import aio
         self.tok = await aio.admit_async(self.svc, self.endpoint, self.priority, self.timeout)
         return self
 
