@@ -104,7 +104,7 @@ class EndpointStats:
     breaker: BreakerSnapshot | None = None
     rate: float | None = None
     burst: int = 0
-    attempts: int = 0          # calls admitted, ever (first attempts and retries)
+    attempts: int = 0          # calls admitted, ever: first attempts and retries (limiter accepted)
     retries: int = 0           # retries granted, ever (execute(retries=N))
     retries_denied: int = 0    # retries the retry budget refused, ever
     retry_budget: RetryBudgetStats | None = None  # None: the policy sets no budget
