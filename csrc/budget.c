@@ -13,9 +13,12 @@
  * Attempts are every admitted call (sg_admit deposits them while a budget is
  * set), retries the withdrawals granted here; first attempts are their
  * difference. A withdrawal sums the buckets, decides, and CASes the current
- * bucket: the older buckets of the window are written only when they become
- * current again (after the decision's epoch), so the CAS on the current word
- * validates the whole sum. A process killed anywhere leaves valid words.
+ * bucket: an older bucket of the window is written only by a process whose
+ * clock has reached a later epoch (it rotates it), and then it has left this
+ * decision's window as well; so the CAS on the current word validates the
+ * sum, up to the window sliding by one bucket. A process killed anywhere
+ * leaves valid words (a grant killed before its total is counted is in the
+ * bucket, not in retries_total).
  *
  * Totals (retries granted, retries denied) are counted even without a
  * budget, so `stats()` shows retries made by execute(retries=N) anyway.
@@ -40,8 +43,8 @@ static uint64_t bucket_ns(uint64_t window)
     return b ? b : 1; /* untrusted slot: never divide by 0 */
 }
 
-/* Counts attempts (hi) and retries (lo) into the bucket of `now`. */
-static void bump(struct sg_budget_area *a, uint64_t epoch, uint64_t hi, uint64_t lo)
+/* Counts one attempt into the bucket of `epoch`. */
+static void deposit(struct sg_budget_area *a, uint64_t epoch)
 {
     sg_a64 *b = &a->bucket[epoch % SG_BUDGET_BUCKETS];
     uint64_t e = epoch & WB_EMASK;
@@ -49,10 +52,10 @@ static void bump(struct sg_budget_area *a, uint64_t epoch, uint64_t hi, uint64_t
     for (;;) {
         uint64_t nw;
         if (WB_EPOCH(w) == e) {
-            uint64_t h = WB_HI(w) + hi, l = WB_LO(w) + lo;
-            nw = WB_MAKE(e, h > WB_CMAX ? WB_CMAX : h, l > WB_CMAX ? WB_CMAX : l);
+            uint64_t h = WB_HI(w) + 1;
+            nw = WB_MAKE(e, h > WB_CMAX ? WB_CMAX : h, WB_LO(w)); /* saturates */
         } else {
-            nw = WB_MAKE(e, hi, lo);
+            nw = WB_MAKE(e, 1, 0);
         }
         /* one CAS counts and (if stale) rotates; w refreshes on failure */
         if (atomic_compare_exchange_strong_explicit(b, &w, nw, memory_order_relaxed,
@@ -66,7 +69,7 @@ void sg_budget_admitted(struct sg_slot *s, uint64_t now)
     uint64_t win = window_ns(s);
     if (win == 0)
         return; /* no budget: the admission path pays one load and a branch */
-    bump(&s->budget, now / bucket_ns(win), 1, 0);
+    deposit(&s->budget, now / bucket_ns(win));
 }
 
 int sg_budget_deposit_at(void *slot, uint64_t now_ns)
