@@ -3,9 +3,11 @@
     python bench/brownout.py [--workers 4] [--seconds 3] [--rate 200]
 
 Each worker process sends ``rate`` requests per second for ``seconds`` to a
-dependency that fails 50 % of the calls (a brownout: too few failures for a
-breaker at 90 % to open, enough for retries to multiply the load). Four
-ways to retry, each printed with the dependency load amplification
+dependency that can serve half of that load: it sheds what exceeds its
+capacity (a host-wide GCRA limiter of its own stands for it), so without
+retries it fails 50 % of the calls (a brownout: a breaker that opens only
+at 100 % failures stays closed), and every retry adds load that it sheds again.
+Four ways to retry, each printed with the dependency load amplification
 (dependency calls / requests) and the share of requests that succeeded:
 
 - no retries;
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import random
 import sys
 import time
 import uuid
@@ -30,23 +31,24 @@ import uuid
 import shmguard as sg
 
 BUDGET = dict(retry_budget=0.2, retry_budget_min_per_second=10, retry_budget_window=10.0)
-BROWNOUT = dict(failure_threshold=0.9, min_requests=20)  # 50 % failures do not open it
+BROWNOUT = dict(failure_threshold=1.0, min_requests=20)  # only a full outage opens it
+CAPACITY = "dependency-capacity"
 
 
 def worker(segname: str, endpoint: str, own_budget: bool, retries: int, rate: float,
-           seconds: float, seed: int, go, out) -> None:
+           seconds: float, go, out) -> None:
     svc = sg.ResilienceService(segname, create=False)
     if own_budget:  # a per-process budget: an endpoint of this process alone
         endpoint = f"{endpoint}-{os.getpid()}"
         svc.register_endpoint(endpoint, sg.Policy(**BROWNOUT, **BUDGET))
-    rng = random.Random(seed)
+    capacity = svc.limiter(CAPACITY).allow  # the dependency's own capacity, host-wide
     calls = 0
 
     def dependency() -> str:
         nonlocal calls
         calls += 1
-        if rng.random() < 0.5:
-            raise ConnectionError("brownout")
+        if not capacity():
+            raise ConnectionError("overloaded: shed")
         return "ok"
     go.wait()
     requests = ok = 0
@@ -56,7 +58,7 @@ def worker(segname: str, endpoint: str, own_budget: bool, retries: int, rate: fl
         try:
             svc.execute(endpoint, dependency, retries=retries, backoff=0.001, max_backoff=0.01)
             ok += 1
-        except ConnectionError:
+        except (ConnectionError, sg.RejectedError):
             pass
         time.sleep(max(0.0, start + requests / rate - time.monotonic()))
     st = svc.stats(endpoint)
@@ -71,10 +73,12 @@ def scenario(label: str, policy: sg.Policy, own_budget: bool, retries: int,
     with sg.ResilienceService(name, capacity=64) as svc:
         try:
             svc.register_endpoint("dep", policy)
+            cap = args.workers * args.rate / 2             # half the offered load
+            svc.register_endpoint(CAPACITY, sg.Policy(rate=cap, burst=max(1, round(cap / 20))))
             go, out = ctx.Event(), ctx.Queue()
             ps = [ctx.Process(target=worker, args=(name, "dep", own_budget, retries, args.rate,
-                                                   args.seconds, 1000 + i, go, out))
-                  for i in range(args.workers)]
+                                                   args.seconds, go, out))
+                  for _ in range(args.workers)]
             for p in ps:
                 p.start()
             go.set()
@@ -100,7 +104,8 @@ def main() -> int:
             scenario("retries=3, budget per process", plain, True, 3, args),
             scenario("retries=3, host-wide budget", budget, False, 3, args)]
     print(f"{args.workers} workers x {args.rate:g} requests/s x {args.seconds:g} s; the "
-          f"dependency fails 50 %; budgets {BUDGET['retry_budget']:.0%} + "
+          f"dependency serves {args.workers * args.rate / 2:g}/s and sheds the rest; budgets "
+          f"{BUDGET['retry_budget']:.0%} + "
           f"{BUDGET['retry_budget_min_per_second']:g}/s over {BUDGET['retry_budget_window']:g} s")
     print("\n| retries | requests | dependency calls | amplification | requests served "
           "| retries denied |\n|---|---:|---:|---:|---:|---:|")
