@@ -10,6 +10,7 @@ from shmguard.errors import (CapacityError, CircuitOpenError, DeadlineExceededEr
                              SegmentPermissionError, ShmguardError)
 from shmguard.executor import ResilientExecutor
 from shmguard.fallback import AsyncFallbackChain, FallbackChain
+from shmguard.keyed import KeyedLimiter, KeyedReservation, KeyedStats
 from shmguard.limiter import Limiter, Reservation
 from shmguard.policy import Outcome, Policy, PolicyBuilder, PolicyPresets, Priority
 from shmguard.result import Err, Ok
@@ -22,6 +23,7 @@ __all__ = [
     "AsyncFallbackChain", "DeadlineExceededError", "FallbackChain", "deadline", "remaining",
     "Breaker", "BreakerMode", "BreakerState", "CapacityError", "CircuitOpenError", "EndpointStats",
     "Err", "InvalidNameError", "Limiter", "LimiterMetrics", "Ok", "Outcome", "Permit", "Policy",
+    "KeyedLimiter", "KeyedReservation", "KeyedStats",
     "PolicyBuilder", "PolicyConflictError", "PolicyError", "PolicyPresets", "Priority",
     "RateLimitedError", "RejectedError", "Reservation", "ResilienceService", "ResilientExecutor", "SegmentCorruptError",
     "SegmentError", "SegmentIncompatibleError", "SegmentNotFoundError", "SegmentPermissionError",

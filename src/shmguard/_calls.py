@@ -10,7 +10,7 @@ import functools
 from time import monotonic_ns as _monotonic_ns
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Sequence, TypeVar
 
-from shmguard import _admission, _capi, aio, retry
+from shmguard import _admission, _capi, _keyed_calls, aio, retry
 from shmguard.deadline import check as _check_deadline
 from shmguard.deadline import deadline_ns as _deadline_ns
 from shmguard.deadline import on_first_use
@@ -49,7 +49,7 @@ class Calls(Registry):
 
     def execute(self, endpoint: str, fn: Callable[..., T], /, *args: Any,
                 priority: Priority = Priority.NORMAL, timeout: float | None = None,
-                **kwargs: Any) -> T:
+                key: str | bytes | None = None, **kwargs: Any) -> T:
         """Runs ``fn(*args, **kwargs)`` if the endpoint admits it, and records the outcome.
 
         Keywords ``retries=0, backoff=0.05, max_backoff=2.0, retry_on=None,
@@ -58,6 +58,8 @@ class Calls(Registry):
 
         :param timeout: how long to wait for the rate limit (None: do not wait);
             a deadline in force (:func:`shmguard.deadline`) bounds it.
+        :param key: apply the keyed limiter the endpoint's policy names
+            (``PolicyBuilder.with_keyed_limit``) to this key first.
         :param retries: attempts after the first, for failures (by the policy,
             or ``retry_on``, an exception class or tuple) while the breaker is
             closed; each sleeps ``uniform(0, min(max_backoff, backoff x 2^n))``
@@ -67,17 +69,19 @@ class Calls(Registry):
             misses the deadline or fails; its result is returned.
         :raises DeadlineExceededError: the deadline passed before an attempt (never calls ``fn``).
         :raises CircuitOpenError: the breaker is open.
-        :raises RateLimitedError: no token within ``timeout``.
+        :raises RateLimitedError: no token within ``timeout`` (of the endpoint or of ``key``).
         :returns: what ``fn`` returns; its exceptions are re-raised (the last
             one, after retries).
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
-        if kwargs and not retry.KEYS.isdisjoint(kwargs):
-            plan = retry.Plan.take(kwargs)
-            return retry.execute(ep, priority, timeout, fn, args, kwargs, plan)
         if not _NO_DEADLINES and (dl := _deadline_ns()) is not None:  # one is in force
             if timeout is not None or _monotonic_ns() >= dl:
                 timeout = _check_deadline(timeout, endpoint)  # bounds the wait, or raises
+        if key is not None:
+            _keyed_calls.keyed_admit(self, ep, key, priority, timeout)
+        if kwargs and not retry.KEYS.isdisjoint(kwargs):
+            plan = retry.Plan.take(kwargs)
+            return retry.execute(ep, priority, timeout, fn, args, kwargs, plan)
         cp = 5 if priority is _NORMAL else _CP[priority]
         if timeout is None and _hot_execute is not None and self._events.on_metrics_update is None:
             # admit, call and record in one C call (shmguard._hot)
@@ -100,23 +104,27 @@ class Calls(Registry):
 
     def execute_async(self, endpoint: str, coro_fn: Callable[..., Awaitable[T]], /,
                       *args: Any, priority: Priority = Priority.NORMAL,
-                      timeout: float | None = None, **kwargs: Any) -> Coroutine[Any, Any, T]:
+                      timeout: float | None = None, key: str | bytes | None = None,
+                      **kwargs: Any) -> Coroutine[Any, Any, T]:
         """Awaits ``coro_fn(*args, **kwargs)`` if admitted, like :meth:`execute` (retries too).
 
         Waiting for the rate limit sleeps with ``asyncio.sleep`` (never blocks
         the loop); cancelling gives back the reservation and any probe permit,
         and a cancelled call counts as neither success nor failure.
         """
+        if key is not None:
+            return _keyed_calls.execute_async(self, endpoint, key, coro_fn, args, priority,
+                                              timeout, kwargs)
         return aio.execute_async(self, endpoint, coro_fn, *args, priority=priority,
                                  timeout=timeout, **kwargs)
 
     def try_execute(self, endpoint: str, fn: Callable[..., T], /, *args: Any,
                     priority: Priority = Priority.NORMAL, timeout: float | None = None,
-                    **kwargs: Any) -> Ok[T] | Err:
+                    key: str | bytes | None = None, **kwargs: Any) -> Ok[T] | Err:
         """Like :meth:`execute`, but returns ``Ok(value)`` or ``Err(exception)``."""
         try:
             return Ok(self.execute(endpoint, fn, *args, priority=priority, timeout=timeout,
-                                   **kwargs))
+                                   key=key, **kwargs))
         except Exception as exc:
             return Err(exc)
 

@@ -107,6 +107,7 @@ class Policy:
     retry_budget: float | None = None
     retry_budget_min_per_second: float = 10.0
     retry_budget_window: float = 10.0
+    keyed_limit: str | None = None  # name of a keyed limiter execute(..., key=) applies
     _fingerprint: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -153,6 +154,9 @@ class Policy:
             if not isinstance(value, tuple) or not all(
                     isinstance(c, type) and issubclass(c, BaseException) for c in value):
                 raise PolicyError(f"{fname} must be a tuple of exception classes, got {value!r}")
+        if self.keyed_limit is not None:
+            from shmguard._keyed_shm import validate_keyed_name
+            validate_keyed_name(self.keyed_limit)
         object.__setattr__(self, "_fingerprint", self._compute_fingerprint())
 
     def _check_retry_budget(self) -> None:
@@ -332,6 +336,10 @@ class PolicyBuilder:
         plus ``min_per_second`` x ``window`` (Finagle's RetryBudget, for all processes)."""
         return self._set(retry_budget=ratio, retry_budget_min_per_second=min_per_second,
                          retry_budget_window=window)
+
+    def with_keyed_limit(self, name: str | None) -> PolicyBuilder:
+        """Names the keyed limiter ``execute(..., key=)`` applies (made by ``svc.keyed_limiter``)."""
+        return self._set(keyed_limit=name)
 
     def adaptive(self, flag: bool = True) -> PolicyBuilder:
         return self._set(adaptive=flag)
