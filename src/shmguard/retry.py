@@ -18,7 +18,6 @@ lockstep across the pool's workers).
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import random
 import time
@@ -30,6 +29,7 @@ from shmguard.deadline import remaining
 from shmguard._capi import lib
 from shmguard._endpoint import LEASE_BITS
 from shmguard.errors import DeadlineExceededError, PolicyError, RejectedError
+from shmguard.limiter import pack
 from shmguard.policy import Outcome, Priority
 from shmguard.stats import BreakerState
 
@@ -40,6 +40,8 @@ T = TypeVar("T")
 __all__ = ["Plan", "KEYS", "execute", "execute_async", "seed", "moves_on"]
 
 _RNG = random.Random(os.getpid())
+_NUMBER = (int, float)
+_NORMAL = Priority.NORMAL
 #: execute()'s own keywords (the rest go to the function)
 KEYS = frozenset(("retries", "backoff", "max_backoff", "retry_on", "fallback"))
 
@@ -60,18 +62,19 @@ class Plan:
     def __init__(self, retries: int, backoff: float, max_backoff: float,
                  retry_on: type[BaseException] | tuple[type[BaseException], ...] | None,
                  fallback: Callable[[Exception], Any] | None) -> None:
-        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 1000:
+        # type() rather than isinstance(): bool is refused; NaN fails the range test
+        if type(retries) is not int or not 0 <= retries <= 1000:
             raise PolicyError(f"retries must be a whole number in [0, 1000], got {retries!r}")
         for name, v in (("backoff", backoff), ("max_backoff", max_backoff)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or not 0 <= v <= 86400:
+            if type(v) not in _NUMBER or not 0 <= v <= 86400:
                 raise PolicyError(f"{name} must be a number of seconds in [0, 86400], got {v!r}")
-        if isinstance(retry_on, type):
-            retry_on = (retry_on,)
-        if retry_on is not None and not (isinstance(retry_on, tuple) and all(
-                isinstance(c, type) and issubclass(c, BaseException) for c in retry_on)):
-            raise PolicyError(f"retry_on must be an exception class or a tuple of them, "
-                              f"got {retry_on!r}")
+        if retry_on is not None:
+            if isinstance(retry_on, type):
+                retry_on = (retry_on,)
+            if not (isinstance(retry_on, tuple) and all(
+                    isinstance(c, type) and issubclass(c, BaseException) for c in retry_on)):
+                raise PolicyError(f"retry_on must be an exception class or a tuple of them, "
+                                  f"got {retry_on!r}")
         if fallback is not None and not callable(fallback):
             raise PolicyError(f"fallback must be callable, got {fallback!r}")
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
@@ -121,7 +124,12 @@ def _granted(ep: Endpoint, plan: Plan, attempt: int, exc: BaseException) -> floa
 
 def _admit(ep: Endpoint, priority: Priority, timeout: float | None) -> int:
     timeout = _check_deadline(timeout, ep.name)
-    tok = _admission.admit_slow(ep, None, priority, timeout)
+    if timeout is None:  # one C call, as execute's own path
+        tok = int(ep.admit(ep.h, 5 if priority is _NORMAL else pack(1, priority)))
+        if tok < 0:
+            tok = _admission.admit_slow(ep, tok, priority, None)
+    else:
+        tok = _admission.admit_slow(ep, None, priority, timeout)
     if tok & LEASE_BITS and ep.probe is not None:
         tok = _admission.probe_instead(ep, tok, priority, timeout)
     return tok
