@@ -155,9 +155,9 @@ def c_rows() -> list[tuple[str, float, float, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         exe = os.path.join(tmp, "gcra_bench")
         sys.path.insert(0, CSRC)
-        from ffi_build import SOURCES  # the one list of C sources
+        from ffi_build import SOURCES, flags  # the one list of C sources, and their flags
         srcs = [os.path.join(CSRC, f) for f in SOURCES]
-        subprocess.run(["gcc", "-std=c11", "-O2", "-D_POSIX_C_SOURCE=200809L", "-I", CSRC,
+        subprocess.run(["gcc", *flags(), "-I", CSRC,
                         os.path.join(ROOT, "bench", "gcra_bench.c"), *srcs, "-o", exe], check=True)
         out = subprocess.run([exe], check=True, capture_output=True, text=True).stdout
     labels = {"gcra_decide_ns": "C: GCRA decision (explicit now)",
