@@ -216,7 +216,13 @@ struct sg_bulkhead_area {
         };
     };
 };                                      /**< lines 18-26: bulkhead.c */
-struct sg_budget_area { sg_a64 w[8]; };                    /**< line 27: budget.c */
+/* Retry budget (budget.c): SG_BUDGET_BUCKETS window buckets, each
+ * | epoch 20 | attempts 22 | retries 22 | (WB_* above), then two totals. */
+struct sg_budget_area {
+    sg_a64 bucket[SG_BUDGET_BUCKETS]; /**< [epoch | attempts | retries] over the window */
+    sg_a64 retries_total;             /**< retries granted, ever (also without a budget) */
+    sg_a64 denied_total;              /**< retries the budget refused, ever */
+};                                                         /**< line 27: budget.c */
 struct sg_throttle_area { sg_a64 w[16]; };                 /**< lines 28-29: throttle.c */
 struct sg_predict_area { sg_a64 w[8]; };                   /**< line 30: predict.c */
 struct sg_fleet_area { sg_a64 w[8]; };                     /**< line 31: fleet.c */
@@ -458,5 +464,8 @@ void sg_window_reset(struct sg_slot *s, const struct sg_policy_view *p, uint64_t
 uint32_t sg_window_threshold(const struct sg_slot *s, const struct sg_policy_view *p);
 /* bulkhead_wait.c: a ticket went back to 0; wakes one sleeper (returns how many woke) */
 int sg_bulkhead_freed(struct sg_bulkhead_area *b);
+
+/* budget.c: deposits one admitted attempt while the policy has a retry budget */
+void sg_budget_admitted(struct sg_slot *s, uint64_t now);
 
 #endif /* SHMGUARD_LAYOUT_H */

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 from shmguard.breaker import Breaker, Permit
 from shmguard.bulkhead import Bulkhead, Ticket
+from shmguard.deadline import deadline, remaining
 from shmguard.errors import (BulkheadFullError, CapacityError, CircuitOpenError,
-                             InvalidNameError, PolicyConflictError, PolicyError, RateLimitedError, RejectedError, SegmentCorruptError,
+                             DeadlineExceededError, InvalidNameError, PolicyConflictError,
+                             PolicyError, RateLimitedError, RejectedError, SegmentCorruptError,
                              SegmentError, SegmentIncompatibleError, SegmentNotFoundError,
                              SegmentPermissionError, ShmguardError)
 from shmguard.executor import ResilientExecutor
+from shmguard.fallback import AsyncFallbackChain, FallbackChain
 from shmguard.keyed import KeyedLimiter, KeyedReservation, KeyedStats
 from shmguard.limiter import Limiter, Reservation
 from shmguard.policy import Outcome, Policy, PolicyBuilder, PolicyPresets, Priority
@@ -19,6 +22,7 @@ from shmguard.stats import (BreakerMode, BreakerState, BulkheadStats, EndpointSt
 
 __version__ = "0.1.0"
 __all__ = [
+    "AsyncFallbackChain", "DeadlineExceededError", "FallbackChain", "deadline", "remaining",
     "Breaker", "BreakerMode", "BreakerState", "Bulkhead", "BulkheadFullError", "BulkheadStats",
     "CapacityError", "CircuitOpenError", "EndpointStats",
     "Err", "InvalidNameError", "Limiter", "LimiterMetrics", "Ok", "Outcome", "Permit", "Policy",

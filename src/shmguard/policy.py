@@ -71,7 +71,9 @@ class Policy:
 
     Defaults: 50% failures over a 10 s window of 10 buckets (at least 10
     calls) open the breaker for 30 s; half-open lets 1 probe through (lease
-    10 s) and 1 success closes it; the limiter is off (``rate=None``).
+    10 s) and 1 success closes it; the limiter is off (``rate=None``); no
+    retry budget (``retry_budget=None``; 0.2 lets retries be 20 % of first
+    attempts over ``retry_budget_window``, plus ``retry_budget_min_per_second``).
 
     :raises PolicyError: when any field is invalid; the message names it.
 
@@ -109,6 +111,9 @@ class Policy:
     quota: float | None = None
     critical_reserve: int = 0
     ticket_lease: float | None = None
+    retry_budget: float | None = None
+    retry_budget_min_per_second: float = 10.0
+    retry_budget_window: float = 10.0
     keyed_limit: str | None = None  # name of a keyed limiter execute(..., key=) applies
     _fingerprint: int = field(default=0, init=False, repr=False, compare=False)
 
@@ -151,6 +156,7 @@ class Policy:
         _num("rate_floor", self.rate_floor, lo=0, hi=1)
         _num("recovery", self.recovery, lo=0, hi=86400)
         self._check_bulkhead()
+        self._check_retry_budget()
         for fname in ("failure_exceptions", "ignored_exceptions"):
             value = getattr(self, fname)
             if not isinstance(value, tuple) or not all(
@@ -182,6 +188,12 @@ class Policy:
     def has_bulkhead(self) -> bool:
         """Reports whether the policy limits concurrent calls (max_concurrent or quota)."""
         return self.max_concurrent is not None or self.quota is not None
+
+    def _check_retry_budget(self) -> None:
+        if self.retry_budget is not None:
+            _num("retry_budget", self.retry_budget, lo=0, hi=1000)
+        _num("retry_budget_min_per_second", self.retry_budget_min_per_second, lo=0, hi=10**6)
+        _num("retry_budget_window", self.retry_budget_window, lo=0.01, hi=3600)
 
     # -- derived values ---------------------------------------------------
     @property
@@ -250,6 +262,10 @@ class Policy:
         v.quota_ppm = 0 if self.quota is None else max(1, round(self.quota * ppm))
         v.max_wait_ns = int(self.max_wait * NS)
         v.ticket_lease_ns = 0 if self.ticket_lease is None else int(self.ticket_lease * NS)
+        if self.retry_budget is not None:  # budget.c; 0 = no budget
+            v.retry_window_ns = int(self.retry_budget_window * NS)
+            v.retry_ratio_ppm = round(self.retry_budget * ppm)
+            v.retry_min_milli = round(self.retry_budget_min_per_second * 1000)
         return v
 
     def replace(self, **changes: Any) -> Policy:
@@ -362,6 +378,14 @@ class PolicyBuilder:
                               f"got max_concurrent={max_concurrent!r}, quota={quota!r}")
         return self._set(max_concurrent=max_concurrent, max_wait=max_wait, quota=quota,
                          critical_reserve=critical_reserve, ticket_lease=ticket_lease)
+
+    def with_retry_budget(self, ratio: float = 0.2, min_per_second: float = 10,
+                          window: float = 10.0) -> PolicyBuilder:
+        """Caps retries host-wide: over ``window`` seconds, ``ratio`` x first attempts
+        plus ``min_per_second`` x ``window`` (Finagle's RetryBudget, for all processes)."""
+        return self._set(retry_budget=ratio, retry_budget_min_per_second=min_per_second,
+                         retry_budget_window=window)
+
     def with_keyed_limit(self, name: str | None) -> PolicyBuilder:
         """Names the keyed limiter ``execute(..., key=)`` applies (made by ``svc.keyed_limiter``)."""
         return self._set(keyed_limit=name)

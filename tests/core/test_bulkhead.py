@@ -306,3 +306,24 @@ def test_a_closed_service_refuses_and_its_tickets_do_nothing(segname):
         assert not held.held
     finally:
         svc.unlink()
+
+
+def test_each_retry_attempt_holds_a_ticket_of_its_own(realsvc):
+    realsvc.register_endpoint("db", sg.Policy(max_concurrent=1, failure_exceptions=(OSError,)))
+    bh = realsvc.bulkhead("db")
+    seen = []
+
+    def flaky() -> str:
+        seen.append(bh.in_flight)
+        if len(seen) < 3:
+            raise OSError("again")
+        return "ok"
+
+    async def aflaky() -> str:
+        return flaky()
+    assert realsvc.execute("db", flaky, retries=3, backoff=0.001) == "ok"
+    seen.clear()
+    assert asyncio.run(realsvc.execute_async("db", aflaky, retries=3, backoff=0.001)) == "ok"
+    assert seen == [1, 1, 1]                              # every attempt in flight, alone
+    s = bh.stats()
+    assert (s.in_flight, s.acquired) == (0, 6)
