@@ -101,9 +101,9 @@ def enter_bulkhead(ep: Endpoint, tok: int, priority: Priority) -> int:
     permit ``tok`` may hold and raises :class:`BulkheadFullError` (the rate
     limit's token stays spent, as with any call refused after it).
     """
-    from shmguard import bulkhead
+    from shmguard import _tickets
     try:
-        return bulkhead.take(ep, int(priority) | bulkhead.QUIET, None)
+        return _tickets.take(ep, int(priority) | _tickets.QUIET, None)
     except BaseException:
         lib.sg_release_probe(ep.h, tok)
         raise

@@ -106,27 +106,27 @@ class Endpoint:
         Waits up to the policy's ``max_wait``. On refusal the breaker's probe
         permit (if ``tok`` holds one) is given back before raising.
         """
-        from shmguard import bulkhead
+        from shmguard import _tickets
         if bt >= 0:  # granted; the quota asks for a recount of the processes
-            bulkhead.refresh_quota(self)
+            _tickets.refresh_quota(self)
             return bt
         try:
-            return bulkhead.take(self, (cp & 3) | bulkhead.QUIET, None)
+            return _tickets.take(self, (cp & 3) | _tickets.QUIET, None)
         except BaseException:
             lib.sg_release_probe(self.h, tok)
             raise
 
     def refresh_bulkhead(self) -> None:
         """Counts the processes attached to the segment for a quota (shmguard._hot asks)."""
-        from shmguard import bulkhead
-        bulkhead.refresh_quota(self)
+        from shmguard import _tickets
+        _tickets.refresh_quota(self)
 
     def sync_bulkhead(self) -> None:
         """Makes the slot's ticket limit follow its policy (and counts processes for a quota)."""
         lib.sg_bulkhead_sync_at(self.h.slot, self.seg.now_ns())
         if self.policy_view().quota_ppm:
-            from shmguard import bulkhead
-            bulkhead.refresh_quota(self)
+            from shmguard import _tickets
+            _tickets.refresh_quota(self)
 
     def record_success(self, tok: int) -> None:
         t = self.record(self.h, tok | Outcome.SUCCESS)
@@ -218,8 +218,8 @@ class Endpoint:
 
     def bulkhead_stats(self) -> BulkheadStats | None:
         self.seg.base  # raises once closed
-        from shmguard import bulkhead
-        return bulkhead.snapshot(self)
+        from shmguard import _tickets
+        return _tickets.snapshot(self)
 
     def stats(self) -> EndpointStats:
         """Returns the endpoint's statistics, read from the segment."""

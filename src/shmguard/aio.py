@@ -138,9 +138,9 @@ async def enter_bulkhead_async(ep: Endpoint, tok: int, priority: Priority) -> in
 
     On refusal or cancellation the probe permit ``tok`` may hold is given back.
     """
-    from shmguard import bulkhead
+    from shmguard import _tickets
     try:
-        return await bulkhead.take_async(ep, int(priority) | bulkhead.QUIET, None)
+        return await _tickets.take_async(ep, int(priority) | _tickets.QUIET, None)
     except BaseException:
         lib.sg_release_probe(ep.h, tok)
         raise
