@@ -327,3 +327,19 @@ def test_each_retry_attempt_holds_a_ticket_of_its_own(realsvc):
     assert seen == [1, 1, 1]                              # every attempt in flight, alone
     s = bh.stats()
     assert (s.in_flight, s.acquired) == (0, 6)
+
+
+def test_ticket_lease_frees_a_hung_holders_ticket(svc):
+    """Off by default; with ticket_lease a ticket held longer is free (manual clock)."""
+    svc.register_endpoint("db", sg.Policy(max_concurrent=1, ticket_lease=0.5))
+    bh = svc.bulkhead("db")
+    hung = bh.acquire()
+    svc.advance(0.4)
+    assert bh.try_acquire() is None                      # within its lease: still held
+    svc.advance(0.2)
+    fresh = bh.try_acquire()                             # past it: taken over
+    assert fresh is not None and bh.stats().reclaimed == 1
+    hung.release()                                       # the late holder frees nothing
+    assert bh.in_flight == 1 and fresh.held
+    fresh.release()
+    assert bh.in_flight == 0
