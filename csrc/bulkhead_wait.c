@@ -7,9 +7,13 @@
  * wake_seq; a release that sees a sleeper bumps wake_seq and wakes one
  * (FUTEX_WAKE 1). Either the waiter's try sees the freed word, or the
  * release sees the waiter counted: no wake-up is lost, and nobody polls.
- * A waiter killed while counted leaves `sleepers` one too high: releases
- * then make one futex call each that wakes nobody (as glibc's process-shared
- * semaphores do); correctness is unchanged.
+ * A waiter killed while counted leaves `sleepers` one too high; the next
+ * release whose FUTEX_WAKE wakes nobody forgets one, so the count heals
+ * instead of costing every later release a futex call (glibc's
+ * process-shared semaphores keep such a count forever). If that forgets a
+ * waiter that was about to sleep, the waiter still sees wake_seq moved and
+ * does not sleep; at worst a later sleeper is woken by its slice's timeout
+ * (SLICE, 50 ms) instead of a release.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -73,10 +77,27 @@ static int futex_wake(sg_a32 *w, int n) { return (void)w, (void)n, 0; }
  * either it sees the free word, or we see it counted and bump wake_seq. */
 int sg_bulkhead_freed(struct sg_bulkhead_area *b)
 {
-    if (atomic_load_explicit(&b->sleepers, SC) == 0)
+    uint32_t n = atomic_load_explicit(&b->sleepers, SC);
+    if (n == 0)
         return 0;
     atomic_fetch_add_explicit(&b->wake_seq, 1, SC);
-    return futex_wake(&b->wake_seq, 1);
+    int woken = futex_wake(&b->wake_seq, 1);
+    /* Nobody was asleep: one counted waiter died (or has not slept yet, and
+     * will not, wake_seq having moved). Forget one; n refreshes on failure
+     * and we leave it (someone else changed the count). */
+    if (woken == 0)
+        atomic_compare_exchange_strong_explicit(&b->sleepers, &n, n - 1, memory_order_relaxed,
+                                                memory_order_relaxed);
+    return woken;
+}
+
+/* A waiter leaves: one sleeper less, never below 0 (a release may have
+ * forgotten it already, see sg_bulkhead_freed). c refreshes on failure. */
+static void leave(struct sg_bulkhead_area *b)
+{
+    uint32_t c = atomic_load_explicit(&b->sleepers, SC);
+    while (c && !atomic_compare_exchange_weak_explicit(&b->sleepers, &c, c - 1, SC, SC))
+        ;
 }
 
 /* ---- handle forms: the clock and this process's pid ------------------------ */
@@ -122,6 +143,6 @@ int64_t sg_bulkhead_wait(const struct sg_handle *h, uint32_t mode, uint64_t time
         if (out[1] || atomic_load_explicit(&b->wake_seq, SC) != seq) /* a release: try again */
             t = sg_bulkhead_acquire_at(h->slot, sg_now_h(h), my_pid(), mode | SG_BH_QUIET);
     }
-    atomic_fetch_sub_explicit(&b->sleepers, 1, SC);
+    leave(b);
     return out[0] = t;
 }

@@ -97,3 +97,39 @@ def test_reused_pid_is_not_the_holder(realsvc):
     assert lib.sg_bulkhead_acquire_at(slot, 1 << 20, os.getpid(), 1) > 0
     assert realsvc.bulkhead("db").acquire(timeout=5).held
     assert realsvc.bulkhead("db").stats().reclaimed == 1
+
+
+def _sleep_in_wait(segname: str, ready) -> None:
+    from shmguard._capi import ffi
+    svc = sg.ResilienceService(segname, create=False)
+    buf = ffi.new("int64_t[2]")
+    ready.put(os.getpid())
+    lib.sg_bulkhead_wait(svc.bulkhead("db")._ep.h, 1 | lib.SG_BH_QUIET, 60 * 10**9, buf)
+
+
+def _sleepers(svc) -> int:
+    from shmguard._capi import ffi
+    v = ffi.new("struct sg_bulkhead_view *")
+    lib.sg_bulkhead_snapshot_at(svc._eps["db"].h.slot, svc.now_ns(), v)
+    return int(v.sleepers)
+
+
+def test_a_killed_sleeper_is_forgotten_by_the_next_release(realsvc, segname):
+    """A waiter SIGKILLed asleep stays counted until a release wakes nobody: then forgotten."""
+    realsvc.register_endpoint("db", sg.Policy(max_concurrent=1))
+    h = realsvc._eps["db"].h
+    tok = lib.sg_bulkhead_acquire(h, 1 | lib.SG_BH_QUIET)
+    assert tok > 0
+    ready = CTX.Queue()
+    p = CTX.Process(target=_sleep_in_wait, args=(segname, ready))
+    p.start()
+    ready.get(timeout=30)
+    deadline = time.monotonic() + 30
+    while _sleepers(realsvc) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    p.kill()
+    p.join()
+    assert _sleepers(realsvc) == 1                       # counted, but dead
+    assert lib.sg_bulkhead_release(h, tok) == 0          # the wake-up woke nobody
+    assert _sleepers(realsvc) == 0                       # so it is forgotten
