@@ -107,10 +107,14 @@ class Endpoint:
         permit (if ``tok`` holds one) is given back before raising.
         """
         from shmguard import _tickets
-        if bt >= 0:  # granted; the quota asks for a recount of the processes
-            _tickets.refresh_quota(self)
-            return bt
         try:
+            if bt >= 0:  # granted; the quota asks for a recount of the processes
+                try:
+                    _tickets.refresh_quota(self)
+                except BaseException:
+                    lib.sg_bulkhead_release(self.h, bt)
+                    raise
+                return bt
             return _tickets.take(self, (cp & 3) | _tickets.QUIET, None)
         except BaseException:
             lib.sg_release_probe(self.h, tok)
