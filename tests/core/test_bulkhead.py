@@ -343,3 +343,29 @@ def test_ticket_lease_frees_a_hung_holders_ticket(svc):
     assert bh.in_flight == 1 and fresh.held
     fresh.release()
     assert bh.in_flight == 0
+
+
+def test_a_call_recounts_a_stale_quota_by_itself(svc, segname):
+    """Once per second of segment time, the call that gets the ticket recounts (C asks)."""
+    svc.register_endpoint("q", sg.Policy(quota=0.5))
+    bh = svc.bulkhead("q")
+    assert bh.max_concurrent == 1
+    ready = CTX.Queue()
+    ps = [CTX.Process(target=_attached, args=(segname, ready)) for _ in range(3)]
+    try:
+        for p in ps:
+            p.start()
+        for _ in ps:
+            ready.get(timeout=30)
+        assert svc.execute("q", lambda: 1) == 1          # counted 0 s ago: no recount
+        assert bh.max_concurrent == 1
+        svc.advance(1.1)
+        assert svc.execute("q", lambda: 2) == 2          # this one recounts (one C crossing)
+        assert bh.max_concurrent == 2 and bh.stats().processes == 4
+        with svc.guard("q"):                             # and the guard, try_acquire too
+            t = bh.try_acquire()
+            assert t is not None and bh.in_flight == 2
+    finally:
+        for p in ps:
+            p.kill()
+            p.join(30)
