@@ -158,8 +158,9 @@ static int64_t refresh_due(struct sg_bulkhead_area *b, const struct bh_pol *p, u
         return 0;
     uint64_t nw = (lw & ~0xffffffULL) | ((now >> 20) & 0xffffffULL);
     /* relaxed: an election only; whoever wins counts, lw refreshes on loss */
-    return atomic_compare_exchange_strong_explicit(&b->limit, &lw, nw, memory_order_relaxed,
-                                                   memory_order_relaxed) ? (int64_t)SG_BH_REFRESH : 0;
+    int won = atomic_compare_exchange_strong_explicit(&b->limit, &lw, nw, memory_order_relaxed,
+                                                      memory_order_relaxed);
+    return won ? (int64_t)SG_BH_REFRESH : 0;
 }
 
 int64_t sg_bulkhead_acquire_at(void *slot, uint64_t now, uint32_t pid, uint32_t mode)

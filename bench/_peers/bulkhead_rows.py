@@ -106,7 +106,8 @@ def _worker(acquire, release, gauge: _Gauge, seconds: float) -> None:
 
 def _peak(acquire, release, seconds: float) -> tuple[int, int]:
     gauge = _Gauge()
-    ps = [CTX.Process(target=_worker, args=(acquire, release, gauge, seconds)) for _ in range(PROCS)]
+    ps = [CTX.Process(target=_worker, args=(acquire, release, gauge, seconds))
+          for _ in range(PROCS)]
     for p in ps:
         p.start()
     for p in ps:

@@ -96,7 +96,7 @@ def test_reclaim_takes_back_the_exact_word_seen(svc):
     assert v.holder_pid[i] == 600
     assert lib.sg_bulkhead_reclaim(slot, i, v.word[i] + 1) == BUSY     # not the word there
     assert lib.sg_bulkhead_reclaim(slot, i, v.word[i]) == lib.SG_OK
-    assert lib.sg_bulkhead_release_at(slot, 600, tok) == NOT_FOUND     # the old holder's late release
+    assert lib.sg_bulkhead_release_at(slot, 600, tok) == NOT_FOUND     # the holder's late release
     assert lib.sg_bulkhead_acquire_at(slot, T0, 601, NORMAL) > 0
     assert view(slot).reclaimed == 1
 

@@ -1,4 +1,4 @@
-"""Bulkhead tickets under SIGKILL and SIGSTOP: a dead holder's come back, a stalled one keeps its."""
+"""Bulkhead tickets under SIGKILL and SIGSTOP: a dead holder's come back, a stalled one's stay."""
 from __future__ import annotations
 
 import multiprocessing as mp
