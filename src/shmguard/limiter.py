@@ -21,7 +21,7 @@ from shmguard.stats import LimiterMetrics
 if TYPE_CHECKING:
     from shmguard._endpoint import Endpoint
 
-__all__ = ["Limiter", "Reservation", "pack"]
+__all__ = ["Limiter", "Reservation", "pack", "delay_of"]
 
 NS = 1_000_000_000
 FOREVER_NS = 2**63 - 1
@@ -44,6 +44,14 @@ def wait_ns(seconds: float | None) -> int:
     if not isinstance(seconds, (int, float)) or seconds != seconds or seconds < 0:
         raise PolicyError(f"timeout must be a number of seconds >= 0, got {seconds!r}")
     return min(FOREVER_NS, int(seconds * NS))
+
+
+def delay_of(ep: Endpoint, cp: int) -> float:
+    """Returns how long (seconds) until the packed ``cp`` conforms at ``ep``; takes nothing."""
+    ep.seg.base  # raises once closed
+    out = ffi.new("int64_t *")
+    lib.sg_limiter_delay_at(ep.h.slot, ep.seg.now_ns(), cp, out)
+    return max(0, int(out[0])) / NS
 
 
 class Reservation:
@@ -130,6 +138,24 @@ class Limiter:
                 r.cancel()
                 raise
         return True
+
+    def delay(self, cost: int = 1, priority: Priority = _NORMAL) -> float:
+        """Reports how long (seconds) until ``cost`` tokens conform; takes nothing."""
+        return delay_of(self._ep, pack(cost, priority))
+
+    def hold(self, seconds: float) -> None:
+        """Admits no call of any priority for ``seconds`` (a server's ``Retry-After``), host-wide.
+
+        Moves the limiter's schedule forward, never back: a hold shorter than
+        the current backlog does nothing; after it, calls resume at the rate
+        with an empty burst. An endpoint without a rate limit has nothing to hold.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or \
+                not 0 <= seconds <= 86400 * 365:
+            raise PolicyError(f"hold seconds must be in [0, 1 year], got {seconds!r}")
+        ep = self._ep
+        ep.seg.base  # raises once closed
+        lib.sg_limiter_hold(ep.h, ep.seg.now_ns() + int(seconds * NS))
 
     def tokens(self, priority: Priority = Priority.HIGH) -> float:
         """Reports how many tokens ``priority`` could take now."""
