@@ -8,6 +8,7 @@ from shmguard.errors import (CapacityError, CircuitOpenError, InvalidNameError, 
                              SegmentPermissionError, ShmguardError)
 from shmguard.executor import ResilientExecutor
 from shmguard.limiter import Limiter, Reservation
+from shmguard.policychange import PolicyChangedWarning
 from shmguard.policy import Outcome, Policy, PolicyBuilder, PolicyPresets, Priority
 from shmguard.result import Err, Ok
 from shmguard.segment import list_segments, unlink
@@ -18,7 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Breaker", "BreakerMode", "BreakerState", "CapacityError", "CircuitOpenError", "EndpointStats",
     "Err", "InvalidNameError", "Limiter", "LimiterMetrics", "Ok", "Outcome", "Permit", "Policy",
-    "PolicyBuilder", "PolicyConflictError", "PolicyError", "PolicyPresets", "Priority",
+    "PolicyBuilder", "PolicyChangedWarning", "PolicyConflictError", "PolicyError", "PolicyPresets", "Priority",
     "RateLimitedError", "RejectedError", "Reservation", "ResilienceService", "ResilientExecutor", "SegmentCorruptError",
     "SegmentError", "SegmentIncompatibleError", "SegmentNotFoundError", "SegmentPermissionError",
     "ShmguardError", "list_segments", "unlink",

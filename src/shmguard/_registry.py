@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from typing import Any, Callable
 
-from shmguard import _capi, probes
+from shmguard import _capi, policychange, probes
 from shmguard._capi import ffi, lib
 from shmguard._endpoint import NS, Endpoint, validate_endpoint
 from shmguard._events import Events
@@ -43,6 +44,8 @@ class Registry:
         self._eps: dict[str, Endpoint] = {}
         self._lock = threading.Lock()  # guards _eps inserts only (process-local)
         self._events = Events()
+        #: called as on_policy_change(endpoint, {field: (old, new)}) when this process changes a policy
+        self.on_policy_change: policychange.OnPolicyChange | None = None
 
     # -- callbacks (see shmguard._events) -------------------------------------------
     @property
@@ -99,32 +102,51 @@ class Registry:
 
     # -- registration ---------------------------------------------------------------
     def register_endpoint(self, name: str, policy: Policy | None = None, *,
-                          replace: bool = False,
+                          on_conflict: str | None = None, replace: bool = False,
                           health_probe: Callable[[], Any] | None = None) -> None:
         """Registers ``name`` with ``policy`` (default: the service's).
 
-        Idempotent for the same policy. Another policy for an existing
-        endpoint raises :class:`PolicyConflictError` unless ``replace=True``,
-        which publishes it to every process.
+        Idempotent for the same policy. For an endpoint that exists with
+        another policy (a deploy changed it), ``on_conflict`` decides:
+
+        - ``None`` (default): the new policy takes effect for every process
+          of the host, with a :class:`~shmguard.PolicyChangedWarning` naming
+          the fields that changed; a deploy never fails on it;
+        - ``"replace"`` (or ``replace=True``): the same, without the warning;
+        - ``"keep"``: the segment keeps its numbers; this process classifies
+          exceptions with ``policy``;
+        - ``"raise"``: :class:`PolicyConflictError` naming the changed fields.
+
+        A policy changed by ``shmguard set-rate`` is marked overridden; a
+        later registration of the code's policy restores it (except ``"keep"``).
+        When this process changes the policy, ``on_policy_change(endpoint,
+        {field: (old, new)})`` is called.
 
         :param health_probe: see :meth:`set_health_probe`.
         """
+        if on_conflict not in (None, "replace", "keep", "raise"):
+            raise PolicyError(f"on_conflict must be 'replace', 'keep' or 'raise', got {on_conflict!r}")
+        if replace is True:
+            on_conflict = "replace"
         policy = policy or self.default_policy
         if not isinstance(policy, Policy):
             raise PolicyError(f"policy must be a shmguard.Policy, got {policy!r}")
         ep, created = self._register(name, policy)
         if health_probe is not None:
             self.set_health_probe(name, health_probe)
-        if created:
-            return
-        if ep.policy_view().fingerprint == policy.fingerprint:
+        old = ep.policy_view()
+        overridden = bool(old.flags & lib.SG_POL_OVERRIDDEN)
+        if created or (old.fingerprint == policy.fingerprint and not overridden) \
+                or on_conflict == "keep":
             ep.policy = policy
             return
-        if not replace:
+        new = policy.fill_view(ffi.new("struct sg_policy_view *"))
+        diff = policychange.changes(old, new)
+        if on_conflict == "raise" and old.fingerprint != policy.fingerprint:
             raise PolicyConflictError(
                 f"endpoint {name!r} already exists in segment {self.name!r} with another policy "
-                "(pass replace=True to replace it for every process)")
-        new = policy.fill_view(ffi.new("struct sg_policy_view *"))
+                f"({policychange.describe(diff)}); pass on_conflict='replace' to replace it "
+                "for every process")
         deadline = time.monotonic() + REGISTER_WAIT
         while (rc := lib.sg_policy_publish(ep.h, new, os.getpid())) == lib.SG_E_BUSY:
             if time.monotonic() > deadline:
@@ -132,6 +154,14 @@ class Registry:
             time.sleep(0.001)
         _capi.check(rc, f"publish policy of {name!r}", self.name)
         ep.policy = policy
+        if on_conflict is None:
+            what = "restored the registered policy over a CLI override" if \
+                old.fingerprint == policy.fingerprint else "replaced the policy"
+            warnings.warn(f"endpoint {name!r} of segment {self.name!r}: {what} for every "
+                          f"process ({policychange.describe(diff)})",
+                          policychange.PolicyChangedWarning, stacklevel=2)
+        if self.on_policy_change is not None:
+            self.on_policy_change(name, diff)
 
     def _register(self, name: str, policy: Policy) -> tuple[Endpoint, bool]:
         raw = validate_endpoint(name)

@@ -195,6 +195,7 @@ def _policy(pol: Any, seq: int) -> dict[str, Any]:
         "open_seconds": pol.open_ns / NS,
         "probe_lease_seconds": pol.probe_lease_ns / NS,
         "adaptive": bool(pol.flags & lib.SG_POL_ADAPTIVE),
+        "overridden": bool(pol.flags & lib.SG_POL_OVERRIDDEN),  # by set-rate, until re-registered
         "fingerprint": int(pol.fingerprint),
         "seq": seq,
     }

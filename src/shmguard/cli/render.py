@@ -100,6 +100,8 @@ def _detail(ep: dict[str, Any]) -> list[str]:
         parts.append(f"rate {rate(lim['rate'])}/s burst {count(lim['burst'])}{eff}")
     else:
         parts.append("no rate limit")
+    if ep["policy"].get("overridden"):
+        parts[-1] += " (set-rate override)"
     parts.append("adm " + "/".join(count(bp[p]["admitted"]) for p in bp))
     parts.append("rej " + "/".join(count(bp[p]["rejected"]) for p in bp))
     if ep["totals"]["rejected"]:

@@ -1,0 +1,95 @@
+"""A changed policy never fails a deploy: the newest registration wins host-wide, with a warning."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+
+import shmguard as sg
+from shmguard.policychange import PolicyChangedWarning
+
+from _cli_helpers import cli  # noqa: E402
+
+OLD = sg.Policy(rate=10, burst=5)
+NEW = sg.Policy(rate=20, burst=5, open_timeout=5.0)
+
+
+def _attach(segname: str) -> sg.ResilienceService:
+    return sg.ResilienceService(segname, create=False)
+
+
+def test_new_policy_takes_effect_everywhere_with_a_warning_and_a_callback(
+        segname: str, svc: sg.ResilienceService) -> None:
+    svc.register_endpoint("api", OLD)
+    seen: list[tuple[str, dict[str, Any]]] = []
+    with _attach(segname) as deployed:       # a worker of the new release
+        deployed.on_policy_change = lambda ep, diff: seen.append((ep, diff))
+        with pytest.warns(PolicyChangedWarning,
+                          match=r"'api' .*replaced the policy for every process "
+                                r"\(rate 10.0 -> 20.0, open_timeout 30.0 -> 5.0\)"):
+            deployed.register_endpoint("api", NEW)
+        deployed.register_endpoint("api", NEW)        # the next new worker: no change, silent
+        # (pytest turns warnings into errors: a second warning would fail here)
+    assert seen == [("api", {"rate": (10.0, 20.0), "open_timeout": (30.0, 5.0)})]
+    assert svc.stats("api").rate == pytest.approx(20)  # the old worker sees it at once
+
+
+def test_on_conflict_raise_keep_and_replace(segname: str, svc: sg.ResilienceService) -> None:
+    svc.register_endpoint("api", OLD)
+    with _attach(segname) as other:
+        with pytest.raises(sg.PolicyConflictError, match=r"rate 10.0 -> 20.0.*on_conflict"):
+            other.register_endpoint("api", NEW, on_conflict="raise")
+        other.register_endpoint("api", NEW, on_conflict="keep")         # silent, unchanged
+        assert svc.stats("api").rate == pytest.approx(10)
+        assert other._eps["api"].policy is NEW                          # local classification
+        other.register_endpoint("api", NEW, replace=True)               # the old spelling
+        assert svc.stats("api").rate == pytest.approx(20)
+        other.register_endpoint("api", OLD, on_conflict="replace")      # silent as well
+        assert svc.stats("api").rate == pytest.approx(10)
+        with pytest.raises(sg.PolicyError, match="on_conflict must be"):
+            other.register_endpoint("api", OLD, on_conflict="newest")
+
+
+def test_process_local_changes_are_named(svc: sg.ResilienceService) -> None:
+    svc.register_endpoint("api", OLD)
+    with pytest.warns(PolicyChangedWarning, match=r"\(process-local fields\)"):
+        svc.register_endpoint("api", OLD.replace(failure_exceptions=(OSError,)))
+
+
+def test_set_rate_is_an_override_until_the_code_registers_again(
+        segname: str, realsvc: sg.ResilienceService) -> None:
+    realsvc.register_endpoint("api", OLD)
+    cli("set-rate", segname, "api", "2")
+    pol = json.loads(cli("inspect", segname, "--json").stdout)["endpoints"][0]["policy"]
+    assert pol["overridden"] is True
+    assert "(set-rate override)" in cli("inspect", segname).stdout
+    with _attach(segname) as keeper:
+        keeper.register_endpoint("api", OLD, on_conflict="keep")
+    assert realsvc.stats("api").rate == pytest.approx(2)             # keep: the override stays
+    with _attach(segname) as restarted:
+        with pytest.warns(PolicyChangedWarning, match=r"restored the registered policy over "
+                                                      r"a CLI override for every process \(rate 2.0 -> 10.0"):
+            restarted.register_endpoint("api", OLD)
+    assert realsvc.stats("api").rate == pytest.approx(10)
+    pol = json.loads(cli("inspect", segname, "--json").stdout)["endpoints"][0]["policy"]
+    assert pol["overridden"] is False
+
+
+def test_a_redeploy_with_warnings_as_errors_off_boots(segname: str,
+                                                      svc: sg.ResilienceService) -> None:
+    """A new process registering an edited policy starts (it failed to boot before)."""
+    svc.register_endpoint("api", OLD)
+    code = textwrap.dedent(f"""
+        import shmguard as sg
+        svc = sg.ResilienceService({segname!r})
+        svc.register_endpoint("api", sg.Policy(rate=20, burst=5, open_timeout=5.0))
+        print(svc.stats("api").rate)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "20.0"
+    assert "PolicyChangedWarning: endpoint 'api'" in r.stderr
