@@ -5,7 +5,7 @@ from shmguard.breaker import Breaker, Permit
 from shmguard.errors import (CapacityError, CircuitOpenError, InvalidNameError, PolicyConflictError,
                              PolicyError, RateLimitedError, RejectedError, SegmentCorruptError,
                              SegmentError, SegmentIncompatibleError, SegmentNotFoundError,
-                             SegmentPermissionError, ShmguardError)
+                             SegmentPermissionError, ServiceClosedError, ShmguardError)
 from shmguard.executor import ResilientExecutor
 from shmguard.limiter import Limiter, Reservation
 from shmguard.policychange import PolicyChangedWarning
@@ -22,5 +22,5 @@ __all__ = [
     "PolicyBuilder", "PolicyChangedWarning", "PolicyConflictError", "PolicyError", "PolicyPresets", "Priority",
     "RateLimitedError", "RejectedError", "Reservation", "ResilienceService", "ResilientExecutor", "SegmentCorruptError",
     "SegmentError", "SegmentIncompatibleError", "SegmentNotFoundError", "SegmentPermissionError",
-    "ShmguardError", "list_segments", "unlink",
+    "ServiceClosedError", "ShmguardError", "list_segments", "unlink",
 ]

@@ -56,6 +56,7 @@ def admit_once(ep: Endpoint, cp: int, timeout: float | None) -> int:
     """One admission (breaker + limiter); with a timeout, sleeps the reserved delay."""
     if timeout is None:
         return int(ep.admit(ep.h, cp))
+    ep.seg.base  # raises ServiceClosedError once closed
     d = ffi.new("struct sg_decision *")
     tok = int(lib.sg_admit_wait(ep.h, cp, wait_ns(timeout), d))
     if tok >= 0 and d.delay_ns > 0:

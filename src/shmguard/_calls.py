@@ -45,7 +45,10 @@ class Calls(Registry):
         :returns: what ``fn`` returns; its exceptions are re-raised.
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
-        cp = 5 if priority is _NORMAL else _CP[priority]
+        if priority is _NORMAL:
+            cp = 5
+        else:  # a Priority indexes the table; anything else is validated (clear error)
+            cp = _CP[priority] if type(priority) is Priority else pack(1, priority)
         if timeout is None and _hot_execute is not None and self._events.on_metrics_update is None:
             # admit, call and record in one C call (shmguard._hot)
             return _hot_execute(ep, ep.hp, cp, fn, args, kwargs or None)  # type: ignore[no-any-return]

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from shmguard import _capi, probes
 from shmguard._capi import ffi, lib
-from shmguard.errors import CircuitOpenError, InvalidNameError, PolicyError, ShmguardError
+from shmguard.errors import (CircuitOpenError, InvalidNameError, PolicyError, ServiceClosedError,
+                             ShmguardError)
 from shmguard.policy import Outcome, Policy, Priority
 from shmguard.stats import (BreakerMode, BreakerSnapshot, BreakerState, EndpointStats,
                             LimiterMetrics, Probe)
@@ -54,7 +55,7 @@ class Endpoint:
     """Process-local view of one slot: handle, bound C calls, local policy, reads."""
 
     __slots__ = ("name", "index", "h", "hp", "policy", "seg", "events", "admit", "record",
-                 "acquire", "allow1", "allow_cp", "next_reclaim", "next_metrics", "probe")
+                 "acquire", "allow1", "allow_cp", "next_reclaim", "next_metrics", "probe", "dead")
 
     def __init__(self, seg: Segment, events: Events, name: str, index: int,
                  policy: Policy) -> None:
@@ -79,13 +80,20 @@ class Endpoint:
         name = self.seg.name
 
         def closed(*_: Any) -> Any:
-            raise ShmguardError(f"service {name!r} is closed")
+            raise ServiceClosedError(f"segment {name!r} is closed in this process")
         self.admit = self.record = self.acquire = self.allow1 = self.allow_cp = closed
         self.hp = 0  # _hot calls closed_error() instead of touching the unmapped slot
+        # Any C call still reaching the handle now reads a zeroed process-local
+        # slot (untrusted input: an error code or a decision), never the unmapped one.
+        self.dead = ffi.new("char[]", lib.SG_SLOT_SIZE + 64)
+        addr = (int(ffi.cast("uintptr_t", self.dead)) + 63) & ~63
+        self.h.slot = self.h.base = ffi.cast("void *", addr)
+        self.h.clock = ffi.NULL
+        self.h.map_len = lib.SG_SLOT_SIZE
 
     # -- called back by shmguard._hot.execute on its uncommon paths -------------
     def closed_error(self) -> NoReturn:
-        raise ShmguardError(f"service {self.seg.name!r} is closed")
+        raise ServiceClosedError(f"segment {self.seg.name!r} is closed in this process")
 
     def slow_admit(self, tok: int, cp: int) -> int:
         """A rejection or a probe permit: raise, reclaim, or run the health probe."""

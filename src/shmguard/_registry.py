@@ -16,9 +16,11 @@ from shmguard import _capi, policychange, probes
 from shmguard._capi import ffi, lib
 from shmguard._endpoint import NS, Endpoint, validate_endpoint
 from shmguard._events import Events
-from shmguard.errors import CapacityError, PolicyConflictError, PolicyError, ShmguardError
+from shmguard.errors import (CapacityError, PolicyConflictError, PolicyError, ServiceClosedError,
+                             ShmguardError)
 from shmguard.policy import Policy, PolicyPresets
-from shmguard.segment import Segment
+from shmguard.segment import Segment, validate_name
+from shmguard.segment import unlink as unlink_segment
 from shmguard.stats import BreakerState, EndpointStats
 
 __all__ = ["Registry", "REGISTER_WAIT", "CLAIM_STALE_NS"]
@@ -32,15 +34,19 @@ class Registry:
 
     def __init__(self, name: str | None = None, *, policy: Policy | None = None,
                  capacity: int = 256, manual_clock: bool = False, allow_foreign: bool = False,
-                 create: bool = True) -> None:
+                 create: bool = True, lazy: bool = False) -> None:
         if name is None:
             name = os.environ.get("SHMGUARD_SEGMENT") or "default"
         if policy is not None and not isinstance(policy, Policy):
             raise PolicyError(f"policy must be a shmguard.Policy, got {policy!r}")
         self.default_policy = policy or PolicyPresets.standard()
-        self.segment = Segment(name, create=create, capacity=capacity, manual_clock=manual_clock,
-                               allow_foreign=allow_foreign)
-        self.name = name
+        self.name = validate_name(name)
+        self._segment_args = {"create": create, "capacity": capacity,
+                              "manual_clock": manual_clock, "allow_foreign": allow_foreign}
+        self._segment: Segment | None = None
+        self._closed = False
+        if not lazy:
+            self._segment = Segment(name, **self._segment_args)  # type: ignore[arg-type]
         self._eps: dict[str, Endpoint] = {}
         self._lock = threading.Lock()  # guards _eps inserts only (process-local)
         self._events = Events()
@@ -73,19 +79,39 @@ class Registry:
         self._events.metrics_interval = seconds
 
     # -- life cycle -----------------------------------------------------------
+    @property
+    def segment(self) -> Segment:
+        """The mapped segment; a lazy service creates or attaches to it here, on first use."""
+        seg = self._segment
+        if seg is None:
+            with self._lock:
+                if self._closed:
+                    raise ServiceClosedError(f"segment {self.name!r} is closed in this process")
+                if self._segment is None:
+                    self._segment = Segment(self.name, **self._segment_args)  # type: ignore[arg-type]
+                seg = self._segment
+        return seg
+
+    @property
+    def attached(self) -> bool:
+        """Reports whether this process has the segment mapped (a lazy service: after first use)."""
+        return self._segment is not None and not self._segment.closed
+
     def close(self) -> None:
-        """Detaches this process; the segment stays for the others."""
+        """Detaches this process; the segment stays for the others. Idempotent."""
+        self._closed = True
         for ep in self._eps.values():
             ep.unbind()
-        self.segment.close()
+        if self._segment is not None:
+            self._segment.close()
 
     def unlink(self) -> bool:
         """Removes the segment's name from the host; reports whether it existed."""
-        return self.segment.unlink()
+        return unlink_segment(self.name)
 
     @property
     def closed(self) -> bool:
-        return self.segment.closed
+        return self._closed or (self._segment is not None and self._segment.closed)
 
     # -- clock --------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -194,6 +220,8 @@ class Registry:
 
     def _endpoint(self, name: str) -> Endpoint:
         ep = self._eps.get(name)
+        if self._closed:
+            raise ServiceClosedError(f"segment {self.name!r} is closed in this process")
         if ep is None:
             ep, _ = self._register(name, self.default_policy)
         return ep

@@ -33,8 +33,10 @@ def pack(cost: int, priority: int) -> int:
     """Returns the (cost, priority) word the C calls take."""
     if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1 or cost >= 2**40:
         raise PolicyError(f"cost must be a whole number >= 1, got {cost!r}")
-    if priority not in (0, 1, 2, 3):
-        raise PolicyError(f"priority must be a shmguard.Priority, got {priority!r}")
+    if priority not in (0, 1, 2, 3) or isinstance(priority, bool):
+        hint = f" (sg.Priority.{priority.upper()})" if isinstance(priority, str) and \
+            priority.upper() in Priority.__members__ else ""
+        raise PolicyError(f"priority must be a shmguard.Priority, got {priority!r}{hint}")
     return (cost << 2) | int(priority)
 
 
@@ -116,6 +118,7 @@ class Limiter:
         ep = self._ep
         cp = pack(cost, priority)
         d = ffi.new("struct sg_decision *")
+        ep.seg.base  # raises ServiceClosedError once closed
         rc = lib.sg_reserve(ep.h, cp, wait_ns(max_wait), d)
         if rc not in (0, lib.SG_R_RATE_LIMITED):
             raise self._cost_error(verb, cost, priority)

@@ -44,6 +44,10 @@ class ResilienceService(Calls):
     :param capacity: slots when creating (ignored when attaching).
     :param manual_clock: on creation, a clock that only moves when told
         (:meth:`set_clock`, :meth:`advance`), shared by all processes (tests).
+    :param lazy: create or attach on first use instead of now: a service made
+        at import time then costs nothing (no mapping, no fd) in processes that
+        never use it, and does not keep the segment attached for ``shmguard rm``.
+        Attach errors (missing, foreign, corrupt) are raised by that first use.
 
     >>> with ResilienceService("doc-example") as svc:   # doctest: +SKIP
     ...     svc.register_endpoint("cache", PolicyPresets.network())
@@ -53,9 +57,9 @@ class ResilienceService(Calls):
 
     def __init__(self, name: str | None = None, *, policy: Policy | None = None,
                  capacity: int = 256, manual_clock: bool = False, allow_foreign: bool = False,
-                 create: bool = True) -> None:
+                 create: bool = True, lazy: bool = False) -> None:
         super().__init__(name, policy=policy, capacity=capacity, manual_clock=manual_clock,
-                         allow_foreign=allow_foreign, create=create)
+                         allow_foreign=allow_foreign, create=create, lazy=lazy)
         _LIVE.add(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
