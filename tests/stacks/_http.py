@@ -1,8 +1,9 @@
 """A real HTTP server on 127.0.0.1 for the adapter tests, answering as each path says.
 
 ``/ok`` 200, ``/fail`` 500, ``/busy/N`` 503 with ``Retry-After: N``,
-``/slow-down/N`` 429 with ``Retry-After: N``; ``hits`` counts every request
-the server saw, by path.
+``/slow-down/N`` 429 with ``Retry-After: N``, ``/slow-down-once/N`` the same
+for its first request only, then 200; ``hits`` counts every request the
+server saw, by path.
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.hits[self.path] += 1
         parts = self.path.strip("/").split("/")
         status, headers = 200, {}
-        if parts[0] == "fail":
+        if parts[0] == "slow-down-once" and self.server.hits[self.path] == 1:
+            status, headers["Retry-After"] = 429, parts[1]
+        elif parts[0] == "fail":
             status = 500
         elif parts[0] in ("busy", "slow-down"):
             status = 503 if parts[0] == "busy" else 429
