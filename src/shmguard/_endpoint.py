@@ -55,7 +55,7 @@ class Endpoint:
     """Process-local view of one slot: handle, bound C calls, local policy, reads."""
 
     __slots__ = ("name", "index", "h", "hp", "policy", "seg", "events", "admit", "record",
-                 "acquire", "allow1", "allow_cp", "next_reclaim", "next_metrics", "probe", "dead")
+                 "acquire", "allow1", "allow_cp", "next_reclaim", "next_metrics", "probe")
 
     def __init__(self, seg: Segment, events: Events, name: str, index: int,
                  policy: Policy) -> None:
@@ -84,13 +84,6 @@ class Endpoint:
             raise ServiceClosedError(f"segment {name!r} is closed in this process")
         self.admit = self.record = self.acquire = self.allow1 = self.allow_cp = closed
         self.hp = 0  # _hot calls closed_error() instead of touching the unmapped slot
-        # Any C call still reaching the handle now reads a zeroed process-local
-        # slot (untrusted input: an error code or a decision), never the unmapped one.
-        self.dead = ffi.new("char[]", lib.SG_SLOT_SIZE + 64)
-        addr = (int(ffi.cast("uintptr_t", self.dead)) + 63) & ~63
-        self.h.slot = self.h.base = ffi.cast("void *", addr)
-        self.h.clock = ffi.NULL
-        self.h.map_len = lib.SG_SLOT_SIZE
 
     # -- called back by shmguard._hot.execute on its uncommon paths -------------
     def closed_error(self) -> NoReturn:

@@ -85,14 +85,14 @@ def test_retry_after_holds_the_endpoint_for_every_process(
     assert (b.successes, b.failures, b.ignored) == counts
 
 
-def test_rate_limit_waits_within_the_timeout(realsvc: sg.ResilienceService, server: Server) -> None:
+def test_rate_limit_waits_within_the_timeout(svc: sg.ResilienceService, server: Server) -> None:
     policy = POLICY.replace(rate=20, burst=1)   # T = 50 ms
-    with _session(realsvc, policy) as s:
+    with _session(svc, policy) as s:   # manual clock: the waits are exact
         assert s.get(server.url + "/ok", timeout=5).status_code == 200
         assert s.get(server.url + "/ok", timeout=5).status_code == 200   # waited ~50 ms
         with pytest.raises(sg.RateLimitedError):
             s.get(server.url + "/ok")          # no timeout: no wait
-    m = realsvc.stats(origin(server.url)).limiter_metrics
+    m = svc.stats(origin(server.url)).limiter_metrics
     assert (m.accepted, m.waited, m.rejected) == (2, 1, 1)
     assert server.total == 2
 

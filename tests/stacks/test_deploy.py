@@ -67,6 +67,8 @@ def test_set_rate_is_an_override_until_the_code_registers_again(
     pol = json.loads(cli("inspect", segname, "--json").stdout)["endpoints"][0]["policy"]
     assert pol["overridden"] is True
     assert "(set-rate override)" in cli("inspect", segname).stdout
+    assert f'shmguard_policy_overridden{{segment="{segname}",endpoint="api"}} 1' in cli(
+        "inspect", segname, "--prometheus").stdout
     with _attach(segname) as keeper:
         keeper.register_endpoint("api", OLD, on_conflict="keep")
     assert realsvc.stats("api").rate == pytest.approx(2)             # keep: the override stays

@@ -76,37 +76,55 @@ def test_collector_merges_segments_in_one_registry(segname: str, svc: sg.Resilie
         {("segment", segname), ("endpoint", URL_NAME), ("state", "open")})] == 1
 
 
-def _cols(n: int, *args: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "shmguard", *args], capture_output=True, text=True,
-                       timeout=30, env={**os.environ, "NO_COLOR": "1", "COLUMNS": str(n)})
-    assert r.returncode == 0, r.stderr
-    return r.stdout
+def _render(segname: str, cmd: str, columns: int, monkeypatch: pytest.MonkeyPatch,
+            wide: bool = False) -> str:
+    """What ``shmguard inspect`` / ``watch --once`` print at ``columns`` (in-process: fast)."""
+    from shmguard.cli import watch
+    from shmguard.cli.inspector import open_segment, snapshot
+    from shmguard.cli.render import Style, inspect_text
+    monkeypatch.setenv("COLUMNS", str(columns))
+    with open_segment(segname) as seg:
+        snap = snapshot(seg, commands=False)
+    if cmd == "inspect":
+        return inspect_text(snap, Style(False), wide=wide)
+    hist = watch.History()
+    hist.update(snap, 0.0)
+    return watch.frame(snap, hist, Style(False), wide=wide)
 
 
-def test_inspect_and_watch_show_whole_names(segname: str, svc: sg.ResilienceService) -> None:
+@pytest.mark.parametrize("cmd", ["inspect", "watch"])
+def test_inspect_and_watch_show_whole_names(segname: str, svc: sg.ResilienceService, cmd: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     _drive(svc)
     long_name = "https://" + "x" * 40 + ".example.com:443"   # 64 characters, the limit
     svc.register_endpoint(long_name, sg.Policy())
-    for cmd in (("inspect", segname), ("watch", segname, "--once")):
-        wide = _cols(140, *cmd)
-        assert f"{URL_NAME} " in wide and f"{long_name} " in wide   # a column wide enough
-        narrow = _cols(80, *cmd).splitlines()
-        assert URL_NAME in narrow and long_name in narrow          # lines of their own
-        assert all(len(line) <= 80 for line in narrow)
-        tiny = _cols(60, *cmd).splitlines()
-        assert any(line.startswith("https://xxx") and "~" in line and
-                   line.endswith(".example.com:443") and len(line) == 60 for line in tiny)
-        assert f"{long_name} " in _cols(60, *cmd, "--wide")   # --wide: a column that fits
+    wide = _render(segname, cmd, 140, monkeypatch)
+    assert f"{URL_NAME} " in wide and f"{long_name} " in wide   # a column wide enough
+    narrow = _render(segname, cmd, 80, monkeypatch).splitlines()
+    assert URL_NAME in narrow and long_name in narrow          # lines of their own
+    assert all(len(line) <= 80 for line in narrow)
+    tiny = _render(segname, cmd, 60, monkeypatch).splitlines()
+    assert any(line.startswith("https://xxx") and "~" in line and
+               line.endswith(".example.com:443") and len(line) == 60 for line in tiny)
+    assert f"{long_name} " in _render(segname, cmd, 60, monkeypatch, wide=True)  # never elided
+
+
+def test_the_cli_honours_the_terminal_width(segname: str, svc: sg.ResilienceService) -> None:
+    _drive(svc)
+    r = subprocess.run([sys.executable, "-m", "shmguard", "inspect", segname, "--wide"],
+                       capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "NO_COLOR": "1", "COLUMNS": "40"})
+    assert r.returncode == 0 and f"{URL_NAME} " in r.stdout
 
 
 def test_idle_open_breaker_past_its_time_says_half_open_on_next_call(
-        segname: str, svc: sg.ResilienceService) -> None:
+        segname: str, svc: sg.ResilienceService, monkeypatch: pytest.MonkeyPatch) -> None:
     _drive(svc)
-    assert "half-open in 30.0s" in cli("inspect", segname).stdout
+    assert "half-open in 30.0s" in _render(segname, "inspect", 100, monkeypatch)
     svc.advance(31)
     out = cli("inspect", segname).stdout
     assert "open, half-open on next call" in out and "half-open in" not in out
-    assert "* open, half-open on next call" in cli("watch", segname, "--once").stdout
+    assert "* open, half-open on next call" in _render(segname, "watch", 100, monkeypatch)
     snap = json.loads(cli("inspect", segname, "--json").stdout)
     assert snap["endpoints"][0]["half_open_on_next_call"] is True
 
@@ -115,8 +133,10 @@ def test_watch_first_frame_shows_rates(segname: str, realsvc: sg.ResilienceServi
     realsvc.register_endpoint("busy", sg.Policy(rate=1000, burst=50))
     admitted = sum(realsvc.limiter("busy").allow() for _ in range(80))
     assert admitted == 40   # NORMAL sees 80% of the burst
-    row = next(line for line in _cols(100, "watch", segname, "--once").splitlines()
-               if line.startswith("busy "))
+    out = subprocess.run([sys.executable, "-m", "shmguard", "watch", segname, "--once"],
+                         capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "NO_COLOR": "1", "COLUMNS": "100"}).stdout
+    row = next(line for line in out.splitlines() if line.startswith("busy "))
     adm_now, rej_now = row.split()[-3], row.split()[-1]
     assert adm_now != "-" and float(adm_now) > 0 and float(rej_now) > 0
 
