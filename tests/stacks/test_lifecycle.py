@@ -148,3 +148,25 @@ def test_wrong_priority_types_are_named(svc: sg.ResilienceService, priority: Any
         with pytest.raises(sg.PolicyError) as info:
             call()
         assert message in str(info.value)
+
+
+def test_handles_made_before_close_raise_service_closed(segname: str) -> None:
+    svc = sg.ResilienceService(segname)
+    svc.register_endpoint("e", sg.Policy(rate=10, burst=5))
+    br, lim = svc.breaker("e"), svc.limiter("e")
+    permit = br.allow()
+
+    @svc.protect("e")
+    def protected() -> int:
+        return 1
+
+    def guarded() -> None:
+        with svc.guard("e"):
+            pass
+    svc.unlink()
+    svc.close()
+    for call in (br.allow, lim.allow, lambda: lim.wait(timeout=1.0), permit.success, br.reset,
+                 protected, guarded, lambda: lim.hold(1.0), lim.delay, svc.now_ns,
+                 lambda: svc.record("e", 0, sg.Outcome.SUCCESS)):
+        with pytest.raises(sg.ServiceClosedError):
+            call()
