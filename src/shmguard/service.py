@@ -38,6 +38,8 @@ class ResilienceService(Calls):
     new)``, ``on_metrics_update(endpoint, state, metrics)``) run in the
     process, and thread, whose call made the transition, never under a lock;
     an exception in a callback propagates to that call.
+    ``on_policy_change(endpoint, {field: (old, new)})`` runs in the process
+    whose registration changed a policy (see :meth:`register_endpoint`).
 
     :param policy: default policy for endpoints registered implicitly
         (``PolicyPresets.standard()``).
