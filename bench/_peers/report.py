@@ -260,6 +260,8 @@ def markdown(data: Dict[str, Any]) -> str:
     for line in data.get("ratios", []):
         L.append(f"- {line['what']}: {line['detail']}")
     L.append("")
+    from .keyed_rows import markdown as keyed_markdown
+    L += keyed_markdown(data.get("keyed"))
     notes = data.get("notes", [])
     if notes:
         L.append("## Notes")

@@ -50,6 +50,7 @@ class Registry:
         self._eps: dict[str, Endpoint] = {}
         self._lock = threading.Lock()  # guards _eps inserts only (process-local)
         self._events = Events()
+        self._keyed: dict[str, Any] = {}  # keyed limiter name -> KeyedLimiter (shmguard.keyed)
         #: called as on_policy_change(endpoint, {field: (old, new)}) when this process changes a policy
         self.on_policy_change: policychange.OnPolicyChange | None = None
 
@@ -102,11 +103,13 @@ class Registry:
         self._closed = True
         for ep in self._eps.values():
             ep.unbind()
+        for kl in self._keyed.values():
+            kl.close()
         if self._segment is not None:
             self._segment.close()
 
     def unlink(self) -> bool:
-        """Removes the segment's name from the host; reports whether it existed."""
+        """Removes the segment's name (and its keyed limiters') from the host; reports whether it existed."""
         return unlink_segment(self.name)
 
     @property
