@@ -61,7 +61,7 @@ class Server(ThreadingHTTPServer):
 @contextlib.contextmanager
 def serving() -> Iterator[Server]:
     srv = Server()
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t = threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True)
     t.start()
     try:
         yield srv

@@ -127,3 +127,24 @@ def test_names_and_retry_after_parsing() -> None:
     assert retry_after({"Retry-After": "12"}) == 12.0
     assert retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:10 GMT"}, now=1445412480.0) == 10.0
     assert retry_after({"Retry-After": "soon"}) is None and retry_after({}) is None
+
+
+def _child_fails(segname: str, url: str, n: int) -> None:
+    svc = sg.ResilienceService(segname, create=False)
+    with _session(svc) as s:
+        for _ in range(n):
+            s.get(url + "/fail", timeout=5)
+    svc.close()
+
+
+def test_a_breaker_opened_in_one_process_stops_every_process(
+        segname: str, svc: sg.ResilienceService, server: Server) -> None:
+    import multiprocessing as mp
+    child = mp.get_context("spawn").Process(target=_child_fails, args=(segname, server.url, 3))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    with _session(svc) as s:          # this process never saw a failure
+        with pytest.raises(sg.CircuitOpenError):
+            s.get(server.url + "/ok", timeout=5)
+    assert server.hits == {"/fail": 3}
