@@ -169,3 +169,12 @@ def test_positional_arguments_have_help() -> None:
     missing = [(cmd, a.dest) for cmd, p in subs.items() for a in p._actions
                if not a.option_strings and not a.help and cmd != "demo"]
     assert missing == []
+
+
+def test_serve_metrics_without_prometheus_client_says_what_to_install() -> None:
+    code = ("import sys; sys.modules['prometheus_client'] = None\n"
+            "from shmguard.cli import main; sys.exit(main(['serve-metrics', '--port', '0']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr == ("shmguard: serve-metrics needs prometheus_client: "
+                        "pip install 'shmguard[metrics]'\n")
