@@ -95,3 +95,46 @@ def test_a_redeploy_with_warnings_as_errors_off_boots(segname: str,
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "20.0"
     assert "PolicyChangedWarning: endpoint 'api'" in r.stderr
+
+
+APP = """
+import shmguard as sg
+svc = sg.ResilienceService()                      # $SHMGUARD_SEGMENT
+svc.register_endpoint("api", sg.Policy(rate={rate}, burst=5))
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(svc.stats("api").rate).encode()]
+"""
+
+
+@pytest.mark.slow
+def test_gunicorn_reload_with_an_edited_policy_boots(segname: str, tmp_path: Any) -> None:
+    """The deploy that failed: HUP after a policy edit; every new worker boots, the master stays."""
+    import os
+    import signal
+    import time
+    import urllib.request
+    from _procs import Running, free_port, tool, wait_up
+    app = tmp_path / "app.py"
+    app.write_text(APP.format(rate=10))
+    port = free_port()
+    server = Running([tool("gunicorn"), "--workers", "2", "--bind", f"127.0.0.1:{port}",
+                      "app:app"], str(tmp_path), {"SHMGUARD_SEGMENT": segname})
+
+    def rate() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+            return r.read().decode()
+    try:
+        wait_up(port, server)
+        assert rate() == "10.0"
+        app.write_text(APP.format(rate=20))
+        os.kill(server.proc.pid, signal.SIGHUP)       # gunicorn's reload: new workers, new code
+        deadline = time.monotonic() + 60
+        while rate() != "20.0" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert rate() == "20.0" and server.proc.poll() is None
+    finally:
+        out = server.stop()
+    assert "PolicyChangedWarning: endpoint 'api'" in out and "rate 10.0 -> 20.0" in out, out
+    assert "Worker failed to boot" not in out and "Traceback" not in out, out

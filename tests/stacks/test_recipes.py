@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,23 +22,10 @@ import pytest
 import shmguard as sg
 
 from _http import Server, serving  # noqa: E402
+from _procs import Running, free_port, tool, wait_up  # noqa: E402
 from _readme import commands, recipe_file  # noqa: E402
 
-BIN = os.path.dirname(sys.executable)
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _tool(name: str) -> str:
-    path = os.path.join(BIN, name)
-    if not os.path.exists(path):
-        pytest.skip(f"{name} is not installed (test extra)")
-    return path
 
 
 def _command(program: str, index: int, port: int, **shrink: str) -> list[str]:
@@ -48,7 +34,7 @@ def _command(program: str, index: int, port: int, **shrink: str) -> list[str]:
     for old, new in shrink.items():
         line = line.replace(old, new)
     argv = line.split()
-    return [_tool(program)] + argv[1:]
+    return [tool(program)] + argv[1:]
 
 
 @pytest.fixture
@@ -57,41 +43,12 @@ def upstream() -> Iterator[Server]:
         yield srv
 
 
-class Running:
-    def __init__(self, argv: list[str], cwd: str, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env},
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            out, _ = self.proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            out, _ = self.proc.communicate()
-        return out
-
-
 def _get(port: int, path: str) -> tuple[int, str, Any]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
             return r.status, r.read().decode(), r.headers
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(), exc.headers
-
-
-def _wait_up(port: int, server: Running) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert server.proc.poll() is None, server.stop()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(server.stop())
 
 
 def _breaker_opens_for_every_worker(port: int, upstream: Server, failing: int) -> None:
@@ -110,11 +67,11 @@ def test_gunicorn_recipe(index: int, segname: str, upstream: Server, tmp_path: o
     cwd = str(tmp_path)
     with open(os.path.join(cwd, "app.py"), "w") as f:
         f.write(recipe_file("app.py"))
-    port = _free_port()
+    port = free_port()
     argv = _command("gunicorn", index, port, **{"--workers 4": "--workers 2"})
     server = Running(argv, cwd, {"SHMGUARD_SEGMENT": segname, "UPSTREAM": upstream.url})
     try:
-        _wait_up(port, server)
+        wait_up(port, server)
         # network preset: 40% of >= 10 calls; with one success first the 9th failure opens it
         _breaker_opens_for_every_worker(port, upstream, failing=9)
     finally:
@@ -126,11 +83,11 @@ def test_uvicorn_recipe(segname: str, upstream: Server, tmp_path: object) -> Non
     cwd = str(tmp_path)
     with open(os.path.join(cwd, "asgi.py"), "w") as f:
         f.write(recipe_file("asgi.py"))
-    port = _free_port()
+    port = free_port()
     argv = _command("uvicorn", 0, port, **{"--workers 3": "--workers 2"})
     server = Running(argv, cwd, {"SHMGUARD_SEGMENT": segname, "UPSTREAM": upstream.url})
     try:
-        _wait_up(port, server)
+        wait_up(port, server)
         _breaker_opens_for_every_worker(port, upstream, failing=9)
     finally:
         out = server.stop()
@@ -142,7 +99,7 @@ def redis_url(tmp_path: object) -> Iterator[str]:
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server is not installed")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(tmp_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
