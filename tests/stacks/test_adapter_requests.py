@@ -117,6 +117,10 @@ def test_bad_arguments_are_named(svc: sg.ResilienceService) -> None:
         ResilientAdapter("web")  # type: ignore[arg-type]
     with pytest.raises(sg.PolicyError, match="priority"):
         ResilientAdapter(svc, priority=5)  # type: ignore[arg-type]
+    with pytest.raises(sg.PolicyError, match="max_retry_after must be 0..86400 seconds, got -1"):
+        ResilientAdapter(svc, max_retry_after=-1)
+    with pytest.raises(sg.PolicyError, match="failure_status must hold HTTP status codes"):
+        ResilientAdapter(svc, failure_status=["500"])  # type: ignore[list-item]
 
 
 def test_names_and_retry_after_parsing() -> None:

@@ -89,6 +89,11 @@ class HttpGuard:
             raise TypeError(f"endpoint must be a callable url -> name, got {endpoint!r}")
         if priority not in (0, 1, 2, 3) or isinstance(priority, bool):
             raise PolicyError(f"priority must be a shmguard.Priority, got {priority!r}")
+        if isinstance(max_retry_after, bool) or not isinstance(max_retry_after, (int, float)) \
+                or not 0 <= max_retry_after <= 86400:
+            raise PolicyError(f"max_retry_after must be 0..86400 seconds, got {max_retry_after!r}")
+        if not all(isinstance(c, int) and 100 <= c <= 599 for c in failure_status):
+            raise PolicyError(f"failure_status must hold HTTP status codes, got {failure_status!r}")
         self.svc = svc
         self.policy = policy or PolicyPresets.network()
         self.endpoint = endpoint or origin
