@@ -66,8 +66,13 @@ class ResilienceService(Calls):
         _LIVE.add(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickles as "attach to the same segment by name" (spawn children, executors)."""
-        return (_reattach, (self.name, self.default_policy, self.segment.allow_foreign))
+        """Pickles as "attach to the same segment by name" (spawn children, executors).
+
+        A lazy service not attached yet stays lazy (and keeps its ``create``).
+        """
+        args, lazy = self._segment_args, self._segment is None
+        return (_reattach, (self.name, self.default_policy, bool(args["allow_foreign"]),
+                            lazy and bool(args["create"]), lazy))
 
     def __enter__(self) -> ResilienceService:
         return self
@@ -160,5 +165,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _reattach(name: str, policy: Policy, allow_foreign: bool) -> ResilienceService:
-    return ResilienceService(name, policy=policy, create=False, allow_foreign=allow_foreign)
+def _reattach(name: str, policy: Policy, allow_foreign: bool, create: bool = False,
+              lazy: bool = False) -> ResilienceService:
+    return ResilienceService(name, policy=policy, create=create, allow_foreign=allow_foreign,
+                             lazy=lazy)

@@ -170,3 +170,16 @@ def test_handles_made_before_close_raise_service_closed(segname: str) -> None:
                  lambda: svc.record("e", 0, sg.Outcome.SUCCESS)):
         with pytest.raises(sg.ServiceClosedError):
             call()
+
+
+def test_a_pickled_lazy_service_stays_lazy(segname: str) -> None:
+    import pickle
+    svc = sg.ResilienceService(segname, lazy=True)
+    copy = pickle.loads(pickle.dumps(svc))
+    assert not svc.attached and not copy.attached and not os.path.exists(shm(segname))
+    copy.register_endpoint("e", sg.Policy())           # first use creates, as the original would
+    assert os.path.exists(shm(segname)) and svc.endpoints() == ["e"]
+    attached = pickle.loads(pickle.dumps(svc))          # attached: pickles as "attach by name"
+    assert attached.attached and attached.endpoints() == ["e"]
+    for s in (svc, copy, attached):
+        s.close()
