@@ -103,7 +103,8 @@ def frame(snap: dict[str, Any], hist: History, style: Style, blocks: str = BLOCK
           footer: str = "", wide: bool = False) -> str:
     """Renders one watch frame: whole endpoint names (see ``render.name_rows``)."""
     seg = snap["segment"]
-    col, names = name_rows([e["name"] for e in snap["endpoints"]], len(HEAD) + 1, wide)
+    keyed = ["~" + k["name"] for k in snap.get("keyed") or [] if "error" not in k]
+    col, names = name_rows([e["name"] for e in snap["endpoints"]] + keyed, len(HEAD) + 1, wide)
     out = [style(f"shmguard watch {seg['name']}", "bold") + f"  {seg['used']}/"
            f"{seg['capacity']} endpoints  {time.strftime('%H:%M:%S')}" + footer,
            style(f"{'ENDPOINT':<{col}} {HEAD}", "bold")]
@@ -135,7 +136,10 @@ def frame(snap: dict[str, Any], hist: History, style: Style, blocks: str = BLOCK
         a_now = count(round(adm[-1])) if adm else "-"
         r_now = count(round(rej[-1])) if rej else "-"
         live = clip(f"{count(k['live_keys'])}/{count(k['capacity'])} keys", 31)
-        out.append(f"{clip('~' + k['name'], col):<{col}} {live:<31} "
+        own_line, cell = names["~" + k["name"]]
+        if own_line:
+            out.append(own_line)
+        out.append(f"{cell} {live:<31} "
                    f"{style(spark(adm, blocks=blocks), 'green')} {clip(a_now, 5):>5} "
                    f"{style(spark(rej, blocks=blocks), 'red')} {clip(r_now, 5):>5}")
     if due:
