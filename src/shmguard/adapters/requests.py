@@ -72,7 +72,7 @@ class ResilientAdapter(HTTPAdapter):
         token = guard.admit(name, wait_budget(timeout))
         try:
             response = super().send(request, stream=stream, timeout=timeout, verify=verify,
-                                    cert=cert, proxies=proxies)
+                                    cert=cert, proxies=None if proxies is None else dict(proxies))
         except BaseException as exc:
             guard.raised(name, token, exc)
             raise
