@@ -1,7 +1,8 @@
 """A real HTTP server on 127.0.0.1 for the adapter tests, answering as each path says.
 
 ``/ok`` 200, ``/fail`` 500, ``/busy/N`` 503 with ``Retry-After: N``,
-``/slow-down/N`` 429 with ``Retry-After: N``, ``/slow-down-once/N`` the same
+``/sleep`` 200 after 0.2 s, ``/slow-down/N`` 429 with ``Retry-After: N``,
+``/slow-down-once/N`` the same
 for its first request only, then 200; ``hits`` counts every request the
 server saw, by path.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
@@ -24,6 +26,8 @@ class _Handler(BaseHTTPRequestHandler):
         status, headers = 200, {}
         if parts[0] == "slow-down-once" and self.server.hits[self.path] == 1:
             status, headers["Retry-After"] = 429, parts[1]
+        elif parts[0] == "sleep":
+            time.sleep(0.2)
         elif parts[0] == "fail":
             status = 500
         elif parts[0] in ("busy", "slow-down"):

@@ -15,11 +15,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 import pytest
 
 import shmguard as sg
+from shmguard.adapters._common import origin
 
 from _http import Server, serving  # noqa: E402
 from _procs import Running, free_port, tool, wait_up  # noqa: E402
@@ -51,6 +53,28 @@ def _get(port: int, path: str) -> tuple[int, str, Any]:
         return exc.code, exc.read().decode(), exc.headers
 
 
+def _attached(segname: str) -> set[int]:
+    from shmguard.cli.procs import attached, segment_files
+    files = attached(segment_files([segname]))
+    return set(files[0].pids) if files else set()
+
+
+def _every_worker_serves(port: int, segname: str, workers: int, endpoint: str) -> set[int]:
+    """Concurrent slow requests until every worker has served (each attaches on its first).
+
+    Then the endpoint's breaker is reset, so the window holds only what follows.
+    """
+    deadline = time.monotonic() + 60
+    while len(pids := _attached(segname)) < workers:
+        assert time.monotonic() < deadline, pids
+        with ThreadPoolExecutor(workers * 2) as pool:
+            assert {s for s, _, _ in pool.map(lambda _: _get(port, "/sleep"),
+                                               range(workers * 2))} == {200}
+    with sg.ResilienceService(segname, create=False) as svc:
+        svc.breaker(endpoint).reset()
+    return pids
+
+
 def _breaker_opens_for_every_worker(port: int, upstream: Server, failing: int) -> None:
     """One success, then failures until the shared breaker opens; then nothing reaches upstream."""
     assert _get(port, "/ok")[:2] == (200, "/ok 200")
@@ -72,8 +96,10 @@ def test_gunicorn_recipe(index: int, segname: str, upstream: Server, tmp_path: o
     server = Running(argv, cwd, {"SHMGUARD_SEGMENT": segname, "UPSTREAM": upstream.url})
     try:
         wait_up(port, server)
+        workers = _every_worker_serves(port, segname, 2, origin(upstream.url))
         # network preset: 40% of >= 10 calls; with one success first the 9th failure opens it
         _breaker_opens_for_every_worker(port, upstream, failing=9)
+        assert _attached(segname) == workers   # the workers only: a --preload master never attached
     finally:
         out = server.stop()
     assert "Traceback" not in out, out
@@ -88,7 +114,9 @@ def test_uvicorn_recipe(segname: str, upstream: Server, tmp_path: object) -> Non
     server = Running(argv, cwd, {"SHMGUARD_SEGMENT": segname, "UPSTREAM": upstream.url})
     try:
         wait_up(port, server)
+        workers = _every_worker_serves(port, segname, 2, "upstream")
         _breaker_opens_for_every_worker(port, upstream, failing=9)
+        assert _attached(segname) == workers
     finally:
         out = server.stop()
     assert "Traceback" not in out, out
