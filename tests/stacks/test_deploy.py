@@ -138,3 +138,26 @@ def test_gunicorn_reload_with_an_edited_policy_boots(segname: str, tmp_path: Any
         out = server.stop()
     assert "PolicyChangedWarning: endpoint 'api'" in out and "rate 10.0 -> 20.0" in out, out
     assert "Worker failed to boot" not in out and "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("old, new, diff", [
+    (sg.Policy(rate=10), sg.Policy(), {"rate": (10.0, None), "burst": (10, 1)}),
+    (sg.Policy(), sg.Policy(adaptive=True), {"adaptive": (False, True)}),
+    (sg.Policy(open_timeout=5), sg.Policy(open_timeout=6),      # open_timeout_max follows
+     {"open_timeout": (5.0, 6.0)}),
+    (sg.Policy(failure_threshold=0.5), sg.Policy(failure_threshold=0.4),   # so does the
+     {"failure_threshold": (0.5, 0.4)}),                                   # adaptive ceiling
+    (sg.Policy(half_open_max_calls=2), sg.Policy(half_open_max_calls=3),   # and success_threshold
+     {"half_open_max_calls": (2, 3)}),
+    (sg.Policy(window=10), sg.Policy(window=20, window_buckets=5),
+     {"window": (10.0, 20.0), "window_buckets": (10, 5)}),
+    (sg.Policy(), sg.Policy(jitter_seed=7), {"process-local fields": (
+        "exception classification or jitter_seed", "changed")}),
+    (sg.Policy(), sg.Policy(), {}),
+])
+def test_changes_are_named_in_the_policys_words(old: sg.Policy, new: sg.Policy,
+                                                 diff: dict[str, Any]) -> None:
+    from shmguard._capi import ffi
+    from shmguard.policychange import changes
+    views = [p.fill_view(ffi.new("struct sg_policy_view *")) for p in (old, new)]
+    assert changes(*views) == diff
