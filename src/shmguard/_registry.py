@@ -16,8 +16,8 @@ from shmguard import _capi, policychange, probes
 from shmguard._capi import ffi, lib
 from shmguard._endpoint import NS, Endpoint, validate_endpoint
 from shmguard._events import Events
-from shmguard.errors import (CapacityError, PolicyConflictError, PolicyError, ServiceClosedError,
-                             ShmguardError)
+from shmguard.errors import (CapacityError, PolicyConflictError, PolicyError, SegmentError,
+                             ServiceClosedError, ShmguardError)
 from shmguard.policy import Policy, PolicyPresets
 from shmguard.segment import Segment, validate_name
 from shmguard.segment import unlink as unlink_segment
@@ -41,6 +41,9 @@ class Registry:
             raise PolicyError(f"policy must be a shmguard.Policy, got {policy!r}")
         self.default_policy = policy or PolicyPresets.standard()
         self.name = validate_name(name)
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or not (
+                1 <= capacity <= lib.SG_MAX_CAPACITY):  # checked now, also for a lazy service
+            raise SegmentError(f"capacity must be 1..{lib.SG_MAX_CAPACITY}, got {capacity!r}")
         self._segment_args = {"create": create, "capacity": capacity,
                               "manual_clock": manual_clock, "allow_foreign": allow_foreign}
         self._segment: Segment | None = None

@@ -81,6 +81,8 @@ def test_lazy_attach_errors_come_with_the_first_use(segname: str) -> None:
         svc.execute("e", abs, 1)
     with pytest.raises(sg.InvalidNameError):
         sg.ResilienceService("bad name", lazy=True)   # names are still checked at once
+    with pytest.raises(sg.SegmentError, match="capacity must be 1..65536, got 0"):
+        sg.ResilienceService(segname, lazy=True, capacity=0)   # and so is the capacity
 
 
 def test_rm_is_not_blocked_by_a_process_that_only_imported_the_module(segname: str,
