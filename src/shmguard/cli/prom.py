@@ -61,6 +61,8 @@ _SIMPLE: list[tuple[str, str, str, Getter]] = [
      lambda e: e["limiter"]["tokens"]),
     ("limiter_acceptance_ratio", "gauge", "Admitted / decided over the statistics window.",
      lambda e: e["limiter"]["acceptance_rate"]),
+    ("policy_overridden", "gauge", "1 while shmguard set-rate overrides the registered policy.",
+     lambda e: int(e["policy"].get("overridden", False))),
     # bulkhead (endpoints whose policy has one)
     ("bulkhead_max_concurrent", "gauge",
      "Bulkhead tickets now (max_concurrent, or the quota's share).",
