@@ -12,7 +12,8 @@
  *   line 0      control: state word, hash, name length, policy seq + lease
  *   line 1      name bytes
  *   lines 2-7   policy[2] (double buffer; seq low bit picks the live one)
- *   line 8      breaker: word, half-open word, streak, baseline, (reserved), opens
+ *   line 8      breaker: word, half-open word, streak, baseline, last failure, opens,
+ *               newest window epoch
  *   line 9      probe leases[8]
  *   lines 10-11 window buckets[16]   [epoch | failures | successes]
  *   lines 12-13 slow buckets[16]     [epoch | slow | ignored]
@@ -200,8 +201,9 @@ struct sg_slot {
     sg_a64 ho;                           /**< half-open successes of a gen */
     sg_a64 streak;                       /**< consecutive opens (backoff) */
     sg_a64 baseline_ppm;                 /**< long-horizon failure ratio */
-    sg_a64 reserved6;                    /**< zero (was the window floor, layout 1) */
+    sg_a64 last_fail;                    /**< time of the newest failure or slow call (hint) */
     sg_a64 opens;                        /**< transitions to OPEN, ever */
+    sg_a64 wepoch;                       /**< newest window epoch (full 64 bits; window.c) */
     /* line 9 */
     alignas(SG_CACHE_LINE) sg_a64 lease[SG_MAX_PROBES];
     /* lines 10-13 */

@@ -220,6 +220,9 @@ int sg_policy_check(const struct sg_policy_view *pol);
 
 /* breaker.c: explicit-time core, then handle forms that read the clock */
 int64_t sg_breaker_acquire_at(void *slot, uint64_t now_ns, uint32_t pid);
+/* acquire as a caller that read the breaker word `seen` earlier (step tests
+ * replay interleavings with it); the word is only a starting point */
+int64_t sg_breaker_acquire_seen(void *slot, uint64_t now_ns, uint32_t pid, uint64_t seen);
 int sg_breaker_record_at(void *slot, uint64_t now_ns, int64_t token);
 int sg_breaker_force_at(void *slot, uint64_t now_ns, uint32_t state);
 int sg_breaker_reclaim(void *slot, uint32_t probe, uint64_t expected_word);
