@@ -410,10 +410,9 @@ int64_t sg_breaker_acquire(const struct sg_handle *h)
 
 int sg_breaker_record(const struct sg_handle *h, int64_t token)
 {
-    int t = sg_breaker_record_at(h->slot, sg_now_h(h), token);
-    /* SG_T_ECHO_HALF_OPEN: the admission of this token moved the breaker to
-     * half-open; the caller fires that callback now (one check, not two). */
-    return t >= 0 && t <= SG_T_TO_CLOSED && ((uint64_t)token & TK_HOFLAG) ? t | SG_T_ECHO_HALF_OPEN : t;
+    /* a half-open transition made by this token's admission was reported
+     * at admission (the token's to-half-open bit), never again here */
+    return sg_breaker_record_at(h->slot, sg_now_h(h), token);
 }
 
 uint64_t sg_breaker_retry_after(const struct sg_handle *h)

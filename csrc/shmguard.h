@@ -65,7 +65,6 @@ enum sg_bstate {
 /* What sg_record did to the breaker (for callbacks). */
 enum sg_transition {
     SG_T_NONE = 0, SG_T_TO_OPEN = 1, SG_T_TO_HALF_OPEN = 2, SG_T_TO_CLOSED = 3,
-    SG_T_ECHO_HALF_OPEN = 8,     /* sg_breaker_record: the token's admission half-opened */
     SG_T_STALE = 16              /* sg_breaker_record: outcome of an older generation, dropped */
 };
 

@@ -55,9 +55,11 @@ def rate_limited(ep: Endpoint, priority: Priority) -> RateLimitedError:
 def admit_once(ep: Endpoint, cp: int, timeout: float | None) -> int:
     """One admission (breaker + limiter); with a timeout, sleeps the reserved delay."""
     if timeout is None:
-        return int(ep.admit(ep.h, cp))
+        return ep.admitted(int(ep.admit(ep.h, cp)))
     d = ffi.new("struct sg_decision *")
     tok = int(lib.sg_admit_wait(ep.h, cp, wait_ns(timeout), d))
+    if tok >= 0:
+        ep.admitted(tok)
     if tok >= 0 and d.delay_ns > 0:
         try:
             time.sleep(d.delay_ns / NS)

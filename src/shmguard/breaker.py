@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from shmguard._endpoint import Endpoint
 
 T = TypeVar("T")
-HO_FLAG = 1 << 33
 __all__ = ["Breaker", "Permit"]
 
 
@@ -52,7 +51,6 @@ class Permit:
         if self._done:
             raise RuntimeError("permit already used: report an outcome once")
         self._done = True
-        # allow() already reported a half-open transition: drop its echo
         t = self._ep.record(self._ep.h, self._tok | outcome)
         if t < 0:
             raise self._ep.rc_error(t)
@@ -116,9 +114,7 @@ class Breaker:
             if tok in (lib.SG_R_OPEN, lib.SG_R_PROBES_FULL):
                 return None
             raise ep.rc_error(tok)
-        if tok & HO_FLAG:
-            ep.events.transition(ep, lib.SG_T_TO_HALF_OPEN, False)
-        return Permit(ep, tok)
+        return Permit(ep, ep.admitted(tok))
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Runs ``fn`` if allowed and records its outcome.

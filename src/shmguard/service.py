@@ -89,7 +89,7 @@ class ResilienceService(Calls):
         tok = ep.acquire_permit()
         if tok < 0 or not tok & LEASE_BITS:
             return None  # nothing due; a closed-state token needs no record
-        return run_probe(ep, tok)
+        return run_probe(ep, ep.admitted(tok))
 
     # -- state and statistics --------------------------------------------------------------
     def breaker_state(self, endpoint: str) -> BreakerState:

@@ -169,3 +169,60 @@ def test_window_epochs_never_alias_after_idle(svc):
     later = float(1 << 20)
     assert call(slot, later, FAIL)[1] == lib.SG_T_NONE
     assert view(slot, later).calls == 1
+
+
+# -- item 4: OPEN -> HALF_OPEN reported once, when it happens ----------------------------
+
+def _events(svc):
+    seen: list[tuple[str, str]] = []
+    svc.on_state_change = lambda ep, old, new: seen.append((str(old), str(new)))
+    return seen
+
+
+def _open_then_due(svc, name, **kw):
+    svc.register_endpoint(name, sg.Policy(min_requests=1, failure_threshold=0.5,
+                                          open_timeout=1.0, **kw))
+    svc.breaker(name).open()
+    svc.advance(1.5)
+
+
+def test_half_open_is_reported_at_admission_by_execute(svc):
+    _open_then_due(svc, "ex")
+    seen = _events(svc)
+    during: list[list] = []
+    assert svc.execute("ex", lambda: during.append(list(seen)) or 7) == 7
+    assert during == [[("open", "half-open")]]                  # before the call ran
+    assert seen == [("open", "half-open"), ("half-open", "closed")]   # each once
+
+
+def test_half_open_is_reported_once_when_the_probe_fails(svc):
+    _open_then_due(svc, "fail")
+    seen = _events(svc)
+
+    def boom():
+        assert seen == [("open", "half-open")]
+        raise ConnectionError("down")
+    try:
+        svc.execute("fail", boom)
+    except ConnectionError:
+        pass
+    assert seen == [("open", "half-open"), ("half-open", "open")]
+
+
+def test_half_open_is_reported_once_per_door(svc):
+    for door in ("admit", "allow", "timeout"):
+        _open_then_due(svc, door, success_threshold=2, half_open_max_calls=2)
+        seen = _events(svc)
+        if door == "admit":
+            toks = [svc.admit(door), svc.admit(door)]
+            for t in toks:
+                svc.record(door, t, sg.Outcome.SUCCESS)
+        elif door == "allow":
+            permits = [svc.breaker(door).allow(), svc.breaker(door).allow()]
+            for p in permits:
+                p.success()
+        else:
+            for _ in range(2):
+                with svc.guard(door, timeout=1.0):
+                    pass
+        assert seen == [("open", "half-open"), ("half-open", "closed")], door
