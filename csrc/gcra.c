@@ -98,14 +98,14 @@ static int decide(struct sg_slot *s, uint64_t now, uint64_t cost, uint32_t prio,
     struct lim L;
     lim_load(s, now, prio, &L);
     int64_t delay = 0;
-    uint64_t nt = now;
+    uint64_t nt = now, base = now;
     if (!(L.flags & SG_POL_NO_LIMIT)) {
         uint64_t inc = sg_sat_mul(cost, L.T);
         if (inc > L.tol)
             return SG_E_COST; /* can never conform */
         uint64_t tat = atomic_load_explicit(&s->tat, memory_order_acquire);
         for (;;) {
-            uint64_t base = tat > now ? tat : now;
+            base = tat > now ? tat : now;
             nt = sg_sat_add(base, inc);
             uint64_t ahead = nt - now;
             uint64_t d = ahead > L.tol ? ahead - L.tol : 0;
@@ -117,6 +117,7 @@ static int decide(struct sg_slot *s, uint64_t now, uint64_t cost, uint32_t prio,
                     out->delay_ns = delay;
                     out->act_ns = sg_sat_add(now, (uint64_t)delay);
                     out->tat_ns = tat;
+                    out->took_ns = 0;
                 }
                 return SG_R_RATE_LIMITED;
             }
@@ -135,6 +136,7 @@ static int decide(struct sg_slot *s, uint64_t now, uint64_t cost, uint32_t prio,
         out->delay_ns = delay;
         out->act_ns = now + (uint64_t)delay;
         out->tat_ns = nt;
+        out->took_ns = nt - base;
     }
     return SG_OK;
 }
@@ -162,19 +164,19 @@ int sg_reserve(const struct sg_handle *h, uint64_t cp, int64_t max_wait_ns, stru
     return decide(h->slot, sg_now_h(h), cp >> 2, (uint32_t)(cp & 3), max_wait_ns, out);
 }
 
-/* Give back a reservation not yet acted on: refund its cost minus what was
- * reserved after it (as x/time/rate does), never below "full". */
+/* Give back a reservation not yet acted on (now <= its time to act, as
+ * x/time/rate): refund what it took minus what was reserved after it, never
+ * below "full". What it took is fixed when it was granted: a rate change
+ * since does not change the refund. */
 int sg_limiter_cancel_at(void *slot, uint64_t now, uint64_t cp, const struct sg_decision *d)
 {
     struct sg_slot *s = slot;
     uint32_t prio = (uint32_t)(cp & 3);
     if (!s || !d || (cp >> 2) == 0)
         return SG_E_ARG;
-    if (now >= d->act_ns || d->delay_ns < 0)
-        return SG_OK; /* already conforming: the caller used it */
-    struct lim L;
-    lim_load(s, now, prio, &L);
-    uint64_t inc = sg_sat_mul(cp >> 2, L.T);
+    if (now > d->act_ns || d->delay_ns < 0)
+        return SG_OK; /* past its time to act: the caller used it */
+    uint64_t inc = d->took_ns;
     uint64_t tat = atomic_load_explicit(&s->tat, memory_order_acquire);
     for (;;) {
         uint64_t later = tat > d->tat_ns ? tat - d->tat_ns : 0;
@@ -262,5 +264,10 @@ int sg_limiter_snapshot_at(const void *slot, uint64_t now, uint32_t prio, struct
         out->win_rejected += LW_REJ(w);
     }
     out->win_ns = (SG_STAT_BUCKETS - 1) * LW_NS + now % LW_NS;
+    if (!(p.flags & SG_POL_NO_LIMIT)) {
+        /* a cost-1 request conforms when tat + T - now <= tol */
+        uint64_t need = sg_sat_add(ahead, L.T);
+        out->wait_ns = need > L.tol ? need - L.tol : 0;
+    }
     return SG_OK;
 }

@@ -175,6 +175,7 @@ struct sg_limiter_view {
     uint64_t win_accepted;       /* over the stats window */
     uint64_t win_rejected;
     uint64_t win_ns;             /* span the window covers */
+    uint64_t wait_ns;            /* until one token is free at this priority (after queued reservations) */
 };
 
 /* A limiter decision with its delay (reserve / wait paths). */
@@ -182,6 +183,7 @@ struct sg_decision {
     int64_t delay_ns;            /* >0: wait this long (reserved) or retry after */
     uint64_t act_ns;             /* clock time the reservation conforms */
     uint64_t tat_ns;             /* TAT this reservation left (for cancel) */
+    uint64_t took_ns;            /* what it added to the TAT (cancel refunds at most this) */
 };
 
 /* Per-process handle of one slot (process memory, never shared). */

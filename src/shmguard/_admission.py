@@ -47,7 +47,7 @@ def admit_slow(ep: Endpoint, tok: int | None, priority: Priority, timeout: float
 def rate_limited(ep: Endpoint, priority: Priority) -> RateLimitedError:
     """Returns the error for a rate-limited call, with the time until a token is free."""
     m = ep.limiter_metrics(priority)
-    wait = 0.0 if m.tokens >= 1 or not m.effective_rate else (1 - m.tokens) / m.effective_rate
+    wait = m.retry_after  # counts the reservations already queued ahead
     return RateLimitedError(ep.name, wait, f"endpoint {ep.name!r} is rate limited "
                                            f"({m.effective_rate:g}/s); retry after {wait:.3f}s")
 

@@ -186,7 +186,7 @@ class Endpoint:
               for p in Priority}
         return LimiterMetrics(sum(v.accepted), sum(v.rejected), sum(v.waited), by,
                               v.win_accepted, v.win_rejected, v.win_ns / NS, v.tokens,
-                              v.effective_rate, v.scale_ppm / 1e6)
+                              v.effective_rate, v.scale_ppm / 1e6, v.wait_ns / NS)
 
     def stats(self) -> EndpointStats:
         """Returns the endpoint's statistics, read from the segment."""
