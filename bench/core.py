@@ -84,7 +84,7 @@ def c_rows() -> list[tuple[str, float, float, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         exe = os.path.join(tmp, "gcra_bench")
         srcs = [os.path.join(CSRC, f) for f in
-                ("segment.c", "table.c", "policy.c", "window.c", "breaker.c", "gcra.c")]
+                ("segment.c", "table.c", "policy.c", "window.c", "breaker.c", "rate.c", "gcra.c")]
         subprocess.run(["gcc", "-std=c11", "-O2", "-D_POSIX_C_SOURCE=200809L", "-I", CSRC,
                         os.path.join(ROOT, "bench", "gcra_bench.c"), *srcs, "-o", exe], check=True)
         out = subprocess.run([exe], check=True, capture_output=True, text=True).stdout

@@ -239,6 +239,9 @@ int sg_limiter_cancel_at(void *slot, uint64_t now_ns, uint64_t cost_prio,
                          const struct sg_decision *d);
 int sg_limiter_cancel(const struct sg_handle *h, uint64_t cost_prio, const struct sg_decision *d);
 int sg_limiter_scale_at(void *slot, uint64_t now_ns, uint32_t health_ppm);
+/* after a new policy rate: start a regime at that rate keeping the debt in
+ * tokens (SG_E_BUSY: another change is under way, retry) */
+int sg_limiter_retune_at(void *slot, uint64_t now_ns);
 int sg_limiter_snapshot_at(const void *slot, uint64_t now_ns, uint32_t priority,
                            struct sg_limiter_view *out);
 int sg_allow(const struct sg_handle *h);

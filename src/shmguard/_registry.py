@@ -16,6 +16,7 @@ from shmguard._capi import ffi, lib
 from shmguard._endpoint import NS, Endpoint, validate_endpoint
 from shmguard._events import Events
 from shmguard.errors import CapacityError, PolicyConflictError, PolicyError, ShmguardError
+from shmguard.limiter import change_rate
 from shmguard.policy import Policy, PolicyPresets
 from shmguard.segment import Segment
 from shmguard.stats import BreakerState, EndpointStats
@@ -131,6 +132,8 @@ class Registry:
                 raise ShmguardError(f"endpoint {name!r}: policy writer lease stayed busy")
             time.sleep(0.001)
         _capi.check(rc, f"publish policy of {name!r}", self.name)
+        change_rate(lambda: lib.sg_limiter_retune_at(ep.h.slot, self.segment.now_ns()),
+                    f"new rate of {name!r}", self.name)   # the debt is kept in tokens
         ep.policy = policy
 
     def _register(self, name: str, policy: Policy) -> tuple[Endpoint, bool]:

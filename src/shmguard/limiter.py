@@ -11,20 +11,22 @@ Thread safe and process safe: the limiter is one atomic word in the segment.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
+from shmguard import _capi
 from shmguard._capi import ffi, lib
-from shmguard.errors import PolicyError
+from shmguard.errors import PolicyError, ShmguardError
 from shmguard.policy import Priority
 from shmguard.stats import LimiterMetrics
 
 if TYPE_CHECKING:
     from shmguard._endpoint import Endpoint
 
-__all__ = ["Limiter", "Reservation", "pack"]
+__all__ = ["Limiter", "Reservation", "pack", "change_rate"]
 
 NS = 1_000_000_000
 FOREVER_NS = 2**63 - 1
+CHANGE_WAIT = 5.0        # seconds a rate change waits for another one under way
 _NORMAL = Priority.NORMAL
 _ONE = 1  # `cost is _ONE` holds for the int 1 only (not True, not 1.0): small ints are cached
 
@@ -36,6 +38,22 @@ def pack(cost: int, priority: int) -> int:
     if priority not in (0, 1, 2, 3):
         raise PolicyError(f"priority must be a shmguard.Priority, got {priority!r}")
     return (cost << 2) | int(priority)
+
+
+def change_rate(call: Callable[[], int], what: str, segment: str = "") -> None:
+    """Runs a C rate change, retrying while another process's change is under way.
+
+    Every rate change (``adjust_rate``, a new policy rate) starts a new rate
+    regime that keeps the limiter's debt in tokens; changes of one endpoint
+    run one at a time (a change takes microseconds; one left by a dead
+    process is completed after 1 s).
+    """
+    deadline = time.monotonic() + CHANGE_WAIT
+    while (rc := call()) == lib.SG_E_BUSY:
+        if time.monotonic() > deadline:
+            raise ShmguardError(f"{what}: another rate change stayed under way")
+        time.sleep(0.0005)
+    _capi.check(rc, what, segment)
 
 
 def wait_ns(seconds: float | None) -> int:
