@@ -20,11 +20,49 @@ struct lim {
     uint64_t tol;  /* tolerance for the asked priority, virtual ns */
 };
 
+/* The common case, kept short for the hot path: a flat regime at full
+ * scale and the policy's rate (then the TAT is plain GCRA in real ns). */
+static int lim_fast(struct sg_slot *s, uint64_t now, uint32_t prio, struct lim *out)
+{
+    uint64_t T = 1;
+    uint32_t burst = 1, share = 0, flags = 0;
+    for (int tries = 0; tries < 16; tries++) {
+        /* A2 (seqlock over the policy buffers, see policy.c). */
+        uint64_t seq = atomic_load_explicit(&s->policy_seq, memory_order_acquire);
+        struct sg_policy_raw *p = &s->policy[seq & 1];
+        T = LD(&p->emission_ns);
+        burst = LD(&p->burst);
+        share = LD(&p->share_ppm[prio & 3]);
+        flags = LD(&p->flags);
+        atomic_thread_fence(memory_order_acquire);
+        if (LD(&s->policy_seq) == seq)
+            break;
+    }
+    /* A6 (rate.c): the active rate record */
+    uint32_t a = RC_ACTIVE(atomic_load_explicit(&s->rchange, memory_order_acquire));
+    uint64_t w0 = atomic_load_explicit(&s->rrec[a][0], memory_order_acquire);
+    uint64_t w2 = atomic_load_explicit(&s->rrec[a][2], memory_order_acquire);
+    if ((w2 & (((1ULL << 40) - 1) << 21)) != 0 || RR_VAL(w0) != T ||
+        RR_SEQ2(w0) != (RR_SEQ(w2) & 3u) || T < 1 || burst < 1 || share > 4 * SG_PPM)
+        return 0;
+    out->r.T = T;
+    out->r.vnow = now;
+    out->r.s_now = out->r.s_to = SG_PPM;
+    out->r.tag = RR_TAG(w2);
+    out->r.active = a;
+    out->r.flags = flags;
+    out->r.burst = burst;
+    out->r.share = share;
+    return 1;
+}
+
 static void lim_load(struct sg_slot *s, uint64_t now, uint32_t prio, struct lim *out)
 {
-    sg_rate_load(s, now, prio, &out->r);
-    if (out->r.drift && sg_limiter_retune_at(s, now) == SG_OK) /* a publish not followed */
+    if (!lim_fast(s, now, prio, out)) {
         sg_rate_load(s, now, prio, &out->r);
+        if (out->r.drift && sg_limiter_retune_at(s, now) == SG_OK) /* a publish not followed */
+            sg_rate_load(s, now, prio, &out->r);
+    }
     uint64_t T = out->r.T, tol = sg_mul_ppm(sg_sat_mul(T, out->r.burst), out->r.share);
     out->tol = tol < T ? T : tol; /* every priority may take one token */
 }
@@ -101,7 +139,9 @@ static int decide(struct sg_slot *s, uint64_t now, uint64_t cost, uint32_t prio,
             uint64_t vnow = L.r.vnow, base = tv > vnow ? tv : vnow;
             nt = sg_sat_add(base, inc);
             uint64_t ahead = nt - vnow;
-            uint64_t d = sg_rate_real_delay(&L.r, ahead > L.tol ? ahead - L.tol : 0);
+            uint64_t d = ahead > L.tol ? ahead - L.tol : 0;
+            if (d && L.r.s_now < L.r.s_to)
+                d = sg_rate_real_delay(&L.r, d); /* recovering: virtual ns run slower */
             delay = d > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)d;
             /* a TAT past the word's 2^62 ns horizon is never stored (it
              * would saturate and lose debt): such a request waits forever */

@@ -50,7 +50,6 @@ static void pol_load(struct sg_slot *s, uint32_t prio, struct pol *o)
         o->burst = LD(&p->burst);
         o->share = LD(&p->share_ppm[prio & 3]);
         o->flags = LD(&p->flags);
-        o->floor = LD(&p->rate_floor_ppm);
         atomic_thread_fence(memory_order_acquire);
         if (LD(&s->policy_seq) == seq)
             break;
@@ -60,7 +59,6 @@ static void pol_load(struct sg_slot *s, uint32_t prio, struct pol *o)
     if (o->burst < 1) o->burst = 1;
     if (o->share > 4 * SG_PPM) o->share = 4 * SG_PPM;
     if (o->R > MAX_RECOVERY_NS) o->R = MAX_RECOVERY_NS;
-    if (o->floor > SG_PPM) o->floor = SG_PPM;
 }
 
 /* Reads record a; 0 if its words are of different writers (torn). */
@@ -138,7 +136,26 @@ int sg_rate_load(struct sg_slot *s, uint64_t now, uint32_t prio, struct sg_rate 
     struct pol p;
     struct rec r;
     pol_load(s, prio, &p);
-    uint32_t a = 0;
+    /* fast path, the common case: a flat regime at full scale (plain GCRA) */
+    uint64_t cw = atomic_load_explicit(&s->rchange, memory_order_acquire); /* A6 */
+    uint32_t a = RC_ACTIVE(cw);
+    uint64_t w0 = atomic_load_explicit(&s->rrec[a][0], memory_order_acquire);
+    uint64_t w2 = atomic_load_explicit(&s->rrec[a][2], memory_order_acquire);
+    if ((w2 & (((1ULL << 40) - 1) << 21)) == 0 && RR_SEQ2(w0) == (RR_SEQ(w2) & 3u)) {
+        uint64_t Tb = RR_VAL(w0) ? RR_VAL(w0) : p.T;
+        out->T = out->Tb = Tb;
+        out->vnow = now;
+        out->t0 = 0;
+        out->R = p.R;
+        out->s_now = out->s_to = SG_PPM;
+        out->tag = RR_TAG(w2);
+        out->active = a;
+        out->flags = p.flags;
+        out->burst = p.burst;
+        out->share = p.share;
+        out->drift = Tb != p.T;
+        return SG_OK;
+    }
     for (int tries = 0; tries < 16; tries++) {
         /* A6: pairs with the commit (R7) of change() */
         a = RC_ACTIVE(atomic_load_explicit(&s->rchange, memory_order_acquire));
@@ -233,7 +250,10 @@ static int change(struct sg_slot *s, uint64_t now, uint32_t health_ppm)
 {
     struct pol p;
     struct rec A;
+    struct sg_policy_view pv;
     pol_load(s, 0, &p);
+    sg_policy_load(s, &pv);
+    p.floor = pv.rate_floor_ppm; /* sanitized: <= SG_PPM */
     uint64_t cw = atomic_load_explicit(&s->rchange, memory_order_acquire);
     if (RC_PENDING(cw)) {
         if ((now >> 20) < RC_DL(cw))
