@@ -7,9 +7,9 @@ Python methods, and the path below is the equivalent in Python.
 from __future__ import annotations
 
 import functools
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
-from shmguard import _admission, _capi
+from shmguard import _admission, _capi, aio
 from shmguard._endpoint import LEASE_BITS
 from shmguard._registry import Registry
 from shmguard.limiter import pack
@@ -22,13 +22,9 @@ __all__ = ["Calls"]
 _CP = tuple(pack(1, p) for p in Priority)
 _NORMAL = Priority.NORMAL
 
-try:  # the one-crossing execute path (csrc/hot.c); the Python path below is equivalent
-    from shmguard._hot import ABI_VERSION as _HOT_ABI
-    from shmguard._hot import execute as _hot_execute
-    if _HOT_ABI != _capi.ABI_VERSION:  # a stale build: use the Python path
-        _hot_execute = None
-except ImportError:  # pragma: no cover - a build without it still works, slower
-    _hot_execute = None
+# the one-crossing doors (csrc/hot.c); the Python paths below are equivalent
+_hot_execute = _capi.hot.execute if _capi.hot is not None else None
+_HotGuardBase: Any = _capi.hot.Guard if _capi.hot is not None else object
 
 
 class Calls(Registry):
@@ -67,18 +63,17 @@ class Calls(Registry):
         ep.record_success(tok)
         return result
 
-    async def execute_async(self, endpoint: str, coro_fn: Callable[..., Awaitable[T]], /,
-                            *args: Any, priority: Priority = Priority.NORMAL,
-                            timeout: float | None = None, **kwargs: Any) -> T:
+    def execute_async(self, endpoint: str, coro_fn: Callable[..., Awaitable[T]], /,
+                      *args: Any, priority: Priority = Priority.NORMAL,
+                      timeout: float | None = None, **kwargs: Any) -> Coroutine[Any, Any, T]:
         """Awaits ``coro_fn(*args, **kwargs)`` if admitted, like :meth:`execute`.
 
         Waiting for the rate limit sleeps with ``asyncio.sleep`` (never blocks
         the loop); cancelling gives back the reservation and any probe permit,
         and a cancelled call counts as neither success nor failure.
         """
-        from shmguard import aio
-        return await aio.execute_async(self, endpoint, coro_fn, *args, priority=priority,
-                                       timeout=timeout, **kwargs)
+        return aio.execute_async(self, endpoint, coro_fn, *args, priority=priority,
+                                 timeout=timeout, **kwargs)
 
     def try_execute(self, endpoint: str, fn: Callable[..., T], /, *args: Any,
                     priority: Priority = Priority.NORMAL, timeout: float | None = None,
@@ -109,7 +104,6 @@ class Calls(Registry):
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
             import inspect
             if inspect.iscoroutinefunction(fn):
-                from shmguard import aio
                 return aio.protect_async(self, endpoint, fn, priority, timeout)  # type: ignore[return-value]
 
             @functools.wraps(fn)
@@ -121,8 +115,27 @@ class Calls(Registry):
 
     def guard(self, endpoint: str, *, priority: Priority = Priority.NORMAL,
               timeout: float | None = None) -> Any:
-        """Context manager: admits on entry, records the block's outcome on exit."""
+        """Context manager: admits on entry, records the block's outcome on exit.
+
+        ``async with`` works too (it awaits the rate limit when ``timeout`` is set).
+        """
+        ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        if (_HotGuardBase is not object and timeout is None and ep.probe is None
+                and self._events.on_metrics_update is None):
+            return _HotGuard(ep, 5 if priority is _NORMAL else pack(1, priority))
         return _Guard(self, endpoint, priority, timeout)
+
+
+class _HotGuard(_HotGuardBase):  # type: ignore[misc]
+    """The common guard (no wait, no health probe) in C: admit on entry, record on exit."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> Any:
+        return self.__enter__()  # no timeout: admission never waits
+
+    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> Any:
+        return self.__exit__(et, exc, tb)
 
 
 class _Guard:
@@ -148,7 +161,6 @@ class _Guard:
         ep.record_outcome(self.tok, outcome)
 
     async def __aenter__(self) -> _Guard:
-        from shmguard import aio
         self.tok = await aio.admit_async(self.svc, self.endpoint, self.priority, self.timeout)
         return self
 
