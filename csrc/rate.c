@@ -106,7 +106,7 @@ static uint64_t rec_vnow(const struct rec *r, uint64_t now, uint64_t R)
     uint64_t tau = now - r->t0, d = r->to - r->from;
     if (R == 0 || tau >= R) {
         uint64_t lag = (uint64_t)(((unsigned __int128)d * R + 2ULL * r->to - 1) / (2ULL * r->to));
-        return now - lag;
+        return lag > now ? 0 : now - lag;
     }
     unsigned __int128 num = (unsigned __int128)r->from * tau +
                             (unsigned __int128)d * tau * tau / (2 * R);
