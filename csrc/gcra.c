@@ -10,6 +10,11 @@
  *
  * Priorities are tolerances: LOW and NORMAL see part of the burst, HIGH all
  * of it, CRITICAL a bounded extra share ("bypass when possible").
+ *
+ * Time and T are those of the rate regime (rate.c): at full rate plain
+ * nanoseconds and the policy's T (the fast path); after a rate change the
+ * TAT carries its regime's tag and a TAT one regime behind is converted in
+ * the same CAS that moves it, so the debt is kept in tokens.
  */
 #include <string.h>
 

@@ -200,18 +200,28 @@ uint64_t sg_rate_real_delay(const struct sg_rate *r, uint64_t dv)
     return x > INT64_MAX ? (uint64_t)INT64_MAX : (uint64_t)x;
 }
 
-/* R6: each word by CAS from what is there; a stalled earlier writer's CAS
- * (expecting older contents) then fails. Returns 0 if the claim was lost. */
+/* R6: writes record b word by word, each by CAS from the contents read
+ * while our claim held (`old`): a stalled earlier claimant that resumes
+ * expects contents older than ours, so its CASes fail. If one of ours
+ * fails, such a writer got there first: read again and rewrite, while the
+ * claim is still ours. Returns 0 if the claim was lost. */
 static int write_rec(struct sg_slot *s, uint32_t b, uint64_t mine, const uint64_t w[3])
 {
-    for (int i = 0; i < 3; i++) {
-        uint64_t cur = LD(&s->rrec[b][i]);
-        while (!atomic_compare_exchange_weak_explicit(&s->rrec[b][i], &cur, w[i],
-                                                      memory_order_release, memory_order_relaxed))
-            if (atomic_load_explicit(&s->rchange, memory_order_acquire) != mine)
-                return 0; /* cur refreshed; stop if our claim was taken over */
+    for (int tries = 0; tries < 8; tries++) {
+        uint64_t old[3];
+        for (int i = 0; i < 3; i++)
+            old[i] = atomic_load_explicit(&s->rrec[b][i], memory_order_acquire);
+        if (atomic_load_explicit(&s->rchange, memory_order_acquire) != mine)
+            return 0;
+        int ok = 1;
+        for (int i = 0; i < 3 && ok; i++)
+            ok = atomic_compare_exchange_strong_explicit(&s->rrec[b][i], &old[i], w[i],
+                                                         memory_order_release,
+                                                         memory_order_relaxed);
+        if (ok)
+            return 1;
     }
-    return 1;
+    return 0;
 }
 
 /* Converts the TAT out of regime `from_tag` (the other record) into the

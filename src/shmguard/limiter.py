@@ -83,7 +83,11 @@ class Reservation:
         self._cancelled = not ok
 
     def cancel(self) -> None:
-        """Gives the reserved tokens back if the reservation has not come due."""
+        """Gives back what this reservation took, less what was reserved after it.
+
+        Accepted up to and including its time to act (x/time/rate's rule);
+        after a rate change nothing is given back.
+        """
         if self._cancelled or self._ep.seg.closed:
             return
         self._cancelled = True

@@ -150,3 +150,28 @@ def test_recovery_is_over_for_good(svc):
     for t_s in (11, 2**46 / 1e9 + 1, 2**46 / 1e9 + 5, 86400 * 400):
         v = view(slot, t_s * 1000)
         assert (v.scale_ppm, v.effective_rate) == (1_000_000, pytest.approx(100)), t_s
+
+
+# -- a change left half done (its changer died) ---------------------------------------------
+
+TAT_W, RCHANGE_W = 14 * 8, 14 * 8 + 1     # line 14 of the slot, in uint64 words
+
+
+def test_a_change_whose_changer_died_is_finished_by_the_others(svc):
+    """Killed after publishing its regime, before converting the TAT, still holding its claim."""
+    slot = slot_of(svc, "dead", sg.Policy(rate=100, burst=100, rate_floor=0.0))
+    words = ffi.cast("uint64_t *", slot)
+    assert drain(slot, 0) == 100
+    tat_before = words[TAT_W]
+    assert lib.sg_limiter_scale_at(slot, T0, 100_000) == 0          # 10/s
+    done = words[RCHANGE_W]
+    seq, active = (done >> 40) & 0x3FFFFF, (done >> 62) & 1
+    deadline = ((T0 + S) >> 20) & ((1 << 40) - 1)
+    words[TAT_W] = tat_before                                        # not converted
+    words[RCHANGE_W] = (1 << 63) | (active << 62) | ((seq - 1) << 40) | deadline
+    assert drain(slot, 0) == 0             # a decider converts the TAT itself: still exhausted
+    assert lib.sg_limiter_scale_at(slot, T0, 200_000) == lib.SG_E_BUSY      # claim not due
+    assert lib.sg_limiter_scale_at(slot, T0 + 2 * S, 1_000_000) == lib.SG_E_BUSY  # finished it
+    assert (words[RCHANGE_W] >> 63) == 0
+    assert lib.sg_limiter_scale_at(slot, T0 + 2 * S, 1_000_000) == 0        # and goes on
+    assert drain(slot, 2000) == 20         # 2 s at 10/s repaid 20 of the 100 tokens of debt
