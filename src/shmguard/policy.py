@@ -102,6 +102,7 @@ class Policy:
     recovery: float = 10.0
     failure_exceptions: tuple[type[BaseException], ...] = (Exception,)
     ignored_exceptions: tuple[type[BaseException], ...] = ()
+    keyed_limit: str | None = None  # name of a keyed limiter execute(..., key=) applies
     _fingerprint: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -147,6 +148,9 @@ class Policy:
             if not isinstance(value, tuple) or not all(
                     isinstance(c, type) and issubclass(c, BaseException) for c in value):
                 raise PolicyError(f"{fname} must be a tuple of exception classes, got {value!r}")
+        if self.keyed_limit is not None:
+            from shmguard._keyed_shm import validate_keyed_name
+            validate_keyed_name(self.keyed_limit)
         object.__setattr__(self, "_fingerprint", self._compute_fingerprint())
 
     # -- derived values ---------------------------------------------------
@@ -309,6 +313,10 @@ class PolicyBuilder:
         if ignored is not None:
             kw["ignored_exceptions"] = tuple(ignored)
         return self._set(**kw)
+
+    def with_keyed_limit(self, name: str | None) -> PolicyBuilder:
+        """Names the keyed limiter ``execute(..., key=)`` applies (made by ``svc.keyed_limiter``)."""
+        return self._set(keyed_limit=name)
 
     def adaptive(self, flag: bool = True) -> PolicyBuilder:
         return self._set(adaptive=flag)

@@ -53,6 +53,8 @@ def test_torture_quick():
         assert 0 < m["accepted"] <= m["bound"], ep
         assert m["rejected"] > 0, ep        # the limiter was really pushed past its rate
     assert rep["probes"]["permits_logged"] > 0
+    kd = rep["keyed"]   # keyed inserts and reuse under SIGKILL (tests/_torture_keyed.py)
+    assert 0 < kd["most_admitted"] <= kd["bound_per_key"] and kd["evicted"] > 0
     assert rep["probes"]["max_at_once"]["brk"] <= 3
     assert rep["probes"]["p1_checked"] > 0 and rep["probes"]["p1_ended_generation"] == 0
     assert rep["stops"] > 0 and rep["rate_changes"] > 0
