@@ -12,12 +12,8 @@ import re
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-<<<<<<< HEAD
-SOURCES = ["segment.c", "table.c", "policy.c", "window.c", "breaker.c", "rate.c", "gcra.c"]
-=======
-SOURCES = ["segment.c", "table.c", "policy.c", "window.c", "breaker.c", "gcra.c",
+SOURCES = ["segment.c", "table.c", "policy.c", "window.c", "breaker.c", "rate.c", "gcra.c",
            "siphash.c", "keyed.c", "keyed_gcra.c"]
->>>>>>> main
 
 
 def _cdef() -> str:

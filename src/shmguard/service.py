@@ -19,14 +19,9 @@ from shmguard._capi import lib
 from shmguard._endpoint import LEASE_BITS
 from shmguard._registry import CLAIM_STALE_NS, REGISTER_WAIT
 from shmguard.breaker import Breaker
-<<<<<<< HEAD
-from shmguard.errors import PolicyError, ShmguardError
-from shmguard.limiter import Limiter, change_rate
-=======
 from shmguard.errors import PolicyConflictError, PolicyError, ShmguardError
 from shmguard.keyed import KeyedLimiter
-from shmguard.limiter import Limiter
->>>>>>> main
+from shmguard.limiter import Limiter, change_rate
 from shmguard.policy import Policy
 from shmguard.stats import BreakerState, EndpointStats
 
