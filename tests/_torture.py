@@ -844,6 +844,9 @@ def summary(rep: dict) -> str:
     p = rep["probes"]
     lines.append(f"  probes: {p['permits_logged']} permits in {p['generations']} half-open "
                  f"generations; most at once {p['max_at_once']} (max {p['half_open_max']})")
+    lines.append(f"  p1: {p['p1_checked']} probe permits checked at admission, "
+                 f"{p['p1_ended_generation']} in an ended generation; SIGSTOPs: {rep['stops']}; "
+                 f"rate changes of lim: {rep['rate_changes']}")
     lines.append(f"  table: {rep['table']}")
     lines.append(f"  violations: {len(rep['violations'])}")
     lines += [f"    - {v}" for v in rep["violations"][:20]]
