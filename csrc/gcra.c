@@ -27,7 +27,7 @@ struct lim {
 
 /* The common case, kept short for the hot path: a flat regime at full
  * scale and the policy's rate (then the TAT is plain GCRA in real ns). */
-static int lim_fast(struct sg_slot *s, uint64_t now, uint32_t prio, struct lim *out)
+static inline __attribute__((always_inline)) int lim_fast(struct sg_slot *s, uint64_t now, uint32_t prio, struct lim *out)
 {
     uint64_t T = 1;
     uint32_t burst = 1, share = 0, flags = 0;
@@ -61,7 +61,7 @@ static int lim_fast(struct sg_slot *s, uint64_t now, uint32_t prio, struct lim *
     return 1;
 }
 
-static void lim_load(struct sg_slot *s, uint64_t now, uint32_t prio, struct lim *out)
+static inline __attribute__((always_inline)) void lim_load(struct sg_slot *s, uint64_t now, uint32_t prio, struct lim *out)
 {
     if (!lim_fast(s, now, prio, out)) {
         sg_rate_load(s, now, prio, &out->r);
