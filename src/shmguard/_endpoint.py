@@ -17,7 +17,7 @@ from shmguard._capi import ffi, lib
 from shmguard.errors import CircuitOpenError, InvalidNameError, PolicyError, ShmguardError
 from shmguard.policy import Outcome, Policy, Priority
 from shmguard.stats import (BreakerMode, BreakerSnapshot, BreakerState, EndpointStats,
-                            LimiterMetrics, Probe)
+                            LimiterMetrics, Probe, RetryBudgetStats)
 
 if TYPE_CHECKING:
     from shmguard._events import Events
@@ -200,8 +200,14 @@ class Endpoint:
         b = self.breaker_snapshot()
         pv = self.policy_view()
         rate = None if pv.flags & lib.SG_POL_NO_LIMIT else NS / pv.emission_ns
-        return EndpointStats(self.name, b.state, b.failure_rate, self.limiter_metrics(), b,
-                             rate, pv.burst)
+        lim = self.limiter_metrics()
+        v = ffi.new("struct sg_budget_view *")
+        _capi.check(lib.sg_budget_snapshot_at(self.h.slot, self.seg.now_ns(), v), "budget",
+                    self.seg.name)
+        budget = RetryBudgetStats(v.window_ns / NS, v.attempts, v.retries, v.allowed) \
+            if v.window_ns else None
+        return EndpointStats(self.name, b.state, b.failure_rate, lim, b, rate, pv.burst,
+                             lim.accepted, v.retries_total, v.denied_total, budget)
 
     # -- errors ---------------------------------------------------------------------
     def rc_error(self, rc: int) -> ShmguardError:
