@@ -32,6 +32,8 @@
 #define TK_MAKE(g, l, now) ((int64_t)((((uint64_t)(g) & BW_GMASK) << 38) | ((uint64_t)(l) << 34) | \
                                       ((((now) >> 16) & 0x7fffffffULL) << 2)))
 #define LS_UNITS(ns) ((uint32_t)((ns) >> 20))
+/* judged word: | generation 25 (63:39) | bucket epoch + 1 39 | (0: none) */
+#define JG_MAKE(g, ep) ((((uint64_t)(g) & BW_GMASK) << 39) | (((ep) + 1) & ((1ULL << 39) - 1)))
 
 static uint64_t state_age(uint64_t w, uint64_t now)
 {
@@ -274,9 +276,16 @@ static int record(void *slot, uint64_t now, int64_t token)
         sg_window_add(s, &p, now, outcome, slow);
         /* The window is judged when a failure or a slow call lands, and when
          * a success lands while a failure is in the window: that success may
-         * bring the calls up to min_requests. A success in a window without
-         * failures cannot trip, and skipping the sum keeps it short. */
-        if (BW_STATE(w) != SG_CLOSED || outcome == SG_IGNORE || (!bad && !recent_failure(s, &p, now)))
+         * bring the calls up to min_requests. Skipped, to keep the success
+         * path short: a success in a window without failures (it cannot
+         * trip), and one in the same bucket period and generation as a
+         * judgement that found min_requests and no trip (the window's
+         * buckets and floor are the same, so a success only lowers the
+         * ratios; failures judge for themselves). */
+        if (BW_STATE(w) != SG_CLOSED || outcome == SG_IGNORE)
+            return SG_T_NONE;
+        uint64_t jw = JG_MAKE(gen, now / p.bucket_ns);
+        if (!bad && (!recent_failure(s, &p, now) || LD(&s->judged) == jw))
             return SG_T_NONE;
         struct sg_window_sum sum;
         sg_window_sum(s, &p, now, state_began(w, now), &sum);
@@ -288,6 +297,8 @@ static int record(void *slot, uint64_t now, int64_t token)
         /* If the CAS loses, someone else changed the state: nothing to do. */
         if (trip && transition(s, &p, &w, SG_OPEN, now))
             return SG_T_TO_OPEN;
+        if (!trip)
+            ST(&s->judged, jw); /* relaxed: a hint; a stale one only costs a sum */
         return SG_T_NONE;
     }
     case SG_HALF_OPEN:

@@ -13,7 +13,7 @@
  *   line 1      name bytes
  *   lines 2-7   policy[2] (double buffer; seq low bit picks the live one)
  *   line 8      breaker: word, half-open word, streak, baseline, last failure, opens,
- *               newest window epoch
+ *               newest window epoch, last judgement
  *   line 9      probe leases[8]
  *   lines 10-11 window buckets[16]   [epoch | failures | successes]
  *   lines 12-13 slow buckets[16]     [epoch | slow | ignored]
@@ -240,6 +240,7 @@ struct sg_slot {
     sg_a64 last_fail;                    /**< time of the newest failure or slow call (hint) */
     sg_a64 opens;                        /**< transitions to OPEN, ever */
     sg_a64 wepoch;                       /**< newest window epoch (full 64 bits; window.c) */
+    sg_a64 judged;                       /**< last judgement without a trip: gen | epoch (hint) */
     /* line 9 */
     alignas(SG_CACHE_LINE) sg_a64 lease[SG_MAX_PROBES];
     /* lines 10-13 */
@@ -271,6 +272,7 @@ _Static_assert(offsetof(struct sg_header, agent) == 4 * 64, "fleet agent line");
 _Static_assert(sizeof(struct sg_policy_raw) == 192, "policy is 3 cache lines");
 _Static_assert(sizeof(struct sg_slot) == SG_SLOT_SIZE, "slot is 2 KiB");
 _Static_assert(offsetof(struct sg_slot, bword) == 8 * 64, "breaker line");
+_Static_assert(offsetof(struct sg_slot, judged) == 8 * 64 + 56, "breaker line is one line");
 _Static_assert(offsetof(struct sg_slot, tat) == 14 * 64, "limiter line");
 _Static_assert(offsetof(struct sg_slot, lwin) == 17 * 64, "stats line");
 _Static_assert(offsetof(struct sg_slot, accepted) == 15 * 64, "limiter line is one line");

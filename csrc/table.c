@@ -74,6 +74,7 @@ static void fill_slot(struct sg_slot *s, uint64_t hash, const char *name, uint32
     ST(&s->last_fail, 0);
     ST(&s->opens, 0);
     ST(&s->wepoch, 0);
+    ST(&s->judged, 0);
     for (int i = 0; i < SG_MAX_PROBES; i++)
         ST(&s->lease[i], 0);
     for (int i = 0; i < SG_MAX_BUCKETS; i++) {

@@ -117,6 +117,18 @@ def test_successes_without_failures_in_the_window_never_judge(svc):
     assert view(slot, 11.5).failures == 0
 
 
+def test_a_success_judges_again_once_old_successes_leave_the_window(svc):
+    """A judgement's 'no trip' is reused only in its own bucket period and generation."""
+    slot = slot_of(svc, "hint", min_requests=4)
+    for t in (0.0, 0.1, 0.2):
+        call(slot, t, OK)
+    assert call(slot, 5.0, FAIL)[1] == lib.SG_T_NONE     # 4 calls, 25%
+    assert call(slot, 5.1, FAIL)[1] == lib.SG_T_NONE     # 5 calls, 40%: judged, no trip
+    assert call(slot, 5.2, OK)[1] == lib.SG_T_NONE       # same bucket: 33%, not summed
+    # 10.5 s: the three early successes left the window; F F S are 3 calls, one more is 4
+    assert call(slot, 10.5, OK)[1] == lib.SG_T_TO_OPEN   # 2 of 4 = 50%: judged again, trips
+
+
 # -- item 3: a slow failure counts as slow too ------------------------------------------
 
 def test_slow_failure_counts_as_slow(svc):
