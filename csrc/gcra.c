@@ -285,3 +285,91 @@ int sg_limiter_snapshot_at(const void *slot, uint64_t now, uint32_t prio, struct
     }
     return SG_OK;
 }
+
+/* tol for the regime and priority in L->r (read-only callers: no retune) */
+static void lim_read(struct sg_slot *s, uint64_t now, uint32_t prio, struct lim *L)
+{
+    sg_rate_load(s, now, prio, &L->r);
+    uint64_t T = L->r.T, tol = sg_mul_ppm(sg_sat_mul(T, L->r.burst), L->r.share);
+    L->tol = tol < T ? T : tol;
+}
+
+/* Hold: the server said "Retry-After": move the TAT so that no priority
+ * conforms before until_ns. With tolerance tol_p a request of cost 1
+ * conforms once max(TAT, v) + T - v <= tol_p (v: the regime's virtual
+ * time), so TAT = V(until) + tol - T for the largest tolerance holds every
+ * priority. The TAT only ever moves forward here (never a refund), so the
+ * rate bound is untouched; an endpoint without a limit has no TAT to hold
+ * (SG_OK, nothing done). A hold is advisory: under a storm of rate changes
+ * it gives up after a few tries. */
+int sg_limiter_hold_at(void *slot, uint64_t now, uint64_t until)
+{
+    struct sg_slot *s = slot;
+    if (!s)
+        return SG_E_ARG;
+    if (until <= now)
+        return SG_OK;
+    for (int tries = 0; tries < 8; tries++) {
+        struct lim L;
+        uint64_t need = 0;
+        uint32_t tag = 0;
+        int mixed = 0;
+        for (uint32_t prio = 0; prio < SG_PRIORITIES; prio++) {
+            lim_read(s, until, prio, &L); /* virtual time at `until` */
+            if (L.r.flags & SG_POL_NO_LIMIT)
+                return SG_OK;
+            mixed |= prio && L.r.tag != tag;
+            tag = L.r.tag;
+            uint64_t v = sg_sat_add(L.r.vnow, L.tol - L.r.T); /* tol >= T */
+            if (v > need)
+                need = v;
+        }
+        if (mixed || need > TT_NS(~0ULL))
+            continue; /* a rate change between the loads: again */
+        uint64_t cur = atomic_load_explicit(&s->tat, memory_order_acquire), tv;
+        if (!tat_value(s, &L, cur, &tv))
+            continue;
+        if (tv >= need)
+            return SG_OK;
+        /* same CAS shape as decide(); a TAT of another regime fails it too */
+        if (atomic_compare_exchange_strong_explicit(&s->tat, &cur, TT_MAKE(tag, need),
+                                                    memory_order_release, memory_order_acquire))
+            return SG_OK;
+    }
+    return SG_OK;
+}
+
+int sg_limiter_hold(const struct sg_handle *h, uint64_t until)
+{
+    return sg_limiter_hold_at(h->slot, sg_now_h(h), until);
+}
+
+/* The delay decide() would report for cost_prio now, without taking or
+ * counting anything (a rejection's retry-after: it counts the reservations
+ * already queued and any hold). */
+int sg_limiter_delay_at(const void *slot, uint64_t now, uint64_t cp, int64_t *delay_out)
+{
+    struct sg_slot *s = (struct sg_slot *)slot;
+    uint32_t prio = (uint32_t)(cp & 3);
+    if (!s || !delay_out || (cp >> 2) == 0)
+        return SG_E_ARG;
+    struct lim L;
+    lim_read(s, now, prio, &L);
+    *delay_out = 0;
+    if (L.r.flags & SG_POL_NO_LIMIT)
+        return SG_OK;
+    uint64_t inc = sg_sat_mul(cp >> 2, L.r.T);
+    if (inc > L.tol) {
+        *delay_out = INT64_MAX;
+        return SG_E_COST;
+    }
+    /* acquire: pairs with the release CAS of decide() */
+    uint64_t cur = atomic_load_explicit(&s->tat, memory_order_acquire), tv;
+    if (!tat_value(s, &L, cur, &tv))
+        tv = TT_NS(cur); /* a change under way: the nearest estimate */
+    uint64_t vnow = L.r.vnow;
+    uint64_t ahead = sg_sat_add(tv > vnow ? tv : vnow, inc) - vnow;
+    uint64_t d = sg_rate_real_delay(&L.r, ahead > L.tol ? ahead - L.tol : 0);
+    *delay_out = d > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)d;
+    return SG_OK;
+}

@@ -54,6 +54,8 @@ _SIMPLE: list[tuple[str, str, str, Getter]] = [
      lambda e: e["limiter"]["tokens"]),
     ("limiter_acceptance_ratio", "gauge", "Admitted / decided over the statistics window.",
      lambda e: e["limiter"]["acceptance_rate"]),
+    ("policy_overridden", "gauge", "1 while shmguard set-rate overrides the registered policy.",
+     lambda e: int(e["policy"].get("overridden", False))),
 ]
 _PER_PRIORITY = [
     ("limiter_admitted_total", "Calls the rate limiter admitted, by priority.", "admitted"),
