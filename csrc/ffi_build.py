@@ -12,7 +12,7 @@ import re
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["segment.c", "table.c", "policy.c", "window.c", "breaker.c", "gcra.c",
+SOURCES = ["segment.c", "table.c", "policy.c", "window.c", "breaker.c", "rate.c", "gcra.c",
            "siphash.c", "keyed.c", "keyed_gcra.c", "budget.c"]
 
 

@@ -12,11 +12,12 @@
  *   line 0      control: state word, hash, name length, policy seq + lease
  *   line 1      name bytes
  *   lines 2-7   policy[2] (double buffer; seq low bit picks the live one)
- *   line 8      breaker: word, half-open word, streak, baseline, (reserved), opens
+ *   line 8      breaker: word, half-open word, streak, baseline, last failure, opens,
+ *               newest window epoch, last judgement
  *   line 9      probe leases[8]
  *   lines 10-11 window buckets[16]   [epoch | failures | successes]
  *   lines 12-13 slow buckets[16]     [epoch | slow | ignored]
- *   line 14     limiter: TAT, rate-scale word (+ spare words)
+ *   line 14     limiter: TAT, rate-change word, rate records[2] (3 words each)
  *   line 15     limiter totals: accepted[4], rejected[4]
  *   line 16     waited[4], breaker totals (success, failure, ignored, rejected)
  *   line 17     limiter stats window[8]  [epoch | accepted | rejected]
@@ -129,17 +130,47 @@ typedef _Atomic uint32_t sg_a32;
 #define LW_ACC(w) (((w) >> 24) & 0xffffffULL)
 #define LW_REJ(w) ((w) & 0xffffffULL)
 
-/* ---- rate-scale word (adaptive rate) -------------------------------------
- * | from ppm 20 (63:44) | to ppm 20 (43:24) | ramp start (ns >> 22) 24 |
- * Drops set from = to (at once); rises ramp from -> to over recovery_ns.
- * 0 means "settled at full rate" so a fresh slot needs no initialisation.
+/* ---- limiter TAT word (rate.c, gcra.c) -----------------------------------
+ * | regime tag 2 (63:62) | TAT in the regime's virtual time, ns 62 |
+ * The tag (the record's tag, mod 4) names the rate record the TAT is
+ * expressed in; a TAT one regime behind is converted (debt kept in tokens)
+ * in the CAS that next moves it. 62 bits hold any TAT a policy allows
+ * (burst x emission <= 2^62) up to 2^62 - now; beyond, it saturates.
  */
-#define RS_TSHIFT 22
-#define RS_FROM(w) ((uint32_t)((w) >> 44))
-#define RS_TO(w) ((uint32_t)(((w) >> 24) & 0xfffffu))
-#define RS_TIME(w) ((uint32_t)((w) & 0xffffffu))
-#define RS_MAKE(f, t, now) (((uint64_t)(f) << 44) | ((uint64_t)(t) << 24) | \
-                            (((now) >> RS_TSHIFT) & 0xffffffu))
+#define TT_TAG(w) ((uint32_t)((w) >> 62))
+#define TT_NS(w) ((w) & ((1ULL << 62) - 1))
+#define TT_MAKE(tag, ns) (((uint64_t)((tag) & 3u) << 62) | ((ns) & ((1ULL << 62) - 1)))
+
+/* ---- rate-change word (rate.c) --------------------------------------------
+ * | pending 1 (63) | active record 1 (62) | seq 22 (61:40) | deadline (ns >> 20) 40 |
+ * A change claims it (pending), writes the inactive record, flips active,
+ * converts the TAT and clears it (seq + 1). A pending change past its
+ * deadline is completed by whoever finds it.
+ */
+#define RC_PENDING(w) ((uint32_t)((w) >> 63))
+#define RC_ACTIVE(w) ((uint32_t)(((w) >> 62) & 1u))
+#define RC_SEQ(w) ((uint32_t)(((w) >> 40) & 0x3fffffu))
+#define RC_DL(w) ((w) & ((1ULL << 40) - 1))
+#define RC_MAKE(p, a, seq, dl) (((uint64_t)(p) << 63) | ((uint64_t)(a) << 62) | \
+                                (((uint64_t)(seq) & 0x3fffffu) << 40) | ((dl) & ((1ULL << 40) - 1)))
+
+/* ---- rate record: 3 words, each carrying the writer's seq ------------------
+ * w0 | seq 2 | base emission ns 62 (0: the policy's) |
+ * w1 | seq 2 | regime start t0 ns 62 |
+ * w2 | tag 3 | from 20 | to 20 | seq 21 |   scale = 1e6 - field (0 = full)
+ * Virtual time runs at scale / to: flat when from == to; a rise ramps from
+ * -> to over recovery_ns. All zero: full rate, the policy's emission.
+ */
+#define RR_SEQ2(w) ((uint32_t)((w) >> 62))
+#define RR_VAL(w) ((w) & ((1ULL << 62) - 1))
+#define RR_MK(seq, v) (((uint64_t)((seq) & 3u) << 62) | ((v) & ((1ULL << 62) - 1)))
+#define RR_TAG(w) ((uint32_t)((w) >> 61))
+#define RR_FROM(w) (SG_PPM - (uint32_t)(((w) >> 41) & 0xfffffu))
+#define RR_TO(w) (SG_PPM - (uint32_t)(((w) >> 21) & 0xfffffu))
+#define RR_SEQ(w) ((uint32_t)((w) & 0x1fffffu))
+#define RR_MK2(tag, from, to, seq) (((uint64_t)((tag) & 7u) << 61) | \
+                                    ((uint64_t)(SG_PPM - (from)) << 41) | \
+                                    ((uint64_t)(SG_PPM - (to)) << 21) | ((uint64_t)(seq) & 0x1fffffu))
 
 struct sg_header {
     alignas(SG_CACHE_LINE) uint64_t magic; /**< SG_MAGIC */
@@ -206,8 +237,10 @@ struct sg_slot {
     sg_a64 ho;                           /**< half-open successes of a gen */
     sg_a64 streak;                       /**< consecutive opens (backoff) */
     sg_a64 baseline_ppm;                 /**< long-horizon failure ratio */
-    sg_a64 reserved6;                    /**< zero (was the window floor, layout 1) */
+    sg_a64 last_fail;                    /**< time of the newest failure or slow call (hint) */
     sg_a64 opens;                        /**< transitions to OPEN, ever */
+    sg_a64 wepoch;                       /**< newest window epoch (full 64 bits; window.c) */
+    sg_a64 judged;                       /**< last judgement without a trip: gen | epoch (hint) */
     /* line 9 */
     alignas(SG_CACHE_LINE) sg_a64 lease[SG_MAX_PROBES];
     /* lines 10-13 */
@@ -215,7 +248,8 @@ struct sg_slot {
     alignas(SG_CACHE_LINE) sg_a64 slow[SG_MAX_BUCKETS];
     /* line 14: limiter */
     alignas(SG_CACHE_LINE) sg_a64 tat;   /**< GCRA theoretical arrival time */
-    sg_a64 scale;                        /**< rate-scale word (0 = full) */
+    sg_a64 rchange;                      /**< rate-change word (rate.c) */
+    sg_a64 rrec[2][3];                   /**< rate records (rate.c) */
     /* line 15 */
     alignas(SG_CACHE_LINE) sg_a64 accepted[SG_PRIORITIES];
     sg_a64 rejected[SG_PRIORITIES];
@@ -238,8 +272,10 @@ _Static_assert(offsetof(struct sg_header, agent) == 4 * 64, "fleet agent line");
 _Static_assert(sizeof(struct sg_policy_raw) == 192, "policy is 3 cache lines");
 _Static_assert(sizeof(struct sg_slot) == SG_SLOT_SIZE, "slot is 2 KiB");
 _Static_assert(offsetof(struct sg_slot, bword) == 8 * 64, "breaker line");
+_Static_assert(offsetof(struct sg_slot, judged) == 8 * 64 + 56, "breaker line is one line");
 _Static_assert(offsetof(struct sg_slot, tat) == 14 * 64, "limiter line");
 _Static_assert(offsetof(struct sg_slot, lwin) == 17 * 64, "stats line");
+_Static_assert(offsetof(struct sg_slot, accepted) == 15 * 64, "limiter line is one line");
 _Static_assert(offsetof(struct sg_slot, bulkhead) == 18 * 64, "bulkhead lines");
 _Static_assert(sizeof(struct sg_bulkhead_area) == 9 * 64, "bulkhead: 9 lines");
 _Static_assert(offsetof(struct sg_slot, budget) == 27 * 64, "budget line");
@@ -413,6 +449,26 @@ uint64_t sg_mono_ns(void);
 struct sg_slot *sg_slot_at(const void *base, uint32_t index);
 void sg_policy_load(const struct sg_slot *s, struct sg_policy_view *out);
 void sg_policy_store(struct sg_policy_raw *p, const struct sg_policy_view *v);
+
+/* rate.c: the limiter's rate regime (virtual time, conversions, changes) */
+struct sg_rate {
+    uint64_t T;        /**< emission interval in virtual ns (the regime's target rate) */
+    uint64_t vnow;     /**< virtual now */
+    uint64_t t0;       /**< regime start */
+    uint64_t R;        /**< recovery_ns */
+    uint64_t Tb;       /**< base emission interval of the regime */
+    uint32_t s_now;    /**< scale now, ppm */
+    uint32_t s_to;     /**< scale the regime ramps to */
+    uint32_t tag;      /**< regime tag (TAT words carry it) */
+    uint32_t active;   /**< record index */
+    uint32_t flags;    /**< the policy's (SG_POL_*) */
+    uint32_t burst;
+    uint32_t share;    /**< burst share of the asked priority, ppm */
+    uint32_t drift;    /**< the policy's rate is not the regime's: retune */
+};
+int sg_rate_load(struct sg_slot *s, uint64_t now, uint32_t prio, struct sg_rate *out);
+int sg_rate_convert(struct sg_slot *s, const struct sg_rate *r, uint64_t tat, uint64_t *tv);
+uint64_t sg_rate_real_delay(const struct sg_rate *r, uint64_t d_virtual);
 
 struct sg_window_sum {
     uint64_t failures, successes, slow;

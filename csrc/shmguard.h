@@ -66,7 +66,6 @@ enum sg_bstate {
 /* What sg_record did to the breaker (for callbacks). */
 enum sg_transition {
     SG_T_NONE = 0, SG_T_TO_OPEN = 1, SG_T_TO_HALF_OPEN = 2, SG_T_TO_CLOSED = 3,
-    SG_T_ECHO_HALF_OPEN = 8,     /* sg_breaker_record: the token's admission half-opened */
     SG_T_STALE = 16              /* sg_breaker_record: outcome of an older generation, dropped */
 };
 
@@ -178,6 +177,7 @@ struct sg_limiter_view {
     uint64_t win_accepted;       /* over the stats window */
     uint64_t win_rejected;
     uint64_t win_ns;             /* span the window covers */
+    uint64_t wait_ns;            /* until one token is free at this priority (after queued reservations) */
 };
 
 /* A limiter decision with its delay (reserve / wait paths). */
@@ -185,6 +185,7 @@ struct sg_decision {
     int64_t delay_ns;            /* >0: wait this long (reserved) or retry after */
     uint64_t act_ns;             /* clock time the reservation conforms */
     uint64_t tat_ns;             /* TAT this reservation left (for cancel) */
+    uint64_t took_ns;            /* what it added to the TAT (cancel refunds at most this) */
 };
 
 /* Per-process handle of one slot (process memory, never shared). */
@@ -222,6 +223,9 @@ int sg_policy_check(const struct sg_policy_view *pol);
 
 /* breaker.c: explicit-time core, then handle forms that read the clock */
 int64_t sg_breaker_acquire_at(void *slot, uint64_t now_ns, uint32_t pid);
+/* acquire as a caller that read the breaker word `seen` earlier (step tests
+ * replay interleavings with it); the word is only a starting point */
+int64_t sg_breaker_acquire_seen(void *slot, uint64_t now_ns, uint32_t pid, uint64_t seen);
 int sg_breaker_record_at(void *slot, uint64_t now_ns, int64_t token);
 int sg_breaker_force_at(void *slot, uint64_t now_ns, uint32_t state);
 int sg_breaker_reclaim(void *slot, uint32_t probe, uint64_t expected_word);
@@ -237,6 +241,9 @@ int sg_limiter_cancel_at(void *slot, uint64_t now_ns, uint64_t cost_prio,
                          const struct sg_decision *d);
 int sg_limiter_cancel(const struct sg_handle *h, uint64_t cost_prio, const struct sg_decision *d);
 int sg_limiter_scale_at(void *slot, uint64_t now_ns, uint32_t health_ppm);
+/* after a new policy rate: start a regime at that rate keeping the debt in
+ * tokens (SG_E_BUSY: another change is under way, retry) */
+int sg_limiter_retune_at(void *slot, uint64_t now_ns);
 int sg_limiter_snapshot_at(const void *slot, uint64_t now_ns, uint32_t priority,
                            struct sg_limiter_view *out);
 int sg_allow(const struct sg_handle *h);

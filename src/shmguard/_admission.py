@@ -47,7 +47,7 @@ def admit_slow(ep: Endpoint, tok: int | None, priority: Priority, timeout: float
 def rate_limited(ep: Endpoint, priority: Priority) -> RateLimitedError:
     """Returns the error for a rate-limited call, with the time until a token is free."""
     m = ep.limiter_metrics(priority)
-    wait = delay_of(ep, pack(1, priority))  # exact, also after a Retry-After hold
+    wait = delay_of(ep, pack(1, priority))  # exact: counts queued reservations and holds
     return RateLimitedError(ep.name, wait, f"endpoint {ep.name!r} is rate limited "
                                            f"({m.effective_rate:g}/s); retry after {wait:.3f}s")
 
@@ -55,10 +55,12 @@ def rate_limited(ep: Endpoint, priority: Priority) -> RateLimitedError:
 def admit_once(ep: Endpoint, cp: int, timeout: float | None) -> int:
     """One admission (breaker + limiter); with a timeout, sleeps the reserved delay."""
     if timeout is None:
-        return int(ep.admit(ep.h, cp))
+        return ep.admitted(int(ep.admit(ep.h, cp)))
     ep.seg.base  # raises ServiceClosedError once closed
     d = ffi.new("struct sg_decision *")
     tok = int(lib.sg_admit_wait(ep.h, cp, wait_ns(timeout), d))
+    if tok >= 0:
+        ep.admitted(tok)
     if tok >= 0 and d.delay_ns > 0:
         try:
             time.sleep(d.delay_ns / NS)

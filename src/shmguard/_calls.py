@@ -101,6 +101,8 @@ class Calls(Registry):
             tok = ep.admit(ep.h, cp)
             if tok < 0:
                 tok = _admission.admit_slow(ep, tok, priority, None)
+            elif tok & LEASE_BITS:
+                ep.admitted(tok)
         else:
             tok = _admission.admit_slow(ep, None, priority, timeout)
         if tok & LEASE_BITS and ep.probe is not None:

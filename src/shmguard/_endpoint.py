@@ -24,10 +24,11 @@ if TYPE_CHECKING:
     from shmguard._events import Events
     from shmguard.segment import Segment
 
-__all__ = ["Endpoint", "validate_endpoint", "LEASE_BITS", "NS", "STATES"]
+__all__ = ["Endpoint", "validate_endpoint", "HO_FLAG", "LEASE_BITS", "NS", "STATES"]
 
 NS = 1_000_000_000
 LEASE_BITS = 0xF << 34  # token bits naming a half-open probe lease
+HO_FLAG = 1 << 33       # token bit: this admission moved the breaker to half-open
 RECLAIM_EVERY = 0.05    # seconds between two scans for dead probe holders
 STATES = {0: (BreakerState.CLOSED, BreakerMode.NORMAL), 1: (BreakerState.OPEN, BreakerMode.NORMAL),
           2: (BreakerState.HALF_OPEN, BreakerMode.NORMAL),
@@ -95,8 +96,16 @@ class Endpoint:
         priority = Priority(cp & 3)
         if tok < 0:
             tok = _admission.admit_slow(self, tok, priority, None)
+        else:
+            self.admitted(tok)
         if tok & LEASE_BITS and self.probe is not None:
             tok = _admission.probe_instead(self, tok, priority, None)
+        return tok
+
+    def admitted(self, tok: int) -> int:
+        """Reports OPEN -> HALF_OPEN if admitting ``tok`` made it (once, at admission)."""
+        if tok & HO_FLAG:
+            self.events.transition(self, lib.SG_T_TO_HALF_OPEN, False)
         return tok
 
     def record_success(self, tok: int) -> None:
@@ -185,7 +194,7 @@ class Endpoint:
               for p in Priority}
         return LimiterMetrics(sum(v.accepted), sum(v.rejected), sum(v.waited), by,
                               v.win_accepted, v.win_rejected, v.win_ns / NS, v.tokens,
-                              v.effective_rate, v.scale_ppm / 1e6)
+                              v.effective_rate, v.scale_ppm / 1e6, v.wait_ns / NS)
 
     def stats(self) -> EndpointStats:
         """Returns the endpoint's statistics, read from the segment."""

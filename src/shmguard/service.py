@@ -21,7 +21,7 @@ from shmguard._registry import CLAIM_STALE_NS, REGISTER_WAIT
 from shmguard.breaker import Breaker
 from shmguard.errors import PolicyConflictError, PolicyError, ShmguardError
 from shmguard.keyed import KeyedLimiter
-from shmguard.limiter import Limiter
+from shmguard.limiter import Limiter, change_rate
 from shmguard.policy import Policy
 from shmguard.stats import BreakerState, EndpointStats
 
@@ -128,7 +128,7 @@ class ResilienceService(Calls):
         tok = ep.acquire_permit()
         if tok < 0 or not tok & LEASE_BITS:
             return None  # nothing due; a closed-state token needs no record
-        return run_probe(ep, tok)
+        return run_probe(ep, ep.admitted(tok))
 
     # -- state and statistics --------------------------------------------------------------
     def breaker_state(self, endpoint: str) -> BreakerState:
@@ -148,8 +148,9 @@ class ResilienceService(Calls):
         if isinstance(health, bool) or not isinstance(health, (int, float)) or not 0 <= health <= 1:
             raise PolicyError(f"health must be in [0, 1], got {health!r}")
         ep = self._endpoint(endpoint)
-        _capi.check(lib.sg_limiter_scale_at(ep.h.slot, self.now_ns(), round(health * 1e6)),
-                    "adjust_rate", self.name)
+        ppm = round(health * 1e6)
+        change_rate(lambda: lib.sg_limiter_scale_at(ep.h.slot, self.now_ns(), ppm),
+                    f"adjust_rate({endpoint!r})", self.name)
 
 
 _LIVE: weakref.WeakSet[ResilienceService] = weakref.WeakSet()

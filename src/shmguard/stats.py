@@ -78,6 +78,7 @@ class LimiterMetrics:
     tokens: float = 0.0
     effective_rate: float = 0.0
     rate_scale: float = 1.0
+    retry_after: float = 0.0     #: seconds until one token is free (after queued reservations)
 
     def acceptance_rate(self, *, window: bool = True) -> float:
         """Reports accepted / decided, over the sliding window (default) or all time."""

@@ -240,8 +240,9 @@ def _slot_ops(b: Buf, h, seq) -> None:
             d.act_ns, d.tat_ns, d.delay_ns = a, c, x
             assert lib.sg_limiter_cancel_at(slot, now ^ c, c, d) in (lib.SG_OK, lib.SG_E_ARG)
         elif op == "scale":
+            # SG_E_BUSY: the scribbled rate-change word holds a claim not yet due
             assert lib.sg_limiter_scale_at(slot, now, u32 % 1_200_000 if c & 1 else u32) in (
-                lib.SG_OK, lib.SG_E_ARG)
+                lib.SG_OK, lib.SG_E_ARG, lib.SG_E_BUSY)
         elif op == "lsnap":
             rc = lib.sg_limiter_snapshot_at(slot, now, u32 % 6, lv)
             assert rc in (lib.SG_OK, lib.SG_E_ARG)

@@ -15,6 +15,7 @@ from shmguard import _capi
 from shmguard._capi import ffi, lib
 from shmguard.cli.render import count, rate
 from shmguard.errors import PolicyError, ShmguardError
+from shmguard.limiter import change_rate
 from shmguard.cli.inspector import STATES, find_endpoint, policy_view, slot_handle
 from shmguard.policy import MAX_RATE
 from shmguard.segment import Segment
@@ -106,4 +107,6 @@ def set_rate(seg: Segment, endpoint: str, new_rate: float | None, burst: int | N
     if rc == lib.SG_E_ARG:
         raise PolicyError(f"endpoint {endpoint!r}: the resulting policy is invalid")
     _capi.check(rc, f"publish policy of {endpoint!r}", seg.name)
+    change_rate(lambda: lib.sg_limiter_retune_at(h.slot, lib.sg_clock_now(seg.base)),
+                f"new rate of {endpoint!r}", seg.name)   # the debt is kept in tokens
     return f"{endpoint}: {before} -> {_describe(policy_view(h))}"

@@ -176,6 +176,7 @@ def _limiter(seg: Segment, h: Any, now: int, pol: Any) -> dict[str, Any]:
         "scale": v.scale_ppm / 1e6,
         "scale_target": v.scale_target_ppm / 1e6,
         "tokens": float(v.tokens) if limited else None,
+        "retry_after": v.wait_ns / NS if limited else None,
         "acceptance_rate": wa / (wa + wr) if wa + wr else 1.0,
         "window_accepted": wa,
         "window_rejected": wr,
