@@ -66,3 +66,42 @@ def test_four_processes_300_keys_each_within_its_bound(realsvc):
     assert s.folded <= s.inserted and s.full_rejections == 0
     hot = [total[f"tenant-{i}"] for i in range(HOT)]
     assert sum(hot) >= 0.5 * HOT * bound, (hot, bound)  # hot keys are pushed to their bound
+
+
+def _churn(segname: str, seed: int) -> None:
+    svc = sg.ResilienceService(segname, create=False)
+    kl = svc.keyed_limiter("churn", 1000, 2, capacity=16)     # 32 entries: constant reuse
+    rng = random.Random(seed)
+    i = 0
+    while True:
+        i += 1
+        kl.allow(f"hot-{rng.randrange(4)}")
+        kl.allow(f"new-{seed}-{i}")
+
+
+def test_sigkilled_inserters_leave_one_entry_per_key(realsvc):
+    """Processes killed at random moments while inserting and reusing entries."""
+    import os
+    import signal
+
+    from _torture_keyed import _entries_of
+    kl = realsvc.keyed_limiter("churn", 1000, 2, capacity=16)
+    ctx = mp.get_context("fork")
+    rng = random.Random(2026)
+    for r in range(8):
+        procs = [ctx.Process(target=_churn, args=(realsvc.name, 10 * r + j)) for j in range(2)]
+        for p in procs:
+            p.start()
+        time.sleep(rng.uniform(0.05, 0.2))
+        for p in procs:
+            os.kill(p.pid, signal.SIGKILL)
+            p.join(10)
+            assert p.exitcode == -signal.SIGKILL
+    time.sleep(0.01)                       # every TAT (<= 2 ms ahead) is in the past now
+    for k in range(4):
+        assert kl.allow(f"hot-{k}")        # settles anything a killed inserter left PENDING
+        assert _entries_of(kl, f"hot-{k}".encode()) == [1]
+    # 4 + 10 live keys cannot fill a window of 16: every new key gets an entry
+    assert all(kl.allow(f"after-{i}") for i in range(10))
+    s = kl.stats()
+    assert s.inserted > 0 and s.used_entries <= s.entries == 32
