@@ -10,9 +10,10 @@ Afterwards it checks (violations):
 - every hot key was admitted at most burst + rate x elapsed times, summed
   over all workers (an admission logged after allow() returned: a kill in
   between hides at most one per kill, so the check is exact up to kills);
-- no key has two entries: after one more decision per hot key (which
-  settles what a killed inserter left PENDING), each hot key's window holds
-  exactly one LIVE entry with its fingerprint;
+- no key has two entries that take decisions: after one more decision per
+  hot key (which settles what a killed inserter left PENDING before its
+  entry), each hot key's window holds exactly one LIVE entry with its
+  fingerprint, and at most PENDING ones after it (never decided on);
 - the table scan works and every counter is consistent.
 """
 from __future__ import annotations
@@ -84,8 +85,10 @@ def report(svc: sg.ResilienceService, q: Any, region: int, workers: int, glob: i
         key = f"hot-{k}".encode()
         kl.allow(key, 1, sg.Priority.HIGH)            # settles anything left PENDING
         states = _entries_of(kl, key)
-        if states != [1]:
-            violations.append(f"keyed {NAME}: hot-{k} has entries in states {states}, want [1]")
+        # one LIVE entry; an insert killed before settling may leave PENDING ones after it
+        if not states or states[0] != 1 or not set(states[1:]) <= {2}:
+            violations.append(f"keyed {NAME}: hot-{k} has entries in states {states}, "
+                              "want one LIVE first")
     s = kl.stats(top=3)
     if s.live_keys > s.used_entries or s.used_entries > s.entries:
         violations.append(f"keyed {NAME}: scan gave {s.live_keys} live of {s.used_entries} used")

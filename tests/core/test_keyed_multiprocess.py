@@ -79,7 +79,7 @@ def _churn(segname: str, seed: int) -> None:
         kl.allow(f"new-{seed}-{i}")
 
 
-def test_sigkilled_inserters_leave_one_entry_per_key(realsvc):
+def test_sigkilled_inserters_leave_one_live_entry_per_key(realsvc):
     """Processes killed at random moments while inserting and reusing entries."""
     import os
     import signal
@@ -100,7 +100,10 @@ def test_sigkilled_inserters_leave_one_entry_per_key(realsvc):
     time.sleep(0.01)                       # every TAT (<= 2 ms ahead) is in the past now
     for k in range(4):
         assert kl.allow(f"hot-{k}")        # settles anything a killed inserter left PENDING
-        assert _entries_of(kl, f"hot-{k}".encode()) == [1]
+        states = _entries_of(kl, f"hot-{k}".encode())
+        # one LIVE entry takes the decisions; an insert killed before it settled may
+        # leave a PENDING one after it, which never held a decision (reused after 1 ms)
+        assert states[0] == 1 and set(states[1:]) <= {2}, states
     # 4 + 10 live keys cannot fill a window of 16: every new key gets an entry
     assert all(kl.allow(f"after-{i}") for i in range(10))
     s = kl.stats()
