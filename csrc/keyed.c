@@ -226,9 +226,8 @@ static int settle_once(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp
     return -1;
 }
 
-void sg_kl_settle(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp, uint64_t now)
+void sg_kl_settle(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp)
 {
-    (void)now;
     /* F1: orders our insert CAS before the scan below (Dekker pair with the
      * other inserter's F1); the CAS is a full barrier on x86 already. */
     atomic_thread_fence(memory_order_seq_cst);

@@ -119,7 +119,7 @@ static void insert(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp, ui
     uint32_t st = KT_STATE(L->stag);
     if (st == KT_LIVE || st == KT_PENDING)
         atomic_fetch_add_explicit(&h->evicted, 1, memory_order_relaxed);
-    sg_kl_settle(kh, home, fp, now);
+    sg_kl_settle(kh, home, fp);
 }
 
 static int decide(const struct sg_kl_handle *kh, uint64_t now, uint64_t hash, uint64_t cp,
@@ -138,7 +138,7 @@ static int decide(const struct sg_kl_handle *kh, uint64_t now, uint64_t hash, ui
         look(kh, home, fp, now, &L);
         int rc;
         if (L.hit && KT_STATE(L.tag) == KT_PENDING)
-            sg_kl_settle(kh, home, fp, now); /* help the insert finish, then decide */
+            sg_kl_settle(kh, home, fp); /* help the insert finish, then decide */
         else if (L.hit && gcra(kh, &L, now, inc, tol, max_wait, out, &rc))
             return rc;
         else if (!L.hit && !L.spare)

@@ -369,7 +369,7 @@ static inline int sg_kl_cas(struct sg_kl_entry *e, uint64_t tag, uint64_t tat, u
 }
 
 /* Internal, shared between keyed.c and keyed_gcra.c. */
-void sg_kl_settle(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp, uint64_t now);
+void sg_kl_settle(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp);
 static inline struct sg_kl_entry *sg_kl_at(const struct sg_kl_handle *kh, uint64_t home,
                                            uint32_t i)
 {
