@@ -200,3 +200,13 @@ def test_executor_passes_the_key(svc):
         assert ex.submit("api", lambda: 7, key="dora", priority=sg.Priority.HIGH).result() == 7
         with pytest.raises(sg.RateLimitedError, match="key 'dora'"):
             ex.submit("api", lambda: 7, key="dora", priority=sg.Priority.HIGH).result()
+
+
+def test_execute_when_the_table_is_full(svc):
+    svc.keyed_limiter("small", rate=10, burst=1, capacity=8)      # 16 entries, one window
+    svc.register_endpoint("api", sg.Policy(keyed_limit="small"))
+    for i in range(16):
+        svc.execute("api", int, key=f"k{i}", priority=sg.Priority.HIGH)
+    with pytest.raises(sg.RateLimitedError, match="keyed limiter 'small' is full") as ei:
+        svc.execute("api", int, key="late")
+    assert ei.value.retry_after == pytest.approx(0.1)
