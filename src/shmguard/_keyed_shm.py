@@ -25,7 +25,8 @@ import posix_ipc
 from shmguard import _capi
 from shmguard._capi import ffi, lib
 from shmguard.errors import (InvalidNameError, PolicyError, SegmentCorruptError,
-                             SegmentNotFoundError, SegmentPermissionError)
+                             SegmentIncompatibleError, SegmentNotFoundError,
+                             SegmentPermissionError)
 from shmguard.segment import KEYED_SEP, Segment, object_name
 
 __all__ = ["KeyedTable", "validate_keyed_name", "table_object_name", "keyed_config", "describe",
@@ -94,6 +95,15 @@ def describe(v: Any) -> str:
 
 
 NS_PER_S = 1_000_000_000
+
+
+_ERRORS = {
+    lib.SG_E_NOT_READY: (SegmentCorruptError, "was never initialised (its creator died?)"),
+    lib.SG_E_MAGIC: (SegmentCorruptError, "is not a keyed limiter table (bad magic)"),
+    lib.SG_E_VERSION: (SegmentIncompatibleError, "has another table version"),
+    lib.SG_E_SIZE: (SegmentCorruptError, "has a corrupt header (sizes disagree)"),
+    lib.SG_E_TRUNCATED: (SegmentCorruptError, "is shorter than its header claims"),
+}
 
 
 class KeyedTable:
@@ -191,11 +201,8 @@ class KeyedTable:
             self._raise(rc)
 
     def _raise(self, rc: int) -> None:
-        try:
-            _capi.raise_segment(rc, self.segment.name)
-        except Exception as exc:
-            text = str(exc).replace(f"segment {self.segment.name!r}", self.what)
-            raise type(exc)(text.replace("slot", "entry")) from None
+        cls, what = _ERRORS.get(rc, (SegmentCorruptError, f"failed validation with code {rc}"))
+        raise cls(f"{self.what} {what}")
 
     def refresh(self) -> Any:
         """Returns a fresh, validated ``struct sg_kl_view *`` (sizes, policy, counters)."""

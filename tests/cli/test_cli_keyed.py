@@ -56,3 +56,25 @@ def test_rm_and_gc_remove_the_tables(segname: str) -> None:
     out = cli("gc", segname, "--min-age", "0").stdout
     assert f"removed      {segname}" in out
     assert not os.path.exists(table) and not os.path.exists(shm(segname))
+
+
+def test_a_corrupt_or_open_table_is_reported_not_read(segname: str) -> None:
+    _make(segname)
+    table = shm(segname) + "~kl~users"
+    with open(table, "r+b") as f:          # scribble on the magic
+        f.write(b"\xff" * 8)
+    snap = json.loads(cli("inspect", segname, "--json").stdout)
+    assert snap["keyed"] == [{"name": "users", "error": f"keyed limiter 'users' of segment "
+                                                        f"{segname!r} is not a keyed limiter "
+                                                        "table (bad magic)"}]
+    assert "   ! keyed limiter 'users' of segment" in cli("inspect", segname).stdout
+    os.chmod(table, 0o644)                 # group/world readable: refused like a segment
+    svc = sg.ResilienceService(segname, create=False)
+    try:
+        import pytest
+        with pytest.raises(sg.SegmentPermissionError, match="mode 644"):
+            svc.keyed_limiter("users", 10, 5, capacity=1000)
+    finally:
+        svc.close()
+    cli("rm", segname)
+    assert not os.path.exists(table)
