@@ -210,3 +210,25 @@ def test_execute_when_the_table_is_full(svc):
     with pytest.raises(sg.RateLimitedError, match="keyed limiter 'small' is full") as ei:
         svc.execute("api", int, key="late")
     assert ei.value.retry_after == pytest.approx(0.1)
+
+
+def test_guard_and_admit_take_a_key(svc):
+    svc.keyed_limiter("per-user", rate=1, burst=1)
+    svc.register_endpoint("api", sg.Policy(keyed_limit="per-user"))
+    with svc.guard("api", key="erin", priority=sg.Priority.HIGH):
+        pass
+    with pytest.raises(sg.RateLimitedError, match="key 'erin'"):
+        with svc.guard("api", key="erin", priority=sg.Priority.HIGH):
+            pass
+    tok = svc.admit("api", sg.Priority.HIGH, key="finn")
+    svc.record("api", tok, sg.Outcome.SUCCESS)
+    with pytest.raises(sg.RateLimitedError, match="key 'finn'"):
+        svc.admit("api", sg.Priority.HIGH, key="finn")
+
+    async def go():
+        async with svc.guard("api", key="gus", priority=sg.Priority.HIGH):
+            pass
+        with pytest.raises(sg.RateLimitedError, match="key 'gus'"):
+            async with svc.guard("api", key="gus", priority=sg.Priority.HIGH):
+                pass
+    asyncio.run(go())
