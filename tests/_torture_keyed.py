@@ -73,7 +73,8 @@ def report(svc: sg.ResilienceService, q: Any, region: int, workers: int, glob: i
            t0: int, t_end: int, violations: list[str]) -> dict[str, Any]:
     """Checks the keyed limiter after the run; appends to ``violations``; returns figures."""
     kl = limiter(svc)
-    T, tol = kl._t.kh.emission_ns, kl._t.kh.tol[int(sg.Priority.HIGH)]
+    T = kl._t.kh.t0_ns                   # the rate never changes here: virtual time is time
+    tol = T * BURST                      # HIGH sees the whole burst
     bound = (t_end - t0 + tol) // T
     worst = 0
     for k in range(HOT):

@@ -44,7 +44,7 @@ def limiter_of(svc: Any, ep: Endpoint) -> KeyedLimiter:
 def _refused(kl: KeyedLimiter, ep: Endpoint, key: Key, priority: Priority) -> RateLimitedError:
     wait = kl.retry_after(key, 1, priority)
     if wait == 0:  # the key has a full bucket: it found no free entry
-        hint = kl._t.kh.emission_ns / 1e9   # an entry frees up as buckets refill
+        hint = kl._t.refresh().emission_ns / 1e9   # entries free up as buckets refill
         return RateLimitedError(ep.name, hint, f"keyed limiter {kl.name!r} is full: no free "
                                                f"entry for key {key!r:.40} of endpoint "
                                                f"{ep.name!r}")

@@ -78,7 +78,7 @@ def _error(t: KeyedTable, rc: int, verb: str, cost: int, priority: Priority) -> 
     if t.closed:
         return ShmguardError(f"{t.what} is closed in this process")
     if rc == lib.SG_E_COST:
-        return PolicyError(f"{verb}(cost={cost}) exceeds burst {t.kh.burst} of {t.what} at "
+        return PolicyError(f"{verb}(cost={cost}) exceeds burst {t.refresh().burst} of {t.what} at "
                            f"priority {Priority(priority)}")
     if rc == lib.SG_E_BUSY:
         return ShmguardError(f"{t.what}: the key's entry stayed contended")
@@ -116,6 +116,7 @@ class KeyedStats:
     full_rejections: int   # new keys refused: no free entry (on_full="reject")
     full_allowed: int      # new keys admitted unlimited: no free entry (on_full="allow")
     folded: int            # duplicate entries of one key merged (concurrent inserts)
+    rate_changes: int      # rate or burst changed since creation (replace=True)
     hot: tuple[HotKey, ...] = ()
 
     def acceptance_rate(self) -> float:

@@ -96,7 +96,7 @@ def test_a_1000_entry_table_serves_20000_keys_over_time(svc):
             svc.advance(0.01)
         admitted += kl.allow(f"tenant-{i}", priority=sg.Priority.HIGH)
     s = kl.stats()
-    assert s.entries == 1000 and s.memory_bytes == 256 + 16_000
+    assert s.entries == 1000 and s.memory_bytes == 512 + 16_000
     assert admitted == 20_000 and s.accepted == 20_000
     assert (s.inserted, s.full_rejections, s.folded) == (20_000, 0, 0)
     assert s.evicted >= 19_000                 # expired entries taken over, without loss
