@@ -2,7 +2,7 @@
  * keyed_rate.c -- a keyed table's rate: virtual time and rate changes.
  *
  * TATs of a keyed table are virtual ns (layout.h): V(now) = v + (now - c) *
- * mul / 2^32. A rate record (c, v, mul, T, burst, tolerances) is published
+ * T0 / T. A rate record (c, v, T, burst, tolerances) is published
  * whole through a double buffer and a selector (seqlock, as the policy of a
  * slot); a change writes the record that is not live under the writer lease
  * and then bumps the selector, so a reader sees the old record or the new
@@ -13,8 +13,6 @@
 #include <string.h>
 
 #include "layout.h"
-
-#define ONE (1ULL << 32) /* mul of the rate at creation: V(now) = now */
 
 void sg_kl_tolerances(uint64_t t0, uint64_t burst, const uint32_t share[SG_PRIORITIES],
                       sg_a64 tol[SG_PRIORITIES])
@@ -31,7 +29,6 @@ void sg_kl_rate_init(struct sg_kl_rate *r, uint64_t t0, uint64_t burst, uint64_t
 {
     ST(&r->c_ns, 0);
     ST(&r->v_ns, 0);
-    ST(&r->mul, ONE);
     ST(&r->emission_ns, t0);
     ST(&r->burst, burst);
     ST(&r->fingerprint, fingerprint);
@@ -50,7 +47,6 @@ void sg_kl_rate_now(const struct sg_kl_handle *kh, uint64_t now, struct sg_kl_no
         struct sg_kl_rate *r = &h->rate[sel & 1];
         c = LD(&r->c_ns);
         v = LD(&r->v_ns);
-        out->mul = LD(&r->mul);
         out->emission_ns = LD(&r->emission_ns);
         out->burst = LD(&r->burst);
         out->fingerprint = LD(&r->fingerprint);
@@ -60,26 +56,27 @@ void sg_kl_rate_now(const struct sg_kl_handle *kh, uint64_t now, struct sg_kl_no
         if (LD(&h->rsel) == sel)
             break;
     }
-    if (out->mul == 0)
-        out->mul = 1;
+    out->t0 = kh->t0_ns;
     if (out->emission_ns == 0)
         out->emission_ns = 1;
     for (int k = 0; k < SG_PRIORITIES; k++)
         if (out->tol[k] < kh->t0_ns)
             out->tol[k] = kh->t0_ns;
     out->vnow = v;
-    if (now > c) {
-        sg_u128 d = ((sg_u128)(now - c) * out->mul) >> 32;
+    if (now > c && out->emission_ns == out->t0 && c == 0 && v == 0)
+        out->vnow = now; /* the rate never changed: no division on the hot path */
+    else if (now > c) {
+        sg_u128 d = (sg_u128)(now - c) * out->t0 / out->emission_ns;
         out->vnow = d > (sg_u128)(UINT64_MAX - v) ? UINT64_MAX : v + (uint64_t)d;
     }
 }
 
-/* A span of virtual ns as clock ns (a delay to sleep). */
+/* A span of virtual ns as clock ns, rounded up (a delay to sleep). */
 uint64_t sg_kl_real_ns(const struct sg_kl_now *r, uint64_t virt)
 {
-    if (r->mul == ONE)
+    if (r->emission_ns == r->t0)
         return virt;
-    sg_u128 x = ((sg_u128)virt << 32) / r->mul;
+    sg_u128 x = ((sg_u128)virt * r->emission_ns + r->t0 - 1) / r->t0;
     return x > UINT64_MAX ? UINT64_MAX : (uint64_t)x;
 }
 
@@ -101,10 +98,8 @@ int sg_kl_set_rate_at(const struct sg_kl_handle *kh, uint64_t now, uint64_t emis
     sg_kl_rate_now(kh, now, &r); /* V(now) under the old rate */
     uint64_t sel = LD(&h->rsel);  /* relaxed: the lease orders writers */
     struct sg_kl_rate *n = &h->rate[(sel + 1) & 1];
-    sg_u128 mul = ((sg_u128)kh->t0_ns << 32) / emission_ns;
     ST(&n->c_ns, now);
     ST(&n->v_ns, r.vnow);
-    ST(&n->mul, mul == 0 ? 1 : mul > UINT64_MAX ? UINT64_MAX : (uint64_t)mul);
     ST(&n->emission_ns, emission_ns);
     ST(&n->burst, burst);
     ST(&n->fingerprint, fingerprint);

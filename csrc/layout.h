@@ -259,10 +259,10 @@ _Static_assert(sizeof(struct sg_fleet_area) == 64, "fleet: 1 line");
  *   lease; 4-7 the rate records rate[2] (double buffer, rsel picks one).
  *
  * Virtual time: TATs are not clock times but "virtual" ns in units of the
- * emission interval at creation (T0): V(now) = v + (now - c) * mul / 2^32,
- * with mul = 2^32 * T0 / T for the current interval T. A table whose rate
- * never changed has c = v = 0 and mul = 2^32: V(now) = now. Changing the
- * rate at time c starts a new record (c, V(c), new mul): every key keeps
+ * emission interval at creation (T0): V(now) = v + (now - c) * T0 / T for
+ * the current interval T (rounded down: V never runs ahead). A table whose
+ * rate never changed has c = v = 0 and T = T0: V(now) = now. Changing the
+ * rate at time c starts a new record (c, V(c), new T): every key keeps
  * its debt in tokens (V - TAT is unchanged at c), so an exhausted key stays
  * exhausted (DESIGN: x/time/rate's SetLimit).
  *
@@ -305,11 +305,11 @@ struct sg_kl_entry {
 struct sg_kl_rate {
     alignas(SG_CACHE_LINE) sg_a64 c_ns;  /**< clock time the record starts */
     sg_a64 v_ns;                         /**< V(c_ns) */
-    sg_a64 mul;                          /**< 2^32 * T0 / T */
     sg_a64 emission_ns;                  /**< T: the current interval */
     sg_a64 burst;                        /**< tokens */
     sg_a64 fingerprint;                  /**< hash of (rate, burst) */
     sg_a64 tol[SG_PRIORITIES];           /**< tolerance per priority, virtual ns */
+    sg_a64 reserved;                     /**< zero */
 };
 
 struct sg_kl_header {
@@ -398,7 +398,7 @@ static inline int sg_kl_cas(struct sg_kl_entry *e, uint64_t tag, uint64_t tat, u
 void sg_kl_settle(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp);
 struct sg_kl_now {
     uint64_t vnow;              /* V(now), virtual ns */
-    uint64_t mul, emission_ns, burst, fingerprint;
+    uint64_t t0, emission_ns, burst, fingerprint;
     uint64_t tol[SG_PRIORITIES]; /* virtual ns, >= T0 */
 };
 void sg_kl_rate_now(const struct sg_kl_handle *kh, uint64_t now, struct sg_kl_now *out);

@@ -22,11 +22,11 @@ from typing import Any
 
 import posix_ipc
 
-from shmguard import _capi
+from shmguard import _capi, probes
 from shmguard._capi import ffi, lib
 from shmguard.errors import (InvalidNameError, PolicyError, SegmentCorruptError,
                              SegmentIncompatibleError, SegmentNotFoundError,
-                             SegmentPermissionError)
+                             SegmentPermissionError, ShmguardError)
 from shmguard.segment import KEYED_SEP, Segment, object_name
 
 __all__ = ["KeyedTable", "validate_keyed_name", "table_object_name", "keyed_config", "describe",
@@ -81,7 +81,7 @@ def keyed_config(rate: float, burst: int, capacity: int, on_full: str) -> Any:
         c.share_ppm[i] = max(1, round(share * 1_000_000))
     seed = os.urandom(16)  # per table: clients cannot aim keys at one window
     c.seed0, c.seed1 = int.from_bytes(seed[:8], "little"), int.from_bytes(seed[8:], "little")
-    text = f"{c.emission_ns};{burst};{capacity};{on_full};{list(c.share_ppm)}"
+    text = f"{c.emission_ns};{burst};{list(c.share_ppm)}"  # capacity, on_full: compared apart
     c.fingerprint = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(),
                                    "little") & (2**63 - 1)
     return c
@@ -203,6 +203,26 @@ class KeyedTable:
     def _raise(self, rc: int) -> None:
         cls, what = _ERRORS.get(rc, (SegmentCorruptError, f"failed validation with code {rc}"))
         raise cls(f"{self.what} {what}")
+
+    def set_rate(self, config: Any, now_ns: int) -> None:
+        """Publishes ``config``'s rate and burst to every process, keeping each key's debt in tokens.
+
+        Waits (bounded) for another writer; a writer lease whose holder died
+        (pid + start time) is taken over.
+        """
+        lease = (os.getpid() << 32) | (int(time.time()) & 0xFFFFFFFF)
+        deadline = time.monotonic() + 5.0
+        while (rc := lib.sg_kl_set_rate_at(self.kh, now_ns, config.emission_ns, config.burst,
+                                           config.fingerprint, lease)) == lib.SG_E_BUSY:
+            cur = int(self.refresh().lease)
+            if cur and not probes.holder_alive(cur >> 32, started_before=cur & 0xFFFFFFFF):
+                lib.sg_kl_takeover(self.kh, cur)   # its holder is dead: it can never resume
+                continue
+            if time.monotonic() > deadline:
+                raise ShmguardError(f"{self.what}: the rate writer lease of pid {cur >> 32} "
+                                    "stayed busy")
+            time.sleep(0.001)
+        _capi.check(rc, f"set the rate of {self.what}", self.segment.name)
 
     def refresh(self) -> Any:
         """Returns a fresh, validated ``struct sg_kl_view *`` (sizes, policy, counters)."""

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import pytest
 
 import shmguard as sg
+from shmguard._capi import ffi
 from shmguard.segment import SHM_DIR
 
 NS = 1_000_000_000
@@ -232,3 +234,42 @@ def test_guard_and_admit_take_a_key(svc):
             async with svc.guard("api", key="gus", priority=sg.Priority.HIGH):
                 pass
     asyncio.run(go())
+
+
+def test_replace_changes_rate_and_burst_for_every_process(svc, segname):
+    kl = svc.keyed_limiter("r", rate=10, burst=3)
+    assert sum(kl.allow("k", priority=sg.Priority.HIGH) for _ in range(4)) == 3
+    other = sg.ResilienceService(segname, create=False)
+    try:
+        seen = other.keyed_limiter("r", rate=10, burst=3)
+        with pytest.raises(sg.PolicyConflictError, match="pass replace=True"):
+            other.keyed_limiter("r", rate=1, burst=3)
+        with pytest.raises(sg.PolicyConflictError, match="capacity and on_full are fixed"):
+            other.keyed_limiter("r", rate=1, burst=3, capacity=10, replace=True)
+        other.keyed_limiter("r", rate=1, burst=3, replace=True)
+        assert kl.tokens("k") == 0.0                       # still exhausted: debt in tokens
+        svc.advance(0.5)
+        assert seen.tokens("k") == pytest.approx(0.5)      # at the new rate, seen by both
+        s = kl.stats()
+        assert (s.rate, s.burst, s.rate_changes) == (1.0, 3, 1)
+        assert svc.keyed_limiter("r", rate=1, burst=3) is kl   # the new numbers now match
+    finally:
+        other.close()
+
+
+def test_a_dead_rate_writers_lease_is_taken_over(svc):
+    import subprocess
+    import sys
+
+    import psutil
+    kl = svc.keyed_limiter("r", rate=10, burst=3)
+    p = subprocess.Popen([sys.executable, "-c", "pass"])    # a pid that is dead (a zombie)
+    while psutil.Process(p.pid).status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.005)
+    try:
+        words = ffi.cast("uint64_t *", kl._t.kh.table)
+        words[3 * 8 + 1] = (p.pid << 32) | int(time.time())   # its lease, left mid-change
+        svc.keyed_limiter("r", rate=5, burst=3, replace=True)
+        assert kl.stats().rate == 5.0 and kl._t.refresh().lease == 0
+    finally:
+        p.wait()
