@@ -108,3 +108,32 @@ def test_sigkilled_inserters_leave_one_live_entry_per_key(realsvc):
     assert all(kl.allow(f"after-{i}") for i in range(10))
     s = kl.stats()
     assert s.inserted > 0 and s.used_entries <= s.entries == 32
+
+
+def _race(segname: str, keys: list[str], go, out) -> None:
+    svc = sg.ResilienceService(segname, create=False)
+    kl = svc.keyed_limiter("race", 0.001, 1, capacity=20_000)
+    go.wait()
+    out.put([k for k in keys if kl.allow(k, 1, sg.Priority.HIGH)])
+    svc.close()
+
+
+def test_processes_racing_to_insert_the_same_keys_admit_each_once(realsvc):
+    """4 processes take the same 5,000 new keys in the same order: one admission per key."""
+    kl = realsvc.keyed_limiter("race", 0.001, 1, capacity=20_000)   # burst 1, no refill
+    keys = [f"fresh-{i}" for i in range(5000)]
+    ctx = mp.get_context("fork")
+    go, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(realsvc.name, keys, go, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    go.set()
+    admitted: Counter[str] = Counter()
+    for _ in procs:
+        admitted.update(out.get(timeout=60))
+    for p in procs:
+        p.join(30)
+    assert admitted == Counter(keys)               # every key exactly once, whoever won
+    s = kl.stats()
+    # one entry per key holds its debt (an extra one a slow inserter left holds none)
+    assert (s.accepted, s.rejected, s.live_keys) == (5000, 15_000, 5000)
