@@ -78,3 +78,16 @@ def test_a_corrupt_or_open_table_is_reported_not_read(segname: str) -> None:
         svc.close()
     cli("rm", segname)
     assert not os.path.exists(table)
+
+
+def test_set_rate_of_a_keyed_limiter(segname: str) -> None:
+    _make(segname)
+    out = cli("set-rate", segname, "users", "2", "--keyed", "--burst", "8").stdout
+    assert out.strip() == ("keyed users: rate 10/s, burst 5, capacity 1000, on_full 'reject' -> "
+                           "rate 2/s, burst 8, capacity 1000, on_full 'reject'")
+    (k,) = json.loads(cli("inspect", segname, "--json").stdout)["keyed"]
+    assert (k["rate"], k["burst"], k["rate_changes"]) == (2.0, 8, 1)
+    r = cli("set-rate", segname, "users", "off", "--keyed", ok=False)
+    assert r.returncode == 1 and "always has a rate" in r.stderr
+    r = cli("set-rate", segname, "nobody", "3", "--keyed", ok=False)
+    assert r.returncode == 1 and "does not exist" in r.stderr
