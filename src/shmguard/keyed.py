@@ -15,6 +15,10 @@ key finds no free entry in its probe window, ``on_full`` decides: "reject"
 (the key is refused, counted in ``full_rejections``) or "allow" (admitted
 without a limit, counted in ``full_allowed``); known keys are unaffected.
 
+Changing the rate or burst (``svc.keyed_limiter(name, rate, burst,
+replace=True)``, ``shmguard set-rate --keyed``) keeps each key's debt in
+tokens: TATs are virtual time (csrc/keyed_rate.c).
+
 Thread safe and process safe; no lock. Verbs as :class:`~shmguard.Limiter`:
 
 >>> kl = svc.keyed_limiter("api", rate=10, burst=20)       # doctest: +SKIP
