@@ -85,7 +85,7 @@ for t in tests/crash/test_fuzz.py tests/crash/test_fuzz_keyed.py tests/core/test
          tests/core/test_keyed_rate.py \
          tests/core/test_gcra_steps.py tests/core/test_breaker_steps.py \
          tests/core/test_segment.py tests/core/test_names_security.py tests/core/test_hardening_*.py \
-         tests/crash/test_torture.py; do
+         tests/crash/test_torture.py tests/core/test_budget_steps.py tests/crash/test_budget_*.py; do
     if [ -f "$t" ]; then tests+=("$t"); fi
 done
 set +e

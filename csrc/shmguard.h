@@ -42,6 +42,7 @@ enum sg_rc {
     SG_R_OPEN = -2,          /**< breaker open: call rejected */
     SG_R_PROBES_FULL = -3,   /**< half-open and every probe permit is leased */
     SG_R_RATE_LIMITED = -4,  /**< limiter: not conforming now */
+    SG_R_RETRY_BUDGET = -8,  /**< retry budget: no retry left in the window */
     SG_E_BUSY = -10,         /**< a live claim or writer lease is in the way */
     SG_E_FULL = -11,         /**< slot table full */
     SG_E_NOT_FOUND = -12,
@@ -120,6 +121,7 @@ struct sg_policy_view {
 #define SG_POL_NO_LIMIT 2
 #define SG_POL_FLEET_RATE 4      /* fleet/: rate and burst are fleet-wide */
 #define SG_POL_FLEET_BREAKER 8   /* fleet/: breaker state shared across hosts */
+#define SG_POL_OVERRIDDEN 16     /* the CLI changed the registered policy (set-rate) */
 
 struct sg_header_view {
     uint64_t total_size;
@@ -242,6 +244,12 @@ int sg_allow_cp(const struct sg_handle *h, uint64_t cost_prio);
 int sg_reserve(const struct sg_handle *h, uint64_t cost_prio, int64_t max_wait_ns,
                struct sg_decision *out);
 
+/* gcra.c, hold: a server's Retry-After (adapters/): no priority conforms before until_ns */
+int sg_limiter_hold_at(void *slot, uint64_t now_ns, uint64_t until_ns);
+int sg_limiter_hold(const struct sg_handle *h, uint64_t until_ns);
+/* reads only: how long until cost_prio would conform (0: now; INT64_MAX: never) */
+int sg_limiter_delay_at(const void *slot, uint64_t now_ns, uint64_t cost_prio, int64_t *delay_out);
+
 /* admit.c: breaker + limiter in one crossing (execute's hot path) */
 int64_t sg_admit(const struct sg_handle *h, uint64_t cost_prio);
 int64_t sg_admit_wait(const struct sg_handle *h, uint64_t cost_prio, int64_t max_wait_ns,
@@ -251,6 +259,19 @@ void sg_release_probe(const struct sg_handle *h, int64_t token);
 /* bulkhead.c: host-wide concurrency tickets (lines 18-26 of a slot) */
 
 /* budget.c: host-wide retry budget (line 27) */
+#define SG_BUDGET_BUCKETS 6
+struct sg_budget_view {
+    uint64_t attempts;           /* admitted calls in the window (first attempts + retries) */
+    uint64_t retries;            /* retries granted in the window */
+    uint64_t allowed;            /* retries the window allows now (ratio x first + min) */
+    uint64_t retries_total;      /* retries granted, ever (counted also without a budget) */
+    uint64_t denied_total;       /* retries the budget refused, ever */
+    uint64_t window_ns;          /* the policy's retry window (0: no budget) */
+};
+int sg_budget_deposit_at(void *slot, uint64_t now_ns);
+int sg_budget_withdraw_at(void *slot, uint64_t now_ns);
+int sg_budget_snapshot_at(const void *slot, uint64_t now_ns, struct sg_budget_view *out);
+int sg_budget_withdraw(const struct sg_handle *h);
 
 /* throttle.c: SRE adaptive throttling (lines 28-29) */
 

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 from shmguard.breaker import Breaker, Permit
-from shmguard.errors import (CapacityError, CircuitOpenError, InvalidNameError, PolicyConflictError,
+from shmguard.deadline import deadline, remaining
+from shmguard.errors import (CapacityError, CircuitOpenError, DeadlineExceededError,
+                             InvalidNameError, PolicyConflictError,
                              PolicyError, RateLimitedError, RejectedError, SegmentCorruptError,
                              SegmentError, SegmentIncompatibleError, SegmentNotFoundError,
-                             SegmentPermissionError, ShmguardError)
+                             SegmentPermissionError, ServiceClosedError, ShmguardError)
 from shmguard.executor import ResilientExecutor
+from shmguard.fallback import AsyncFallbackChain, FallbackChain
 from shmguard.keyed import KeyedLimiter, KeyedReservation, KeyedStats
 from shmguard.limiter import Limiter, Reservation
+from shmguard.policychange import PolicyChangedWarning
 from shmguard.policy import Outcome, Policy, PolicyBuilder, PolicyPresets, Priority
 from shmguard.result import Err, Ok
 from shmguard.segment import list_segments, unlink
@@ -17,11 +21,13 @@ from shmguard.stats import BreakerMode, BreakerState, EndpointStats, LimiterMetr
 
 __version__ = "0.1.0"
 __all__ = [
+    "AsyncFallbackChain", "DeadlineExceededError", "FallbackChain", "deadline", "remaining",
     "Breaker", "BreakerMode", "BreakerState", "CapacityError", "CircuitOpenError", "EndpointStats",
     "Err", "InvalidNameError", "Limiter", "LimiterMetrics", "Ok", "Outcome", "Permit", "Policy",
     "KeyedLimiter", "KeyedReservation", "KeyedStats",
-    "PolicyBuilder", "PolicyConflictError", "PolicyError", "PolicyPresets", "Priority",
+    "PolicyBuilder", "PolicyChangedWarning", "PolicyConflictError", "PolicyError", "PolicyPresets",
+    "Priority",
     "RateLimitedError", "RejectedError", "Reservation", "ResilienceService", "ResilientExecutor", "SegmentCorruptError",
     "SegmentError", "SegmentIncompatibleError", "SegmentNotFoundError", "SegmentPermissionError",
-    "ShmguardError", "list_segments", "unlink",
+    "ServiceClosedError", "ShmguardError", "list_segments", "unlink",
 ]

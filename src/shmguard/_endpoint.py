@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from shmguard import _capi, probes
 from shmguard._capi import ffi, lib
-from shmguard.errors import CircuitOpenError, InvalidNameError, PolicyError, ShmguardError
+from shmguard.errors import (CircuitOpenError, InvalidNameError, PolicyError, ServiceClosedError,
+                             ShmguardError)
 from shmguard.policy import Outcome, Policy, Priority
 from shmguard.stats import (BreakerMode, BreakerSnapshot, BreakerState, EndpointStats,
-                            LimiterMetrics, Probe)
+                            LimiterMetrics, Probe, RetryBudgetStats)
 
 if TYPE_CHECKING:
     from shmguard._events import Events
@@ -80,13 +81,13 @@ class Endpoint:
         name = self.seg.name
 
         def closed(*_: Any) -> Any:
-            raise ShmguardError(f"service {name!r} is closed")
+            raise ServiceClosedError(f"segment {name!r} is closed in this process")
         self.admit = self.record = self.acquire = self.allow1 = self.allow_cp = closed
         self.hp = 0  # _hot calls closed_error() instead of touching the unmapped slot
 
     # -- called back by shmguard._hot.execute on its uncommon paths -------------
     def closed_error(self) -> NoReturn:
-        raise ShmguardError(f"service {self.seg.name!r} is closed")
+        raise ServiceClosedError(f"segment {self.seg.name!r} is closed in this process")
 
     def slow_admit(self, tok: int, cp: int) -> int:
         """A rejection or a probe permit: raise, reclaim, or run the health probe."""
@@ -191,8 +192,14 @@ class Endpoint:
         b = self.breaker_snapshot()
         pv = self.policy_view()
         rate = None if pv.flags & lib.SG_POL_NO_LIMIT else NS / pv.emission_ns
-        return EndpointStats(self.name, b.state, b.failure_rate, self.limiter_metrics(), b,
-                             rate, pv.burst)
+        lim = self.limiter_metrics()
+        v = ffi.new("struct sg_budget_view *")
+        _capi.check(lib.sg_budget_snapshot_at(self.h.slot, self.seg.now_ns(), v), "budget",
+                    self.seg.name)
+        budget = RetryBudgetStats(v.window_ns / NS, v.attempts, v.retries, v.allowed) \
+            if v.window_ns else None
+        return EndpointStats(self.name, b.state, b.failure_rate, lim, b, rate, pv.burst,
+                             lim.accepted, v.retries_total, v.denied_total, budget)
 
     # -- errors ---------------------------------------------------------------------
     def rc_error(self, rc: int) -> ShmguardError:

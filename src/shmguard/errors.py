@@ -26,6 +26,10 @@ class SegmentError(ShmguardError, OSError):
     """A segment is missing, corrupt, foreign or incompatible."""
 
 
+class ServiceClosedError(SegmentError):
+    """The service (or its segment) was closed in this process; every later call raises it."""
+
+
 class SegmentNotFoundError(SegmentError, FileNotFoundError):
     """No segment of that name exists."""
 
@@ -40,6 +44,10 @@ class SegmentIncompatibleError(SegmentError):
 
 class SegmentPermissionError(SegmentError, PermissionError):
     """The segment belongs to another user or is group/world accessible."""
+
+
+class DeadlineExceededError(ShmguardError, TimeoutError):
+    """The deadline in force (``shmguard.deadline``) passed before the call could start."""
 
 
 class RejectedError(ShmguardError):

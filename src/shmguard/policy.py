@@ -11,11 +11,11 @@ import dataclasses
 import enum
 import hashlib
 import math
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 from shmguard.errors import PolicyError
+from shmguard.neterrors import NetworkFailure
 
 __all__ = ["Priority", "Policy", "PolicyPresets", "PolicyBuilder", "Outcome"]
 
@@ -41,13 +41,9 @@ class Outcome(enum.IntEnum):
     IGNORE = 3
 
 
-NETWORK_ERRORS: tuple[type[BaseException], ...] = (
-    ConnectionError,
-    TimeoutError,
-    socket.timeout,
-    socket.gaierror,
-    socket.herror,
-)
+#: what ``PolicyPresets.network()`` counts as failures: builtins and the
+#: HTTP clients' connection errors, timeouts and 5xx errors (see shmguard.neterrors)
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (NetworkFailure,)
 
 
 def _num(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
@@ -71,7 +67,9 @@ class Policy:
 
     Defaults: 50% failures over a 10 s window of 10 buckets (at least 10
     calls) open the breaker for 30 s; half-open lets 1 probe through (lease
-    10 s) and 1 success closes it; the limiter is off (``rate=None``).
+    10 s) and 1 success closes it; the limiter is off (``rate=None``); no
+    retry budget (``retry_budget=None``; 0.2 lets retries be 20 % of first
+    attempts over ``retry_budget_window``, plus ``retry_budget_min_per_second``).
 
     :raises PolicyError: when any field is invalid; the message names it.
 
@@ -102,6 +100,9 @@ class Policy:
     recovery: float = 10.0
     failure_exceptions: tuple[type[BaseException], ...] = (Exception,)
     ignored_exceptions: tuple[type[BaseException], ...] = ()
+    retry_budget: float | None = None
+    retry_budget_min_per_second: float = 10.0
+    retry_budget_window: float = 10.0
     keyed_limit: str | None = None  # name of a keyed limiter execute(..., key=) applies
     _fingerprint: int = field(default=0, init=False, repr=False, compare=False)
 
@@ -143,6 +144,7 @@ class Policy:
                  lo=self.failure_threshold, hi=1)
         _num("rate_floor", self.rate_floor, lo=0, hi=1)
         _num("recovery", self.recovery, lo=0, hi=86400)
+        self._check_retry_budget()
         for fname in ("failure_exceptions", "ignored_exceptions"):
             value = getattr(self, fname)
             if not isinstance(value, tuple) or not all(
@@ -152,6 +154,12 @@ class Policy:
             from shmguard._keyed_shm import validate_keyed_name
             validate_keyed_name(self.keyed_limit)
         object.__setattr__(self, "_fingerprint", self._compute_fingerprint())
+
+    def _check_retry_budget(self) -> None:
+        if self.retry_budget is not None:
+            _num("retry_budget", self.retry_budget, lo=0, hi=1000)
+        _num("retry_budget_min_per_second", self.retry_budget_min_per_second, lo=0, hi=10**6)
+        _num("retry_budget_window", self.retry_budget_window, lo=0.01, hi=3600)
 
     # -- derived values ---------------------------------------------------
     @property
@@ -216,6 +224,10 @@ class Policy:
         v.jitter_ppm = round(self.jitter * ppm)
         v.backoff_milli = round(self.backoff * 1000)
         v.burst = self.effective_burst
+        if self.retry_budget is not None:  # budget.c; 0 = no budget
+            v.retry_window_ns = int(self.retry_budget_window * NS)
+            v.retry_ratio_ppm = round(self.retry_budget * ppm)
+            v.retry_min_milli = round(self.retry_budget_min_per_second * 1000)
         return v
 
     def replace(self, **changes: Any) -> Policy:
@@ -238,7 +250,11 @@ class PolicyPresets:
 
     @staticmethod
     def network() -> Policy:
-        """40%, network errors only / 10 / 150 rps / burst 300: remote caches, artifact stores."""
+        """40%, network errors only / 10 / 150 rps / burst 300: remote caches, artifact stores.
+
+        Network errors: connection errors, timeouts and 5xx errors of the
+        builtins, requests, httpx, urllib and aiohttp (:mod:`shmguard.neterrors`).
+        """
         return Policy(failure_threshold=0.4, min_requests=10, rate=150, burst=300,
                       failure_exceptions=NETWORK_ERRORS)
 
@@ -313,6 +329,13 @@ class PolicyBuilder:
         if ignored is not None:
             kw["ignored_exceptions"] = tuple(ignored)
         return self._set(**kw)
+
+    def with_retry_budget(self, ratio: float = 0.2, min_per_second: float = 10,
+                          window: float = 10.0) -> PolicyBuilder:
+        """Caps retries host-wide: over ``window`` seconds, ``ratio`` x first attempts
+        plus ``min_per_second`` x ``window`` (Finagle's RetryBudget, for all processes)."""
+        return self._set(retry_budget=ratio, retry_budget_min_per_second=min_per_second,
+                         retry_budget_window=window)
 
     def with_keyed_limit(self, name: str | None) -> PolicyBuilder:
         """Names the keyed limiter ``execute(..., key=)`` applies (made by ``svc.keyed_limiter``)."""

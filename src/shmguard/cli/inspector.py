@@ -147,6 +147,7 @@ def _breaker(seg: Segment, h: Any, now: int, pol: Any) -> dict[str, Any]:
         "generation": int(v.generation),
         "state_seconds": v.state_age_ns / NS,
         "open_remaining_seconds": v.open_remaining_ns / NS if v.state == lib.SG_OPEN else None,
+        "half_open_on_next_call": bool(v.state == lib.SG_OPEN and v.open_remaining_ns == 0),
         "window": {"calls": calls, "failures": failures, "successes": calls - failures,
                    "slow": int(v.slow), "failure_rate": failures / calls if calls else 0.0},
         "threshold": v.threshold_ppm / 1e6,
@@ -186,6 +187,16 @@ def _limiter(seg: Segment, h: Any, now: int, pol: Any) -> dict[str, Any]:
     }
 
 
+def _retries(seg: Segment, h: Any, now: int, admitted: int) -> dict[str, Any]:
+    v = ffi.new("struct sg_budget_view *")
+    _capi.check(lib.sg_budget_snapshot_at(h.slot, now, v), "budget", seg.name)
+    budget = None if not v.window_ns else {
+        "window_seconds": v.window_ns / NS, "attempts": int(v.attempts),
+        "retries": int(v.retries), "allowed": int(v.allowed)}
+    return {"attempts": admitted, "retries": int(v.retries_total),
+            "denied": int(v.denied_total), "budget": budget}
+
+
 def _policy(pol: Any, seq: int) -> dict[str, Any]:
     return {
         "failure_threshold": pol.failure_ppm / 1e6,
@@ -195,6 +206,10 @@ def _policy(pol: Any, seq: int) -> dict[str, Any]:
         "open_seconds": pol.open_ns / NS,
         "probe_lease_seconds": pol.probe_lease_ns / NS,
         "adaptive": bool(pol.flags & lib.SG_POL_ADAPTIVE),
+        "overridden": bool(pol.flags & lib.SG_POL_OVERRIDDEN),  # by set-rate, until re-registered
+        "retry_budget": None if not pol.retry_window_ns else {
+            "ratio": pol.retry_ratio_ppm / 1e6, "min_per_second": pol.retry_min_milli / 1e3,
+            "window_seconds": pol.retry_window_ns / NS},
         "fingerprint": int(pol.fingerprint),
         "seq": seq,
     }
@@ -209,6 +224,7 @@ def endpoint_snapshot(seg: Segment, index: int, name: str, now: int | None = Non
     out: dict[str, Any] = {"name": name, "index": index}
     out.update(_breaker(seg, h, now, pol))
     out["limiter"] = _limiter(seg, h, now, pol)
+    out["retries"] = _retries(seg, h, now, out["limiter"]["admitted"])
     out["policy"] = _policy(pol, policy_seq)
     return out
 
