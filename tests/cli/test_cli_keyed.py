@@ -88,6 +88,6 @@ def test_set_rate_of_a_keyed_limiter(segname: str) -> None:
     (k,) = json.loads(cli("inspect", segname, "--json").stdout)["keyed"]
     assert (k["rate"], k["burst"], k["rate_changes"]) == (2.0, 8, 1)
     r = cli("set-rate", segname, "users", "off", "--keyed", ok=False)
-    assert r.returncode == 1 and "always has a rate" in r.stderr
+    assert r.returncode == 2 and "always has a rate" in r.stderr   # a bad value: usage
     r = cli("set-rate", segname, "nobody", "3", "--keyed", ok=False)
     assert r.returncode == 1 and "does not exist" in r.stderr
