@@ -80,15 +80,18 @@ int sg_kl_init(void *base, uint64_t len, const struct sg_kl_config *c, uint32_t 
 
 static void counters(struct sg_kl_header *h, struct sg_kl_view *out)
 {
-    /* relaxed: statistics, no data depends on them */
-    out->accepted = LD(&h->accepted);
-    out->rejected = LD(&h->rejected);
-    out->waited = LD(&h->waited);
-    out->full_rejected = LD(&h->full_rejected);
-    out->full_allowed = LD(&h->full_allowed);
-    out->inserted = LD(&h->inserted);
-    out->evicted = LD(&h->evicted);
-    out->folded = LD(&h->folded);
+    /* relaxed: statistics, no data depends on them; a view sums the stripes */
+    for (int i = 0; i < SG_KL_STRIPES; i++) {
+        struct sg_kl_counters *c = &h->stripe[i];
+        out->accepted += LD(&c->accepted);
+        out->rejected += LD(&c->rejected);
+        out->waited += LD(&c->waited);
+        out->full_rejected += LD(&c->full_rejected);
+        out->full_allowed += LD(&c->full_allowed);
+        out->inserted += LD(&c->inserted);
+        out->evicted += LD(&c->evicted);
+        out->folded += LD(&c->folded);
+    }
     out->rate_changes = LD(&h->rsel);
     out->lease = LD(&h->lease);
 }
@@ -188,7 +191,7 @@ static int owned(uint64_t tag, uint64_t fp)
 /* Folds entry hi of key fp into entry lo (see the top of this file).
  * Returns 0 when hi no longer holds the key, -1 when lo stopped holding it
  * (the caller scans again). */
-static int fold(struct sg_kl_header *h, struct sg_kl_entry *lo, struct sg_kl_entry *hi,
+static int fold(struct sg_kl_counters *c, struct sg_kl_entry *lo, struct sg_kl_entry *hi,
                 uint64_t fp)
 {
     for (int tries = 0; tries < SETTLE_ROUNDS; tries++) {
@@ -205,7 +208,7 @@ static int fold(struct sg_kl_header *h, struct sg_kl_entry *lo, struct sg_kl_ent
         /* retire hi only as it was when merged; a decision on it meanwhile
          * makes this fail and the loop merges its new TAT */
         if (sg_kl_cas(hi, th, xh, KT_RETIRED, 0)) {
-            atomic_fetch_add_explicit(&h->folded, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&c->folded, 1, memory_order_relaxed);
             return 0;
         }
     }
@@ -214,7 +217,7 @@ static int fold(struct sg_kl_header *h, struct sg_kl_entry *lo, struct sg_kl_ent
 
 static int settle_once(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp)
 {
-    struct sg_kl_header *h = kh->table;
+    struct sg_kl_counters *c = sg_kl_stripe(kh);
     struct sg_kl_entry *low = NULL;
     for (uint32_t i = 0; i < SG_KL_PROBES; i++) {
         struct sg_kl_entry *e = sg_kl_at(kh, home, i);
@@ -226,7 +229,7 @@ static int settle_once(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp
             continue;
         if (!low)
             low = e;
-        else if (fold(h, low, e, fp) < 0)
+        else if (fold(c, low, e, fp) < 0)
             return -1;
     }
     if (!low)

@@ -81,14 +81,14 @@ static void fill(struct sg_decision *out, const struct sg_kl_now *r, uint64_t vd
 static int full(const struct sg_kl_handle *kh, const struct sg_kl_now *r, uint64_t now,
                 struct sg_decision *out)
 {
-    struct sg_kl_header *h = kh->table;
+    struct sg_kl_counters *c = sg_kl_stripe(kh);
     /* relaxed: counters are statistics */
     if (kh->flags & SG_KL_ON_FULL_ALLOW) {
-        atomic_fetch_add_explicit(&h->full_allowed, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&c->full_allowed, 1, memory_order_relaxed);
         fill(out, r, 0, now, 0);
         return SG_OK;
     }
-    atomic_fetch_add_explicit(&h->full_rejected, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&c->full_rejected, 1, memory_order_relaxed);
     fill(out, r, kh->t0_ns, now, 0); /* entries free up as buckets refill */
     return SG_R_KL_FULL;
 }
@@ -104,21 +104,21 @@ struct ask {
 static int gcra(const struct sg_kl_handle *kh, const struct look *L, const struct ask *a,
                 struct sg_decision *out, int *rc)
 {
-    struct sg_kl_header *h = kh->table;
+    struct sg_kl_counters *c = sg_kl_stripe(kh);
     uint64_t v = a->v, base = L->tat > v ? L->tat : v, nt = sg_sat_add(base, a->inc);
     uint64_t ahead = nt - v, vd = ahead > a->tol ? ahead - a->tol : 0;
     uint64_t d = vd ? sg_kl_real_ns(&a->r, vd) : 0;
     if (vd > 0 && (d > (uint64_t)INT64_MAX || (int64_t)d > a->max_wait)) {
-        atomic_fetch_add_explicit(&h->rejected, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&c->rejected, 1, memory_order_relaxed);
         fill(out, &a->r, vd, a->now, L->tat);
         *rc = SG_R_RATE_LIMITED;
         return 1;
     }
     if (!sg_kl_cas(L->hit, L->tag, L->tat, L->tag, nt))
         return 0;
-    atomic_fetch_add_explicit(&h->accepted, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&c->accepted, 1, memory_order_relaxed);
     if (vd > 0)
-        atomic_fetch_add_explicit(&h->waited, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&c->waited, 1, memory_order_relaxed);
     fill(out, &a->r, vd, a->now, nt);
     *rc = SG_OK;
     return 1;
@@ -128,13 +128,13 @@ static int gcra(const struct sg_kl_handle *kh, const struct look *L, const struc
 static void insert(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp, uint64_t now,
                    const struct look *L)
 {
-    struct sg_kl_header *h = kh->table;
+    struct sg_kl_counters *c = sg_kl_stripe(kh);
     if (!sg_kl_cas(L->spare, L->stag, L->stat, fp | KT_PENDING, now))
         return; /* someone else changed it: look again */
-    atomic_fetch_add_explicit(&h->inserted, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&c->inserted, 1, memory_order_relaxed);
     uint32_t st = KT_STATE(L->stag);
     if (st == KT_LIVE || st == KT_PENDING)
-        atomic_fetch_add_explicit(&h->evicted, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&c->evicted, 1, memory_order_relaxed);
     sg_kl_settle(kh, home, fp);
 }
 
@@ -222,8 +222,8 @@ int sg_kl_cancel_at(const struct sg_kl_handle *kh, uint64_t now, const char *key
         if (nt > L.tat || nt < now)
             nt = now;
         if (sg_kl_cas(L.hit, L.tag, L.tat, L.tag, nt)) {
-            struct sg_kl_header *h = kh->table;
-            atomic_fetch_sub_explicit(&h->accepted, 1, memory_order_relaxed);
+            struct sg_kl_counters *c = sg_kl_stripe(kh);
+            atomic_fetch_sub_explicit(&c->accepted, 1, memory_order_relaxed);
             return SG_OK;
         }
     }

@@ -257,12 +257,15 @@ _Static_assert(sizeof(struct sg_fleet_area) == 64, "fleet: 1 line");
  * so its layout has its own magic and version (SG_KL_VERSION).
  *
  * Offset table (bytes)
- *   0     struct sg_kl_header      (512: 8 cache lines)
- *   512   struct sg_kl_entry[slots] (16 each; slots = 2 x capacity)
+ *   0     struct sg_kl_header      (1024: 16 cache lines)
+ *   1024  struct sg_kl_entry[slots] (16 each; slots = 2 x capacity)
  *
  * Header lines: 0-1 identity, sizes, hash seed (written once by the
- *   creator before the init word); 2 counters; 3 rate selector and writer
- *   lease; 4-7 the rate records rate[2] (double buffer, rsel picks one).
+ *   creator before the init word); 2 rate selector and writer lease; 3-6
+ *   the rate records rate[2] (double buffer, rsel picks one); 7-14 the
+ *   counters, one line per stripe (a process counts in the stripe of its
+ *   pid, so processes deciding on different keys share no written line);
+ *   15 reserved.
  *
  * Virtual time: TATs are not clock times but "virtual" ns in units of the
  * emission interval at creation (T0): V(now) = v + (now - c) * T0 / T for
@@ -318,6 +321,18 @@ struct sg_kl_rate {
     sg_a64 reserved;                     /**< zero */
 };
 
+/* Counters of one stripe (relaxed: statistics only; a view sums the stripes). */
+struct sg_kl_counters {
+    alignas(SG_CACHE_LINE) sg_a64 accepted; /**< admitted decisions */
+    sg_a64 rejected;                        /**< not conforming */
+    sg_a64 waited;                          /**< admitted with a delay */
+    sg_a64 full_rejected;                   /**< no entry free: on_full=reject */
+    sg_a64 full_allowed;                    /**< no entry free: on_full=allow */
+    sg_a64 inserted;                        /**< new keys given an entry */
+    sg_a64 evicted;                         /**< ... of them in another key's expired entry */
+    sg_a64 folded;                          /**< duplicate entries folded (races) */
+};
+
 struct sg_kl_header {
     /* lines 0-1: written by the creator before init (R20) */
     alignas(SG_CACHE_LINE) uint64_t magic; /**< SG_KL_MAGIC */
@@ -336,26 +351,22 @@ struct sg_kl_header {
     uint64_t created_unix_ns;              /**< wall clock at creation */
     uint32_t creator_pid;                  /**< pid of the creator */
     sg_a32 init;                           /**< SG_INIT_READY, published last (R20) */
-    /* line 2: counters (relaxed: statistics only) */
-    alignas(SG_CACHE_LINE) sg_a64 accepted;  /**< admitted decisions */
-    sg_a64 rejected;                         /**< not conforming */
-    sg_a64 waited;                           /**< admitted with a delay */
-    sg_a64 full_rejected;                    /**< no entry free: on_full=reject */
-    sg_a64 full_allowed;                     /**< no entry free: on_full=allow */
-    sg_a64 inserted;                         /**< new keys given an entry */
-    sg_a64 evicted;                          /**< ... of them in another key's expired entry */
-    sg_a64 folded;                           /**< duplicate entries folded (races) */
-    /* line 3 */
+    /* line 2 */
     alignas(SG_CACHE_LINE) sg_a64 rsel;   /**< publish count; low bit = live record (R21) */
     sg_a64 lease;                          /**< rate writer: pid 32 | start (unix s) 32; 0 free */
-    /* lines 4-7 */
+    /* lines 3-6 */
     alignas(SG_CACHE_LINE) struct sg_kl_rate rate[2];
+    /* lines 7-14 */
+    alignas(SG_CACHE_LINE) struct sg_kl_counters stripe[SG_KL_STRIPES];
+    alignas(SG_CACHE_LINE) uint64_t reserved[8]; /**< line 15: zero */
 };
 
 _Static_assert(sizeof(struct sg_kl_entry) == SG_KL_ENTRY_SIZE, "keyed entry is 16 bytes");
-_Static_assert(sizeof(struct sg_kl_header) == SG_KL_HEADER_SIZE, "keyed header is 4 lines");
-_Static_assert(offsetof(struct sg_kl_header, accepted) == 2 * 64, "keyed counters line");
-_Static_assert(offsetof(struct sg_kl_header, rsel) == 3 * 64, "keyed rate selector line");
+_Static_assert(sizeof(struct sg_kl_header) == SG_KL_HEADER_SIZE, "keyed header is 16 lines");
+_Static_assert(offsetof(struct sg_kl_header, rsel) == 2 * 64, "keyed rate selector line");
+_Static_assert(offsetof(struct sg_kl_header, rate) == 3 * 64, "keyed rate records");
+_Static_assert(offsetof(struct sg_kl_header, stripe) == 7 * 64, "keyed counter stripes");
+_Static_assert(sizeof(struct sg_kl_counters) == 64, "a stripe is one line");
 _Static_assert(sizeof(struct sg_kl_rate) == 2 * 64, "a rate record is 2 lines");
 
 /* One entry as one 128-bit value (the CAS unit). */
@@ -413,6 +424,10 @@ void sg_kl_tolerances(uint64_t t0, uint64_t burst, const uint32_t share[SG_PRIOR
                       sg_a64 tol[SG_PRIORITIES]);
 void sg_kl_rate_init(struct sg_kl_rate *r, uint64_t t0, uint64_t burst, uint64_t fingerprint,
                      const uint32_t share[SG_PRIORITIES]);
+static inline struct sg_kl_counters *sg_kl_stripe(const struct sg_kl_handle *kh)
+{
+    return &((struct sg_kl_header *)kh->table)->stripe[kh->stripe & (SG_KL_STRIPES - 1)];
+}
 static inline struct sg_kl_entry *sg_kl_at(const struct sg_kl_handle *kh, uint64_t home,
                                            uint32_t i)
 {

@@ -280,7 +280,8 @@ int sg_budget_withdraw(const struct sg_handle *h);
 /* fleet.c: fleet share and breaker events written by the host's agent (line 31) */
 
 /* keyed.c: keyed limiter tables (their own shared-memory objects) */
-#define SG_KL_HEADER_SIZE 512
+#define SG_KL_HEADER_SIZE 1024
+#define SG_KL_STRIPES 8           /* counter stripes (lines) of a keyed table */
 #define SG_KL_ENTRY_SIZE 16
 #define SG_KL_PROBES 16           /* entries a key may live in: its window */
 #define SG_KL_MAX_CAPACITY 67108864
@@ -329,7 +330,7 @@ struct sg_kl_handle {
     uint64_t k0, k1;             /* SipHash key */
     uint64_t t0_ns;              /* emission interval at creation: the unit of TATs */
     uint32_t flags;
-    uint32_t pad;
+    uint32_t stripe;             /* counter stripe of this process (pid; set after fork too) */
 };
 
 /* One entry as the scan reports it (top-N hottest keys). */

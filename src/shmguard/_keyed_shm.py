@@ -18,6 +18,7 @@ import os
 import re
 import stat
 import time
+import weakref
 from typing import Any
 
 import posix_ipc
@@ -199,6 +200,8 @@ class KeyedTable:
             rc = lib.sg_kl_handle_init(self.kh, base, size, seg.base, seg.size)
         if rc != lib.SG_OK:
             self._raise(rc)
+        self.kh.stripe = os.getpid() % lib.SG_KL_STRIPES  # this process's counter line
+        _LIVE.add(self)
 
     def _raise(self, rc: int) -> None:
         cls, what = _ERRORS.get(rc, (SegmentCorruptError, f"failed validation with code {rc}"))
@@ -254,3 +257,16 @@ class KeyedTable:
             return True
         except posix_ipc.ExistentialError:
             return False
+
+
+_LIVE: weakref.WeakSet[KeyedTable] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # a fork child counts in its own stripe, not in its parent's line
+    for t in list(_LIVE):
+        if not t.closed:
+            t.kh.stripe = os.getpid() % lib.SG_KL_STRIPES
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

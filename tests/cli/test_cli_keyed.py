@@ -42,7 +42,7 @@ def test_list_shows_tables_under_their_segment(segname: str) -> None:
     _make(segname)
     rows = json.loads(cli("list", segname + "*", "--json").stdout)["segments"]
     assert [r["name"] for r in rows] == [segname]           # the table is not a segment
-    assert rows[0]["keyed"] == [{"name": "users", "size": 512 + 2000 * 16}]
+    assert rows[0]["keyed"] == [{"name": "users", "size": 1024 + 2000 * 16}]
     assert "keyed users" in cli("list", segname).stdout
 
 

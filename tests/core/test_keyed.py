@@ -98,7 +98,7 @@ def test_a_1000_entry_table_serves_20000_keys_over_time(svc):
             svc.advance(0.01)
         admitted += kl.allow(f"tenant-{i}", priority=sg.Priority.HIGH)
     s = kl.stats()
-    assert s.entries == 1000 and s.memory_bytes == 512 + 16_000
+    assert s.entries == 1000 and s.memory_bytes == 1024 + 16_000
     assert admitted == 20_000 and s.accepted == 20_000
     assert (s.inserted, s.full_rejections, s.folded) == (20_000, 0, 0)
     assert s.evicted >= 19_000                 # expired entries taken over, without loss
@@ -268,7 +268,7 @@ def test_a_dead_rate_writers_lease_is_taken_over(svc):
         time.sleep(0.005)
     try:
         words = ffi.cast("uint64_t *", kl._t.kh.table)
-        words[3 * 8 + 1] = (p.pid << 32) | int(time.time())   # its lease, left mid-change
+        words[2 * 8 + 1] = (p.pid << 32) | int(time.time())   # its lease, left mid-change
         svc.keyed_limiter("r", rate=5, burst=3, replace=True)
         assert kl.stats().rate == 5.0 and kl._t.refresh().lease == 0
     finally:

@@ -59,7 +59,7 @@ def test_reserve_delays_are_clock_time_after_a_change(svc):
 def test_the_rate_writer_lease(svc):
     t = table(svc)
     hdr = ffi.cast("uint64_t *", t.kh.table)
-    hdr[3 * 8 + 1] = 123 << 32                               # a writer holds the lease
+    hdr[2 * 8 + 1] = 123 << 32                               # a writer holds the lease
     assert set_rate(t, 0, 5, 3) == lib.SG_E_BUSY
     assert lib.sg_kl_takeover(t.kh, 999) == lib.SG_E_BUSY     # not the lease it holds
     assert lib.sg_kl_takeover(t.kh, 123 << 32) == lib.SG_OK   # (its holder proven dead)
