@@ -91,3 +91,13 @@ def test_set_rate_of_a_keyed_limiter(segname: str) -> None:
     assert r.returncode == 2 and "always has a rate" in r.stderr   # a bad value: usage
     r = cli("set-rate", segname, "nobody", "3", "--keyed", ok=False)
     assert r.returncode == 1 and "does not exist" in r.stderr
+
+
+def test_gc_removes_tables_whose_segment_is_gone(segname: str) -> None:
+    _make(segname)
+    os.unlink(shm(segname))                    # the segment removed by other means
+    table = shm(segname) + "~kl~users"
+    out = cli("gc", segname, "--min-age", "0", "--dry-run").stdout
+    assert f"would remove {segname}~kl~users" in out and os.path.exists(table)
+    out = cli("gc", segname, "--min-age", "0").stdout
+    assert f"removed      {segname}~kl~users" in out and not os.path.exists(table)
