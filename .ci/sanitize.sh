@@ -82,6 +82,7 @@ lib.sg_segment_check(ffi.cast('char *', base) + 8, one - 8, ffi.new('struct sg_h
 echo "== sanitize: tests (fuzz examples per test: $SHMGUARD_FUZZ_EXAMPLES)"
 tests=()
 for t in tests/crash/test_fuzz.py tests/crash/test_fuzz_keyed.py tests/core/test_keyed_steps.py \
+         tests/core/test_keyed_rate.py \
          tests/core/test_gcra_steps.py tests/core/test_breaker_steps.py \
          tests/core/test_segment.py tests/core/test_names_security.py tests/core/test_hardening_*.py \
          tests/core/test_breaker_trust.py tests/core/test_limiter_trust.py \

@@ -293,11 +293,23 @@ _Static_assert(sizeof(struct sg_fleet_area) == 64, "fleet: 1 line");
  * so its layout has its own magic and version (SG_KL_VERSION).
  *
  * Offset table (bytes)
- *   0     struct sg_kl_header      (256: 4 cache lines)
- *   256   struct sg_kl_entry[slots] (16 each; slots = 2 x capacity)
+ *   0     struct sg_kl_header      (1024: 16 cache lines)
+ *   1024  struct sg_kl_entry[slots] (16 each; slots = 2 x capacity)
  *
- * Header lines: 0-1 identity, sizes, policy, hash seed (written once by the
- *   creator before the init word); 2 counters; 3 reserved.
+ * Header lines: 0-1 identity, sizes, hash seed (written once by the
+ *   creator before the init word); 2 rate selector and writer lease; 3-6
+ *   the rate records rate[2] (double buffer, rsel picks one); 7-14 the
+ *   counters, one line per stripe (a process counts in the stripe of its
+ *   pid, so processes deciding on different keys share no written line);
+ *   15 reserved.
+ *
+ * Virtual time: TATs are not clock times but "virtual" ns in units of the
+ * emission interval at creation (T0): V(now) = v + (now - c) * T0 / T for
+ * the current interval T (rounded down: V never runs ahead). A table whose
+ * rate never changed has c = v = 0 and T = T0: V(now) = now. Changing the
+ * rate at time c starts a new record (c, V(c), new T): every key keeps
+ * its debt in tokens (V - TAT is unchanged at c), so an exhausted key stays
+ * exhausted (DESIGN: x/time/rate's SetLimit).
  *
  * Entry: two 64-bit words that change TOGETHER, by one 128-bit CAS
  * (cmpxchg16b; -mcx16 on x86-64):
@@ -334,6 +346,29 @@ struct sg_kl_entry {
     uint64_t tat;             /**< GCRA TAT, ns (accessed atomically) */
 };
 
+/* A rate record: what a decision needs, published whole (double buffer). */
+struct sg_kl_rate {
+    alignas(SG_CACHE_LINE) sg_a64 c_ns;  /**< clock time the record starts */
+    sg_a64 v_ns;                         /**< V(c_ns) */
+    sg_a64 emission_ns;                  /**< T: the current interval */
+    sg_a64 burst;                        /**< tokens */
+    sg_a64 fingerprint;                  /**< hash of (rate, burst) */
+    sg_a64 tol[SG_PRIORITIES];           /**< tolerance per priority, virtual ns */
+    sg_a64 reserved;                     /**< zero */
+};
+
+/* Counters of one stripe (relaxed: statistics only; a view sums the stripes). */
+struct sg_kl_counters {
+    alignas(SG_CACHE_LINE) sg_a64 accepted; /**< admitted decisions */
+    sg_a64 rejected;                        /**< not conforming */
+    sg_a64 waited;                          /**< admitted with a delay */
+    sg_a64 full_rejected;                   /**< no entry free: on_full=reject */
+    sg_a64 full_allowed;                    /**< no entry free: on_full=allow */
+    sg_a64 inserted;                        /**< new keys given an entry */
+    sg_a64 evicted;                         /**< ... of them in another key's expired entry */
+    sg_a64 folded;                          /**< duplicate entries folded (races) */
+};
+
 struct sg_kl_header {
     /* lines 0-1: written by the creator before init (R20) */
     alignas(SG_CACHE_LINE) uint64_t magic; /**< SG_KL_MAGIC */
@@ -343,30 +378,32 @@ struct sg_kl_header {
     uint64_t slots;                        /**< entries: 2 x capacity */
     uint32_t capacity;                     /**< live keys it is sized for */
     uint32_t entry_size;                   /**< sizeof(struct sg_kl_entry) */
-    uint64_t emission_ns;                  /**< T = 1/rate, rounded up */
-    uint32_t burst;                        /**< tokens */
+    uint64_t emission_ns;                  /**< T0: the interval at creation, unit of TATs */
+    uint32_t burst;                        /**< tokens at creation */
     uint32_t flags;                        /**< SG_KL_ON_FULL_ALLOW */
     uint32_t share_ppm[SG_PRIORITIES];     /**< burst share per priority */
     uint64_t seed[2];                      /**< SipHash key (os.urandom) */
-    uint64_t fingerprint;                  /**< hash of (rate, burst, capacity, on_full) */
+    uint64_t fingerprint;                  /**< hash of (rate, burst) at creation */
     uint64_t created_unix_ns;              /**< wall clock at creation */
     uint32_t creator_pid;                  /**< pid of the creator */
     sg_a32 init;                           /**< SG_INIT_READY, published last (R20) */
-    /* line 2: counters (relaxed: statistics only) */
-    alignas(SG_CACHE_LINE) sg_a64 accepted;  /**< admitted decisions */
-    sg_a64 rejected;                         /**< not conforming */
-    sg_a64 waited;                           /**< admitted with a delay */
-    sg_a64 full_rejected;                    /**< no entry free: on_full=reject */
-    sg_a64 full_allowed;                     /**< no entry free: on_full=allow */
-    sg_a64 inserted;                         /**< new keys given an entry */
-    sg_a64 evicted;                          /**< ... of them in another key's expired entry */
-    sg_a64 folded;                           /**< duplicate entries folded (races) */
-    alignas(SG_CACHE_LINE) uint64_t reserved[8]; /**< line 3: zero */
+    /* line 2 */
+    alignas(SG_CACHE_LINE) sg_a64 rsel;   /**< publish count; low bit = live record (R21) */
+    sg_a64 lease;                          /**< rate writer: pid 32 | start (unix s) 32; 0 free */
+    /* lines 3-6 */
+    alignas(SG_CACHE_LINE) struct sg_kl_rate rate[2];
+    /* lines 7-14 */
+    alignas(SG_CACHE_LINE) struct sg_kl_counters stripe[SG_KL_STRIPES];
+    alignas(SG_CACHE_LINE) uint64_t reserved[8]; /**< line 15: zero */
 };
 
 _Static_assert(sizeof(struct sg_kl_entry) == SG_KL_ENTRY_SIZE, "keyed entry is 16 bytes");
-_Static_assert(sizeof(struct sg_kl_header) == SG_KL_HEADER_SIZE, "keyed header is 4 lines");
-_Static_assert(offsetof(struct sg_kl_header, accepted) == 2 * 64, "keyed counters line");
+_Static_assert(sizeof(struct sg_kl_header) == SG_KL_HEADER_SIZE, "keyed header is 16 lines");
+_Static_assert(offsetof(struct sg_kl_header, rsel) == 2 * 64, "keyed rate selector line");
+_Static_assert(offsetof(struct sg_kl_header, rate) == 3 * 64, "keyed rate records");
+_Static_assert(offsetof(struct sg_kl_header, stripe) == 7 * 64, "keyed counter stripes");
+_Static_assert(sizeof(struct sg_kl_counters) == 64, "a stripe is one line");
+_Static_assert(sizeof(struct sg_kl_rate) == 2 * 64, "a rate record is 2 lines");
 
 /* One entry as one 128-bit value (the CAS unit). */
 __extension__ typedef unsigned __int128 sg_u128;
@@ -410,8 +447,23 @@ static inline int sg_kl_cas(struct sg_kl_entry *e, uint64_t tag, uint64_t tat, u
     return __sync_bool_compare_and_swap((sg_u128 *)(void *)e, o.w, n.w);
 }
 
-/* Internal, shared between keyed.c and keyed_gcra.c. */
-void sg_kl_settle(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp, uint64_t now);
+/* Internal, shared between keyed.c, keyed_gcra.c and keyed_rate.c. */
+void sg_kl_settle(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp);
+struct sg_kl_now {
+    uint64_t vnow;              /* V(now), virtual ns */
+    uint64_t t0, emission_ns, burst, fingerprint;
+    uint64_t tol[SG_PRIORITIES]; /* virtual ns, >= T0 */
+};
+void sg_kl_rate_now(const struct sg_kl_handle *kh, uint64_t now, struct sg_kl_now *out);
+uint64_t sg_kl_real_ns(const struct sg_kl_now *r, uint64_t virt);
+void sg_kl_tolerances(uint64_t t0, uint64_t burst, const uint32_t share[SG_PRIORITIES],
+                      sg_a64 tol[SG_PRIORITIES]);
+void sg_kl_rate_init(struct sg_kl_rate *r, uint64_t t0, uint64_t burst, uint64_t fingerprint,
+                     const uint32_t share[SG_PRIORITIES]);
+static inline struct sg_kl_counters *sg_kl_stripe(const struct sg_kl_handle *kh)
+{
+    return &((struct sg_kl_header *)kh->table)->stripe[kh->stripe & (SG_KL_STRIPES - 1)];
+}
 static inline struct sg_kl_entry *sg_kl_at(const struct sg_kl_handle *kh, uint64_t home,
                                            uint32_t i)
 {

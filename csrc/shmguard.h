@@ -287,7 +287,8 @@ int sg_budget_withdraw(const struct sg_handle *h);
 /* fleet.c: fleet share and breaker events written by the host's agent (line 31) */
 
 /* keyed.c: keyed limiter tables (their own shared-memory objects) */
-#define SG_KL_HEADER_SIZE 256
+#define SG_KL_HEADER_SIZE 1024
+#define SG_KL_STRIPES 8           /* counter stripes (lines) of a keyed table */
 #define SG_KL_ENTRY_SIZE 16
 #define SG_KL_PROBES 16           /* entries a key may live in: its window */
 #define SG_KL_MAX_CAPACITY 67108864
@@ -312,16 +313,18 @@ struct sg_kl_config {
 struct sg_kl_view {
     uint64_t total_size;
     uint64_t slots;
-    uint64_t emission_ns;
-    uint64_t fingerprint;
+    uint64_t emission_ns;        /* the current interval (live rate record) */
+    uint64_t fingerprint;        /* of the current rate and burst */
     uint64_t created_unix_ns;
     uint32_t capacity;
-    uint32_t burst;
+    uint32_t burst;              /* current */
     uint32_t share_ppm[4];
     uint32_t flags;
     uint32_t creator_pid;
     uint64_t accepted, rejected, waited, full_rejected, full_allowed;
     uint64_t inserted, evicted, folded;
+    uint64_t rate_changes;       /* records published after creation */
+    uint64_t lease;              /* rate writer lease word (0: free) */
 };
 
 /* Per-process handle of one table (process memory; sizes and seed are
@@ -332,17 +335,17 @@ struct sg_kl_handle {
     uint64_t map_len;
     uint64_t slots;
     uint64_t k0, k1;             /* SipHash key */
-    uint64_t emission_ns;
-    uint64_t tol[4];             /* tolerance per priority, ns */
+    uint64_t t0_ns;              /* emission interval at creation: the unit of TATs */
     uint32_t flags;
-    uint32_t burst;
+    uint32_t stripe;             /* counter stripe of this process (pid; set after fork too) */
 };
 
 /* One entry as the scan reports it (top-N hottest keys). */
 struct sg_kl_entry_view {
     uint64_t fingerprint;        /* the tag without its state bits */
-    uint64_t ahead_ns;           /* TAT - now: debt in time */
+    uint64_t ahead_ns;           /* time until its bucket is full again */
     uint64_t index;
+    double tokens;               /* free now at full-burst priority */
     uint32_t state;
     uint32_t pad;
 };
@@ -373,6 +376,9 @@ int sg_kl_cancel_at(const struct sg_kl_handle *kh, uint64_t now_ns, const char *
                     uint64_t len, uint64_t cost_prio, const struct sg_decision *d);
 int sg_kl_peek_at(const struct sg_kl_handle *kh, uint64_t now_ns, const char *key,
                   uint64_t len, uint64_t cost_prio, double *tokens, int64_t *delay_ns);
+int sg_kl_set_rate_at(const struct sg_kl_handle *kh, uint64_t now_ns, uint64_t emission_ns,
+                      uint32_t burst, uint64_t fingerprint, uint64_t lease);
+int sg_kl_takeover(const struct sg_kl_handle *kh, uint64_t lease);
 int sg_kl_scan_at(const struct sg_kl_handle *kh, uint64_t now_ns, uint32_t top_max,
                   struct sg_kl_entry_view *top, struct sg_kl_scan *out);
 /* CDEF-END */

@@ -840,7 +840,8 @@ def summary(rep: dict) -> str:
     kd = rep["keyed"]
     lines.append(f"  keyed: most admitted per hot key {kd['most_admitted']} <= bound "
                  f"{kd['bound_per_key']} (fill {kd['fill']}); inserted {kd['inserted']}, reused "
-                 f"{kd['evicted']}, folded {kd['folded']}, full {kd['full_rejections']}")
+                 f"{kd['evicted']}, folded {kd['folded']}, full {kd['full_rejections']}, "
+                 f"rate changes {kd['rate_changes']}")
     p = rep["probes"]
     lines.append(f"  probes: {p['permits_logged']} permits in {p['generations']} half-open "
                  f"generations; most at once {p['max_at_once']} (max {p['half_open_max']})")

@@ -142,7 +142,7 @@ class Calls(Registry):
             return Err(exc)
 
     def admit(self, endpoint: str, priority: Priority = Priority.NORMAL,
-              timeout: float | None = None) -> int:
+              timeout: float | None = None, key: str | bytes | None = None) -> int:
         """Returns an admission token (breaker + limiter) or raises a rejection.
 
         The low-level half of :meth:`execute`; finish with :meth:`record`.
@@ -150,6 +150,8 @@ class Calls(Registry):
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
         if not _NO_DEADLINES:
             timeout = _check_deadline(timeout, endpoint)
+        if key is not None:
+            _keyed_calls.keyed_admit(self, ep, key, priority, timeout)
         return _admission.admit_slow(ep, None, priority, timeout)
 
     def record(self, endpoint: str, token: int, outcome: Outcome) -> None:
@@ -184,7 +186,7 @@ class Calls(Registry):
         return make_chain(self, steps, last, name)
 
     def guard(self, endpoint: str, *, priority: Priority = Priority.NORMAL,
-              timeout: float | None = None) -> Any:
+              timeout: float | None = None, key: str | bytes | None = None) -> Any:
         """Context manager: admits on entry, records the block's outcome on exit.
 
         ``async with`` works too (it awaits the rate limit when ``timeout`` is set).
@@ -195,21 +197,22 @@ class Calls(Registry):
         if not _NO_DEADLINES:
             timeout = _check_deadline(timeout, endpoint)
         if (_HotGuard is not None and timeout is None and ep.probe is None
-                and self._events.on_metrics_update is None):
+                and self._events.on_metrics_update is None and key is None):
             return _HotGuard(ep, 5 if priority is _NORMAL else pack(1, priority))
-        return _Guard(self, endpoint, priority, timeout)
+        return _Guard(self, endpoint, priority, timeout, key)
 
 
 class _Guard:
-    __slots__ = ("svc", "endpoint", "priority", "timeout", "tok")
+    __slots__ = ("svc", "endpoint", "priority", "timeout", "key", "tok")
 
     def __init__(self, svc: Calls, endpoint: str, priority: Priority,
-                 timeout: float | None) -> None:
+                 timeout: float | None, key: str | bytes | None = None) -> None:
         self.svc, self.endpoint, self.priority, self.timeout = svc, endpoint, priority, timeout
+        self.key = key
         self.tok = -1
 
     def __enter__(self) -> _Guard:
-        self.tok = self.svc.admit(self.endpoint, self.priority, self.timeout)
+        self.tok = self.svc.admit(self.endpoint, self.priority, self.timeout, self.key)
         return self
 
     def __exit__(self, et: Any, exc: Any, tb: Any) -> None:
@@ -223,6 +226,10 @@ class _Guard:
         ep.record_outcome(self.tok, outcome)
 
     async def __aenter__(self) -> _Guard:
+        if self.key is not None:
+            svc = self.svc
+            ep = svc._eps.get(self.endpoint) or svc._endpoint(self.endpoint)
+            await _keyed_calls.keyed_admit_async(svc, ep, self.key, self.priority, self.timeout)
         self.tok = await aio.admit_async(self.svc, self.endpoint, self.priority, self.timeout)
         return self
 

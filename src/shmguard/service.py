@@ -90,11 +90,14 @@ class ResilienceService(Calls):
         return Limiter(self._endpoint(endpoint))
 
     def keyed_limiter(self, name: str, rate: float, burst: int, *, capacity: int = 100_000,
-                      on_full: str = "reject") -> KeyedLimiter:
+                      on_full: str = "reject", replace: bool = False) -> KeyedLimiter:
         """Returns the keyed limiter ``name`` (a rate limit per key), creating it if missing.
 
-        Every process asking for ``name`` shares one table. Another process's
-        table with other numbers raises :class:`PolicyConflictError`.
+        Every process asking for ``name`` shares one table. Another rate or
+        burst raises :class:`PolicyConflictError` unless ``replace=True``,
+        which publishes them to every process at once, keeping each key's
+        debt in tokens (an exhausted key stays exhausted). ``capacity`` and
+        ``on_full`` are fixed when the table is made.
 
         :param rate: tokens per second of each key; ``burst``: tokens of each key's bucket.
         :param capacity: keys not at a full bucket the table holds at once
@@ -110,10 +113,15 @@ class ResilienceService(Calls):
             with self._lock:
                 self._keyed[name] = kl
         view = kl._t.refresh()
-        if view.fingerprint != cfg.fingerprint:
+        fixed = view.capacity != cfg.capacity or view.flags != cfg.flags
+        if fixed or (view.fingerprint != cfg.fingerprint and not replace):
+            why = ("capacity and on_full are fixed when it is made" if fixed else
+                   "pass replace=True to change its rate and burst for every process")
             raise PolicyConflictError(
                 f"keyed limiter {name!r} already exists in segment {self.name!r} with "
-                f"{_keyed_shm.describe(view)}, not {_keyed_shm.describe(cfg)}")
+                f"{_keyed_shm.describe(view)}, not {_keyed_shm.describe(cfg)} ({why})")
+        if view.fingerprint != cfg.fingerprint:
+            kl._t.set_rate(cfg, self.now_ns())
         return kl
 
     def probe(self, endpoint: str) -> bool | None:
