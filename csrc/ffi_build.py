@@ -11,7 +11,8 @@ import re
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["segment.c", "table.c", "policy.c", "window.c", "breaker.c", "gcra.c"]
+SOURCES = ["segment.c", "table.c", "policy.c", "window.c", "breaker.c", "gcra.c", "throttle.c",
+           "predict.c"]
 
 
 def _cdef() -> str:

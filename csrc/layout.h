@@ -179,8 +179,19 @@ struct sg_policy_raw {
  * which gives the words names (keeping the size, asserted below). */
 struct sg_bulkhead_area { sg_a64 w[8 + SG_MAX_TICKETS]; }; /**< lines 18-26: bulkhead.c */
 struct sg_budget_area { sg_a64 w[8]; };                    /**< line 27: budget.c */
-struct sg_throttle_area { sg_a64 w[16]; };                 /**< lines 28-29: throttle.c */
-struct sg_predict_area { sg_a64 w[8]; };                   /**< line 30: predict.c */
+struct sg_throttle_area {                                   /**< lines 28-29: throttle.c */
+    sg_a64 bucket[SG_THROTTLE_BUCKETS]; /**< [epoch 20 | requests 22 | accepts 22] (WB_*) */
+    sg_a64 requests, accepts, throttled; /**< totals, ever */
+    sg_a64 draws;                        /**< random draws made (the n-th uses n) */
+};
+/* Holt word (predict.c): | last observed bucket 23 (63:41) |
+ * trend, ppm per bucket, signed 21 (40:20) | level ppm 20 (19:0) | */
+struct sg_predict_area {                                    /**< line 30: predict.c */
+    sg_a64 fail;                         /**< Holt word of the failure ratio */
+    sg_a64 slow;                         /**< Holt word of the slow-call ratio */
+    sg_a64 opens;                        /**< opens decided by the forecast */
+    sg_a64 reserved[5];                  /**< zero */
+};
 struct sg_fleet_area { sg_a64 w[8]; };                     /**< line 31: fleet.c */
 
 struct sg_slot {
@@ -283,5 +294,9 @@ void sg_window_sum(const struct sg_slot *s, const struct sg_policy_view *p, uint
                    uint64_t since_ns, struct sg_window_sum *out);
 void sg_window_reset(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now);
 uint32_t sg_window_threshold(const struct sg_slot *s, const struct sg_policy_view *p);
+void sg_throttle_count(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now,
+                       int outcome);
+int sg_predict_trips(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now,
+                     uint64_t since_ns, uint32_t threshold_ppm);
 
 #endif /* SHMGUARD_LAYOUT_H */
