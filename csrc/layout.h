@@ -180,9 +180,11 @@ struct sg_policy_raw {
 struct sg_bulkhead_area { sg_a64 w[8 + SG_MAX_TICKETS]; }; /**< lines 18-26: bulkhead.c */
 struct sg_budget_area { sg_a64 w[8]; };                    /**< line 27: budget.c */
 struct sg_throttle_area {                                   /**< lines 28-29: throttle.c */
-    sg_a64 bucket[SG_THROTTLE_BUCKETS]; /**< [epoch 20 | requests 22 | accepts 22] (WB_*) */
+    sg_a64 bucket[SG_THROTTLE_BUCKETS]; /**< [epoch 19 | overload 1 | requests 22 | accepts 22] */
     sg_a64 requests, accepts, throttled; /**< totals, ever */
     sg_a64 draws;                        /**< random draws made (the n-th uses n) */
+    sg_a64 last_pass;                    /**< while throttling: when a call last passed (ns) */
+    sg_a64 reserved;                     /**< zero */
 };
 /* Holt word (predict.c): | last observed bucket 23 (63:41) |
  * trend, ppm per bucket, signed 21 (40:20) | level ppm 20 (19:0) | */

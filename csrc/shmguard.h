@@ -254,7 +254,8 @@ void sg_release_probe(const struct sg_handle *h, int64_t token);
 /* budget.c: host-wide retry budget (line 27) */
 
 /* throttle.c: SRE adaptive throttling (lines 28-29) */
-#define SG_THROTTLE_BUCKETS 12
+#define SG_THROTTLE_BUCKETS 10
+#define SG_POL_THROTTLE_ON 256   /* policy flag: the caller reports failures (sg_throttle_report) */
 struct sg_throttle_view {
     uint64_t requests;           /* in the window: calls that reached the dependency + throttled */
     uint64_t accepts;            /* in the window: answered without an overload-class failure */
@@ -264,10 +265,12 @@ struct sg_throttle_view {
     uint64_t window_ns;          /* 0: throttling is off */
     uint32_t probability_ppm;    /* chance that a call is throttled now */
     uint32_t k_milli;
+    uint32_t working;            /* newest buckets in a row with accepts and no overload */
+    uint32_t pad;
 };
 int sg_throttle_decide_at(void *slot, uint64_t now_ns);
 int sg_throttle_record_at(void *slot, uint64_t now_ns, int outcome);
-int sg_throttle_accept(const struct sg_handle *h);
+int sg_throttle_report(const struct sg_handle *h, int overload);
 int sg_throttle_snapshot_at(const void *slot, uint64_t now_ns, struct sg_throttle_view *out);
 
 /* predict.c: predictive breaking (line 30) */

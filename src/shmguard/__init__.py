@@ -5,14 +5,15 @@ from shmguard.breaker import Breaker, Permit
 from shmguard.errors import (CapacityError, CircuitOpenError, InvalidNameError, PolicyConflictError,
                              PolicyError, RateLimitedError, RejectedError, SegmentCorruptError,
                              SegmentError, SegmentIncompatibleError, SegmentNotFoundError,
-                             SegmentPermissionError, ShmguardError)
+                             SegmentPermissionError, ShmguardError, ThrottledError)
 from shmguard.executor import ResilientExecutor
 from shmguard.limiter import Limiter, Reservation
 from shmguard.policy import Outcome, Policy, PolicyBuilder, PolicyPresets, Priority
 from shmguard.result import Err, Ok
 from shmguard.segment import list_segments, unlink
 from shmguard.service import ResilienceService
-from shmguard.stats import BreakerMode, BreakerState, EndpointStats, LimiterMetrics
+from shmguard.stats import (BreakerMode, BreakerState, EndpointStats, LimiterMetrics,
+                            PredictionStats, ThrottleStats)
 
 __version__ = "0.1.0"
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "RateLimitedError", "RejectedError", "Reservation", "ResilienceService", "ResilientExecutor", "SegmentCorruptError",
     "SegmentError", "SegmentIncompatibleError", "SegmentNotFoundError", "SegmentPermissionError",
     "ShmguardError", "list_segments", "unlink",
+    "PredictionStats", "ThrottleStats", "ThrottledError",
 ]

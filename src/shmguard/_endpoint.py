@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
-from shmguard import _capi, probes
+from shmguard import _capi, overload, probes
 from shmguard._capi import ffi, lib
 from shmguard.errors import CircuitOpenError, InvalidNameError, PolicyError, ShmguardError
 from shmguard.policy import Outcome, Policy, Priority
@@ -105,6 +105,8 @@ class Endpoint:
     def record_exception(self, exc: BaseException, tok: int) -> None:
         outcome = self.policy.classify(exc) if isinstance(exc, Exception) else Outcome.IGNORE
         t = self.record(self.h, tok | outcome)
+        if outcome == Outcome.FAILURE and self.policy.throttle_on:  # SG_POL_THROTTLE_ON
+            lib.sg_throttle_report(self.h, self.policy.is_overload(exc))
         if t or self.events.on_metrics_update is not None:
             self.events.after(self, t, tok)
 
@@ -184,8 +186,10 @@ class Endpoint:
         b = self.breaker_snapshot()
         pv = self.policy_view()
         rate = None if pv.flags & lib.SG_POL_NO_LIMIT else NS / pv.emission_ns
+        now, seg = self.seg.now_ns(), self.seg.name
         return EndpointStats(self.name, b.state, b.failure_rate, self.limiter_metrics(), b,
-                             rate, pv.burst)
+                             rate, pv.burst, overload.throttle_stats(self.h.slot, now, seg),
+                             overload.prediction_stats(self.h.slot, now, seg))
 
     # -- errors ---------------------------------------------------------------------
     def rc_error(self, rc: int) -> ShmguardError:

@@ -22,7 +22,7 @@ import threading
 from concurrent.futures import Executor, Future
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, TypeVar
 
-from shmguard.errors import RejectedError, SegmentError
+from shmguard.errors import RejectedError, SegmentError, ThrottledError
 from shmguard.limiter import pack, wait_ns
 from shmguard.policy import Policy, Priority
 from shmguard._endpoint import validate_endpoint
@@ -111,7 +111,7 @@ def _run(ticket: _Ticket, endpoint: str, fn: Callable[..., T], args: tuple[Any, 
             svc.register_endpoint(endpoint, ticket.policy)
     try:
         return svc.execute(endpoint, fn, *args, priority=priority, timeout=timeout, **kwargs)
-    except RejectedError as exc:
+    except (RejectedError, ThrottledError) as exc:
         exc.worker_pid = os.getpid()
         raise
 

@@ -102,6 +102,11 @@ class Policy:
     recovery: float = 10.0
     failure_exceptions: tuple[type[BaseException], ...] = (Exception,)
     ignored_exceptions: tuple[type[BaseException], ...] = ()
+    throttle_k: float | None = None
+    throttle_window: float = 120.0
+    throttle_min_requests: int = 10
+    throttle_on: tuple[type[BaseException], ...] = ()
+    predict_horizon: float | None = None
     _fingerprint: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -142,12 +147,28 @@ class Policy:
                  lo=self.failure_threshold, hi=1)
         _num("rate_floor", self.rate_floor, lo=0, hi=1)
         _num("recovery", self.recovery, lo=0, hi=86400)
-        for fname in ("failure_exceptions", "ignored_exceptions"):
+        self._check_overload()
+        for fname in ("failure_exceptions", "ignored_exceptions", "throttle_on"):
             value = getattr(self, fname)
             if not isinstance(value, tuple) or not all(
                     isinstance(c, type) and issubclass(c, BaseException) for c in value):
                 raise PolicyError(f"{fname} must be a tuple of exception classes, got {value!r}")
         object.__setattr__(self, "_fingerprint", self._compute_fingerprint())
+
+    def _check_overload(self) -> None:
+        if self.throttle_k is not None:
+            _num("throttle_k", self.throttle_k, lo=1, hi=1000)
+        _num("throttle_window", self.throttle_window, lo=0.012, hi=10**6)
+        _num("throttle_min_requests", self.throttle_min_requests, lo=1, hi=2**31, integer=True)
+        if self.predict_horizon is not None:
+            _num("predict_horizon", self.predict_horizon, lo=0, lo_open=True, hi=86400)
+
+    def is_overload(self, exc: BaseException) -> bool:
+        """Reports whether failure ``exc`` tells the throttle the dependency is overloaded.
+
+        Every failure does, unless ``throttle_on`` narrows it to those classes.
+        """
+        return not self.throttle_on or isinstance(exc, self.throttle_on)
 
     # -- derived values ---------------------------------------------------
     @property
@@ -167,7 +188,7 @@ class Policy:
             if f.name.startswith("_"):
                 continue
             v = getattr(self, f.name)
-            if f.name.endswith("_exceptions"):
+            if f.name.endswith("_exceptions") or f.name == "throttle_on":
                 v = tuple(f"{c.__module__}.{c.__qualname__}" for c in v)
             parts.append(f"{f.name}={v!r}")
         digest = hashlib.blake2b(";".join(parts).encode(), digest_size=8).digest()
@@ -212,6 +233,13 @@ class Policy:
         v.jitter_ppm = round(self.jitter * ppm)
         v.backoff_milli = round(self.backoff * 1000)
         v.burst = self.effective_burst
+        if self.throttle_k is not None:
+            v.throttle_k_milli = round(self.throttle_k * 1000)
+            v.throttle_window_ns = int(self.throttle_window * NS)
+            v.throttle_min_requests = int(self.throttle_min_requests)
+            if self.throttle_on:
+                v.flags |= 256  # SG_POL_THROTTLE_ON: failures are reported by the caller
+        v.predict_horizon_ns = 0 if self.predict_horizon is None else int(self.predict_horizon * NS)
         return v
 
     def replace(self, **changes: Any) -> Policy:
@@ -309,6 +337,22 @@ class PolicyBuilder:
         if ignored is not None:
             kw["ignored_exceptions"] = tuple(ignored)
         return self._set(**kw)
+
+    def with_adaptive_throttling(self, k: float = 2.0, window: float = 120.0,
+                                 min_requests: int = 10,
+                                 throttle_on: tuple[type[BaseException], ...] | None = None
+                                 ) -> PolicyBuilder:
+        """Refuses calls locally with probability max(0, (requests - k*accepts) / (requests + 1)).
+
+        Counts are host-wide over ``window`` seconds; nothing is refused below
+        ``min_requests``; ``throttle_on`` narrows which failures mean overload.
+        """
+        return self._set(throttle_k=k, throttle_window=window, throttle_min_requests=min_requests,
+                         throttle_on=tuple(throttle_on or ()))
+
+    def with_prediction(self, horizon: float = 2.0) -> PolicyBuilder:
+        """Opens the breaker early when the trend forecasts the threshold within ``horizon`` s."""
+        return self._set(predict_horizon=horizon)
 
     def adaptive(self, flag: bool = True) -> PolicyBuilder:
         return self._set(adaptive=flag)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-__all__ = ["BreakerState", "BreakerMode", "BreakerSnapshot", "LimiterMetrics", "EndpointStats"]
+__all__ = ["BreakerState", "BreakerMode", "BreakerSnapshot", "LimiterMetrics", "EndpointStats",
+           "ThrottleStats", "PredictionStats"]
 
 
 class BreakerState(enum.IntEnum):
@@ -85,6 +86,40 @@ class LimiterMetrics:
 
 
 @dataclass(frozen=True)
+class ThrottleStats:
+    """Adaptive throttling: host-wide counts over the window and totals since creation.
+
+    ``throttle_probability`` is the chance that the next call is refused
+    locally: max(0, (requests - k * accepts) / (requests + 1)).
+    """
+
+    enabled: bool
+    k: float
+    window_seconds: float
+    requests: int
+    accepts: int
+    throttle_probability: float
+    requests_total: int
+    accepts_total: int
+    throttled: int
+
+
+@dataclass(frozen=True)
+class PredictionStats:
+    """Predictive breaking: the Holt state of the bucket ratios and its forecasts (None: no state)."""
+
+    enabled: bool
+    horizon: float
+    failure_level: float | None
+    failure_trend: float | None  # change per bucket
+    failure_forecast: float | None
+    slow_level: float | None
+    slow_trend: float | None
+    slow_forecast: float | None
+    opens: int  # opens decided by the forecast
+
+
+@dataclass(frozen=True)
 class EndpointStats:
     endpoint: str
     breaker_state: BreakerState
@@ -93,3 +128,10 @@ class EndpointStats:
     breaker: BreakerSnapshot | None = None
     rate: float | None = None
     burst: int = 0
+    throttle: ThrottleStats | None = None
+    prediction: PredictionStats | None = None
+
+    @property
+    def throttle_probability(self) -> float:
+        """The chance that adaptive throttling refuses the next call (0 when off)."""
+        return self.throttle.throttle_probability if self.throttle else 0.0
