@@ -1,0 +1,170 @@
+"""Overload bench: threshold breaking against predictive breaking, on simulated time.
+
+    python bench/overload.py [--seeds N] [--horizons 2,5] [--rates 20,100]
+
+Three scenarios at 20 and 100 calls/s, driven through the C breaker calls with
+explicit times on a manual-clock segment (fast and deterministic: a seed
+gives the same figures on every run):
+
+  ramp      failure ratio rising 0 -> 80 % over 20 s, then held (30 s)
+  noisy     healthy but noisy: each second's failure ratio drawn in 10-30 % (60 s)
+  latency   latency rising 20 ms -> 400 ms over 20 s (x0.5..1.5 jitter), slow
+            above 200 ms, then held (30 s)
+
+Breaker: 50 % failures (or 50 % slow calls) over a 10 s window of 10 buckets,
+at least 20 calls, open 5 s. For each mode the table shows the failed (or
+slow) calls that reached the dependency before the first open, the time of
+the first open, and the opens of the noisy scenario (all of them false).
+Prints figures; asserts nothing. tests/core/test_predict.py runs the same
+scenarios at small scale and asserts the counts.
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import os
+import random
+import statistics
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+import shmguard as sg
+from shmguard._capi import lib
+
+S = 1_000_000_000
+T0 = 1000 * S
+RATE = 100
+Draw = Callable[[float, random.Random], "tuple[bool, float]"]  # t -> (failed, latency s)
+
+
+def ramp(t: float, rng: random.Random) -> tuple[bool, float]:
+    return rng.random() < min(0.8, 0.04 * t), 0.005
+
+
+def noisy_draw(seed: int) -> Draw:
+    ratios = random.Random(seed * 7919 + 1)
+    per_second: dict[int, float] = {}
+
+    def draw(t: float, rng: random.Random) -> tuple[bool, float]:
+        p = per_second.setdefault(int(t), ratios.uniform(0.1, 0.3))
+        return rng.random() < p, 0.005
+    return draw
+
+
+def latency(t: float, rng: random.Random) -> tuple[bool, float]:
+    base = 0.02 + 0.38 * min(t, 20.0) / 20.0
+    return False, base * rng.uniform(0.5, 1.5)
+
+
+SCENARIOS: dict[str, tuple[float, Callable[[int], Draw]]] = {
+    "ramp": (30.0, lambda seed: ramp),
+    "noisy": (60.0, noisy_draw),
+    "latency": (30.0, lambda seed: latency),
+}
+
+
+@dataclass
+class Result:
+    bad_before_open: int      # failed or slow calls admitted before the first open
+    first_open: float | None  # seconds from the start
+    opens: int
+    calls: int                # calls admitted
+
+
+def policy(horizon: float | None) -> sg.Policy:
+    return sg.Policy(failure_threshold=0.5, min_requests=20, window=10.0, window_buckets=10,
+                     open_timeout=5.0, slow_call_duration=0.2, slow_call_threshold=0.5,
+                     predict_horizon=horizon)
+
+
+def run(scenario: str, horizon: float | None, seed: int, *, seconds: float | None = None,
+        rate: int = RATE, segment: str | None = None) -> Result:
+    """Runs one scenario on a fresh segment; returns what the breaker did."""
+    total, make = SCENARIOS[scenario]
+    total = seconds or total
+    draw, rng = make(seed), random.Random(seed)
+    name = segment or f"bench-ov-{uuid.uuid4().hex[:8]}"
+    svc = sg.ResilienceService(name, capacity=4, manual_clock=True)
+    try:
+        svc.set_clock(T0)
+        svc.register_endpoint("dep", policy(horizon))
+        return _drive(svc._eps["dep"].h.slot, draw, rng, total, rate)
+    finally:
+        svc.close()
+        svc.unlink()
+
+
+def _drive(slot: object, draw: Draw, rng: random.Random, total: float, rate: int) -> Result:
+    pid, res = os.getpid(), Result(0, None, 0, 0)
+    due: list[tuple[int, int, int, bool]] = []  # (record time, seq, token|outcome, bad)
+    step = S // rate
+    for i in range(int(total * rate)):
+        now = T0 + i * step
+        while due and due[0][0] <= now:
+            _finish(slot, heapq.heappop(due), res)
+        tok = lib.sg_breaker_acquire_at(slot, now, pid)
+        if tok < 0:
+            continue
+        failed, lat = draw(i / rate, rng)
+        res.calls += 1
+        slow = lat >= 0.2
+        if (failed or slow) and res.first_open is None:
+            res.bad_before_open += 1
+        outcome = 2 if failed else 1
+        heapq.heappush(due, (now + int(lat * S), i, tok | outcome, failed or slow))
+    while due:
+        _finish(slot, heapq.heappop(due), res)
+    return res
+
+
+def _finish(slot: object, ev: tuple[int, int, int, bool], res: Result) -> None:
+    t = lib.sg_breaker_record_at(slot, ev[0], ev[2])
+    if t >= 0 and t & 7 == lib.SG_T_TO_OPEN:
+        res.opens += 1
+        if res.first_open is None:
+            res.first_open = (ev[0] - T0) / S
+
+
+def table(seeds: int, horizons: list[float], rate: int) -> str:
+    modes: list[tuple[str, float | None]] = [("threshold", None)]
+    modes += [(f"predictive {h:g} s", h) for h in horizons]
+    rows = ["| mode | ramp: failed calls before open | ramp: time to open | "
+            "latency: slow calls before open | latency: time to open | noisy: false opens |",
+            "|---|---|---|---|---|---|"]
+    for label, h in modes:
+        r = [run("ramp", h, s, rate=rate) for s in range(seeds)]
+        lat = [run("latency", h, s, rate=rate) for s in range(seeds)]
+        noise = [run("noisy", h, s, rate=rate) for s in range(seeds)]
+        rows.append(f"| {label} | {_mean(x.bad_before_open for x in r)} | {_when(r)} | "
+                    f"{_mean(x.bad_before_open for x in lat)} | {_when(lat)} | "
+                    f"{sum(x.opens for x in noise)} in {seeds} runs |")
+    return "\n".join(rows)
+
+
+def _mean(xs: object) -> str:
+    return f"{statistics.mean(xs):.0f}"  # type: ignore[arg-type]
+
+
+def _when(rs: list[Result]) -> str:
+    opened = [r.first_open for r in rs if r.first_open is not None]
+    if not opened:
+        return "never"
+    return f"{statistics.mean(opened):.2f} s" + ("" if len(opened) == len(rs) else
+                                                f" ({len(opened)}/{len(rs)} opened)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--horizons", default="2,5")
+    ap.add_argument("--rates", default="20,100")
+    args = ap.parse_args()
+    horizons = [float(h) for h in args.horizons.split(",") if h]
+    for rate in (int(r) for r in args.rates.split(",") if r):
+        print(f"\n{rate} calls/s, {args.seeds} seeds per cell, means (simulated time)\n")
+        print(table(args.seeds, horizons, rate))
+
+
+if __name__ == "__main__":
+    main()
