@@ -104,6 +104,14 @@ def _detail(ep: dict[str, Any]) -> list[str]:
     parts.append("rej " + "/".join(count(bp[p]["rejected"]) for p in bp))
     if ep["totals"]["rejected"]:
         parts.append(f"open-rej {count(ep['totals']['rejected'])}")
+    thr, pred = ep["throttle"], ep["prediction"]
+    if thr["enabled"]:
+        parts.append(f"throttle p {thr['throttle_probability'] * 100:.0f}% "
+                     f"req {count(thr['requests'])} acc {count(thr['accepts'])} "
+                     f"thr {count(thr['throttled'])}")
+    if pred["enabled"] and pred["failure_forecast"] is not None:
+        parts.append(f"forecast {pred['failure_forecast'] * 100:.0f}% in "
+                     f"{duration(pred['horizon'])} early-opens {count(pred['opens'])}")
     if ep["breaker_state"] == "half-open":
         ho = ep["half_open"]
         parts.append(f"probes {ep['probes_in_flight']}/{ho['max']} ok {ho['successes']}/"
