@@ -65,16 +65,17 @@ def alloc(n):  # exactly n bytes, 64-byte aligned: ASan redzones right after
     p = ctypes.c_void_p()
     assert ctypes.CDLL(None).posix_memalign(ctypes.byref(p), 64, n) == 0
     return ffi.cast("void *", p.value)
-base = alloc(1280)
-assert lib.sg_segment_init(base, 1280, 1, 0, 1, 0, 0) == 0
+one = lib.SG_HEADER_SIZE + lib.SG_SLOT_SIZE     # a header and one slot
+base = alloc(one)
+assert lib.sg_segment_init(base, one, 1, 0, 1, 0, 0) == 0
 '
 canary overflow "$prelude
-short = alloc(256)                               # a header only: no room for its slot
-ffi.memmove(short, base, 256)
-lib.sg_slot_snapshot(short, 1280, 0, ffi.new('struct sg_slot_view *'))  # a length it lacks
+short = alloc(lib.SG_HEADER_SIZE)                # a header only: no room for its slot
+ffi.memmove(short, base, lib.SG_HEADER_SIZE)
+lib.sg_slot_snapshot(short, one, 0, ffi.new('struct sg_slot_view *'))  # a length it lacks
 " "heap-buffer-overflow"
 canary misaligned "$prelude
-lib.sg_segment_check(ffi.cast('char *', base) + 8, 1000, ffi.new('struct sg_header_view *'))
+lib.sg_segment_check(ffi.cast('char *', base) + 8, one - 8, ffi.new('struct sg_header_view *'))
 " "misaligned address"
 
 # -- 2. the C-level tests and the fuzzers under the sanitizers ---------------

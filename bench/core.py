@@ -67,6 +67,12 @@ def python_rows(n: int, reps: int) -> list[tuple[str, float, float, float]]:
             for _ in range(k):
                 e("ep", f)
 
+        def guard(k: int) -> None:
+            g = svc.guard
+            for _ in range(k):
+                with g("ep"):
+                    f()
+
         rows = [("bare call f()", *per_call(bare, n, reps)),
                 ("limiter.allow()", *per_call(allow, n, reps)),
                 ("breaker.allow() + success()", *per_call(breaker, n, reps))]
@@ -74,6 +80,7 @@ def python_rows(n: int, reps: int) -> list[tuple[str, float, float, float]]:
         rows.append(("svc.execute(ep, f)", *ex))
         rows.append(("execute overhead over f()", ex[0] - rows[0][1], ex[1] - rows[0][1],
                      ex[2] - rows[0][1]))
+        rows.append(("with svc.guard(ep): f()", *per_call(guard, n, reps)))
         return rows
     finally:
         svc.close()

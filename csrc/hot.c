@@ -15,6 +15,8 @@
 
 #include "shmguard.h"
 
+#include "hot.h"
+
 #define LEASE_BITS (0xFULL << 34)
 
 /* execute(ep, hp, cp, fn, args, kwargs) */
@@ -75,9 +77,27 @@ static PyObject *hot_execute(PyObject *self, PyObject *const *a, Py_ssize_t n)
     return res;
 }
 
+static PyObject *hp_name; /* interned "hp" */
+
+const struct sg_handle *hot_handle_of(PyObject *ep)
+{
+    PyObject *hp = PyObject_GetAttr(ep, hp_name);
+    if (hp == NULL)
+        return NULL;
+    const struct sg_handle *h = PyLong_AsVoidPtr(hp);
+    Py_DECREF(hp);
+    if (h == NULL && !PyErr_Occurred()) { /* closed: let Python raise its error */
+        PyObject *r = PyObject_CallMethod(ep, "closed_error", NULL);
+        Py_XDECREF(r);
+    }
+    return h;
+}
+
 static PyMethodDef methods[] = {
     {"execute", (PyCFunction)(void (*)(void))hot_execute, METH_FASTCALL,
-     "execute(ep, hp, cp, fn, args, kwargs): admit, call, record (see service.py)"},
+     "execute(ep, hp, cp, fn, args, kwargs): admit, call, record (see _calls.py)"},
+    {"bind_allow", (PyCFunction)(void (*)(void))hot_bind_allow, METH_FASTCALL,
+     "bind_allow(kind, ep, slow): limiter.allow (0) or breaker.allow (1) of ep"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -86,8 +106,12 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "shmguard._hot", NULL
 
 PyMODINIT_FUNC PyInit__hot(void)
 {
+    hp_name = PyUnicode_InternFromString("hp");
+    if (hp_name == NULL)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m && PyModule_AddIntConstant(m, "ABI_VERSION", SG_ABI_VERSION) < 0) {
+    if (m && (PyModule_AddIntConstant(m, "ABI_VERSION", SG_ABI_VERSION) < 0 ||
+              hot_add_handle_types(m) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -259,7 +259,7 @@ class _Worker:
             return 1
         rec = -1
         if permit.is_probe:     # hold a probe a while: kills land while it is out
-            rec = self.log_start(ep, permit._tok)
+            rec = self.log_start(ep, permit.token)
             hold = self.rng.choice(holds)
             if hold:
                 time.sleep(hold)

@@ -22,13 +22,9 @@ __all__ = ["Calls"]
 _CP = tuple(pack(1, p) for p in Priority)
 _NORMAL = Priority.NORMAL
 
-try:  # the one-crossing execute path (csrc/hot.c); the Python path below is equivalent
-    from shmguard._hot import ABI_VERSION as _HOT_ABI
-    from shmguard._hot import execute as _hot_execute
-    if _HOT_ABI != _capi.ABI_VERSION:  # a stale build: use the Python path
-        _hot_execute = None
-except ImportError:  # pragma: no cover - a build without it still works, slower
-    _hot_execute = None
+# the one-crossing doors (csrc/hot.c); the Python paths below are equivalent
+_hot_execute = _capi.hot.execute if _capi.hot is not None else None
+_HotGuardBase: Any = _capi.hot.Guard if _capi.hot is not None else object
 
 
 class Calls(Registry):
@@ -119,8 +115,27 @@ class Calls(Registry):
 
     def guard(self, endpoint: str, *, priority: Priority = Priority.NORMAL,
               timeout: float | None = None) -> Any:
-        """Context manager: admits on entry, records the block's outcome on exit."""
+        """Context manager: admits on entry, records the block's outcome on exit.
+
+        ``async with`` works too (it awaits the rate limit when ``timeout`` is set).
+        """
+        ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        if (_HotGuardBase is not object and timeout is None and ep.probe is None
+                and self._events.on_metrics_update is None):
+            return _HotGuard(ep, 5 if priority is _NORMAL else pack(1, priority))
         return _Guard(self, endpoint, priority, timeout)
+
+
+class _HotGuard(_HotGuardBase):  # type: ignore[misc]
+    """The common guard (no wait, no health probe) in C: admit on entry, record on exit."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> Any:
+        return self.__enter__()  # no timeout: admission never waits
+
+    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> Any:
+        return self.__exit__(et, exc, tb)
 
 
 class _Guard:

@@ -5,7 +5,8 @@ codes to exceptions in one place (:func:`check`).
 """
 from __future__ import annotations
 
-from typing import NoReturn
+import os
+from typing import Any, NoReturn
 
 try:
     from shmguard._core import ffi, lib
@@ -28,7 +29,27 @@ if lib.SG_LAYOUT_VERSION != LAYOUT_VERSION or lib.SG_ABI_VERSION != ABI_VERSION:
         "`pip install -e . --no-build-isolation`"
     )
 
-__all__ = ["ffi", "lib", "check", "raise_segment", "LAYOUT_VERSION", "ABI_VERSION"]
+__all__ = ["ffi", "lib", "hot", "check", "raise_segment", "LAYOUT_VERSION", "ABI_VERSION"]
+
+
+def _load_hot() -> Any:
+    """shmguard._hot (csrc/hot.c, hot_handles.c): the one-crossing doors, or None.
+
+    None when the extension is missing or stale, or when the environment sets
+    SHMGUARD_NO_HOT=1 (the test suite runs both paths); every door then takes
+    its equivalent path through cffi.
+    """
+    if os.environ.get("SHMGUARD_NO_HOT") == "1":
+        return None
+    try:
+        import shmguard._hot as mod
+    except ImportError:  # pragma: no cover - a build without it still works, slower
+        return None
+    return mod if getattr(mod, "ABI_VERSION", None) == ABI_VERSION else None
+
+
+#: The one-crossing extension module, or None (see :func:`_load_hot`).
+hot = _load_hot()
 
 _SEGMENT_ERRORS = {
     lib.SG_E_NOT_READY: (errors.SegmentCorruptError, "was never initialised (its creator died?)"),

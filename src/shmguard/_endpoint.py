@@ -76,6 +76,7 @@ class Endpoint:
         self.hp = int(ffi.cast("uintptr_t", self.h))  # the handle's address, for _hot
 
     def unbind(self) -> None:
+        self.h.slot = ffi.NULL  # the C doors check it: never touch the unmapped slot
         name = self.seg.name
 
         def closed(*_: Any) -> Any:
@@ -117,6 +118,12 @@ class Endpoint:
 
     def after_record(self, t: int, tok: int) -> None:
         self.events.after(self, t, tok)
+
+    def permit_after(self, t: int, tok: int) -> None:
+        """A two-step permit's outcome made a transition (or was refused): report it."""
+        if t < 0:
+            raise self.rc_error(t)
+        self.events.transition(self, t & 7, bool(tok & LEASE_BITS))
 
     # -- breaker-only permits ---------------------------------------------------
     def acquire_permit(self) -> int:

@@ -15,9 +15,10 @@ the segment and changes only by CAS in C.
 """
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from shmguard._capi import lib
+from shmguard._capi import hot, lib
 from shmguard.policy import Outcome
 from shmguard.stats import BreakerMode, BreakerSnapshot, BreakerState
 
@@ -26,14 +27,15 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 HO_FLAG = 1 << 33
-__all__ = ["Breaker", "Permit"]
+__all__ = ["Breaker", "Permit", "PyPermit"]
 
 
-class Permit:
+class PyPermit:
     """Leave to make one call; report its outcome exactly once.
 
     A half-open probe permit is also a lease: if this process dies, or the
     call overruns the policy's ``probe_lease``, the permit is reclaimed.
+    (The pure-Python twin of the C ``Permit`` of ``shmguard._hot``.)
     """
 
     __slots__ = ("_ep", "_tok", "_done")
@@ -48,17 +50,19 @@ class Permit:
         """Reports whether this permit is a half-open probe."""
         return bool((self._tok >> 34) & 0xF)
 
+    @property
+    def token(self) -> int:
+        """The admission token (generation, lease, start)."""
+        return self._tok
+
     def _finish(self, outcome: int) -> None:
         if self._done:
             raise RuntimeError("permit already used: report an outcome once")
         self._done = True
         # allow() already reported a half-open transition: drop its echo
         t = self._ep.record(self._ep.h, self._tok | outcome)
-        if t < 0:
-            raise self._ep.rc_error(t)
-        t &= 7
-        if t in (1, 2, 3):
-            self._ep.events.transition(self._ep, t, self.is_probe)
+        if t < 0 or t & 7 in (1, 2, 3):
+            self._ep.permit_after(t, self._tok)
 
     def success(self) -> None:
         self._finish(Outcome.SUCCESS)
@@ -79,13 +83,39 @@ class Permit:
             self._finish(Outcome.IGNORE)
 
 
+#: The permit type: C (shmguard._hot) when built, else :class:`PyPermit`.
+Permit: Any = hot.Permit if hot is not None else PyPermit
+
+
+def after_acquire(ep: Endpoint, tok: int) -> Any:
+    """Turns a breaker token into a permit, or None: reclaims dead probe holders,
+    reports a half-open transition, raises on errors."""
+    if tok == lib.SG_R_PROBES_FULL and ep.reclaim_probes():
+        tok = int(ep.acquire(ep.h))  # a dead holder's permit came back
+    if tok < 0:
+        if tok in (lib.SG_R_OPEN, lib.SG_R_PROBES_FULL):
+            return None
+        raise ep.rc_error(tok)
+    if tok & HO_FLAG:
+        ep.events.transition(ep, lib.SG_T_TO_HALF_OPEN, False)
+    return Permit(ep, tok)
+
+
+def _allow(ep: Endpoint) -> Any:
+    return after_acquire(ep, int(ep.acquire(ep.h)))
+
+
 class Breaker:
     """The host-wide circuit breaker of one endpoint (see module docstring)."""
 
-    __slots__ = ("_ep",)
+    __slots__ = ("_ep", "allow")
 
     def __init__(self, ep: Endpoint) -> None:
         self._ep = ep
+        #: ``allow() -> Permit | None``: a permit if a call may go ahead now,
+        #: else None (open, or every half-open probe out). One C call.
+        self.allow: Any = (hot.bind_allow(1, ep, after_acquire) if hot is not None
+                           else functools.partial(_allow, ep))
 
     @property
     def name(self) -> str:
@@ -108,18 +138,6 @@ class Breaker:
         """Reports the failure ratio over the rolling window."""
         return self.snapshot().failure_rate
 
-    def allow(self) -> Permit | None:
-        """Returns a :class:`Permit` if a call may go ahead now, else None."""
-        ep = self._ep
-        tok = ep.acquire_permit()
-        if tok < 0:
-            if tok in (lib.SG_R_OPEN, lib.SG_R_PROBES_FULL):
-                return None
-            raise ep.rc_error(tok)
-        if tok & HO_FLAG:
-            ep.events.transition(ep, lib.SG_T_TO_HALF_OPEN, False)
-        return Permit(ep, tok)
-
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Runs ``fn`` if allowed and records its outcome.
 
@@ -131,10 +149,15 @@ class Breaker:
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            permit._finish(self._ep.policy.classify(exc) if isinstance(exc, Exception)
-                           else Outcome.IGNORE)
+            outcome = self._ep.policy.classify(exc) if isinstance(exc, Exception) else Outcome.IGNORE
+            if outcome == Outcome.FAILURE:
+                permit.failure()
+            elif outcome == Outcome.SUCCESS:
+                permit.success()
+            else:
+                permit.ignore()
             raise
-        permit._finish(Outcome.SUCCESS)
+        permit.success()
         return result
 
     def force_open(self) -> None:

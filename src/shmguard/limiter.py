@@ -10,10 +10,11 @@ Thread safe and process safe: the limiter is one atomic word in the segment.
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import TYPE_CHECKING, Any
 
-from shmguard._capi import ffi, lib
+from shmguard._capi import ffi, hot, lib
 from shmguard.errors import PolicyError
 from shmguard.policy import Priority
 from shmguard.stats import LimiterMetrics
@@ -74,29 +75,43 @@ class Reservation:
         return f"<Reservation ok={self.ok} delay={self.delay:.6f}s>"
 
 
-class Limiter:
-    """The host-wide rate limiter of one endpoint (see module docstring)."""
+def allow(ep: Endpoint, cost: int = 1, priority: Priority = _NORMAL) -> bool:
+    """Reports whether ``cost`` tokens were free now (and takes them).
 
-    __slots__ = ("_ep",)
+    :meth:`Limiter.allow`; its common case (no arguments) runs in C
+    (``shmguard._hot``) and comes here only for arguments or a closed service.
+    """
+    if cost is _ONE and priority is _NORMAL:
+        rc = ep.allow1(ep.h)
+    else:
+        rc = ep.allow_cp(ep.h, pack(cost, priority))
+    if rc == 0:
+        return True
+    if rc == lib.SG_R_RATE_LIMITED:
+        return False
+    burst = ep.policy_view().burst
+    raise PolicyError(f"allow(cost={cost}) exceeds burst {burst} of limiter "
+                      f"{ep.name!r} at priority {Priority(priority)}")
+
+
+class Limiter:
+    """The host-wide rate limiter of one endpoint (see module docstring).
+
+    ``allow(cost=1, priority=Priority.NORMAL) -> bool`` reports whether
+    ``cost`` tokens were free now (and takes them); with no arguments it is
+    one C call.
+    """
+
+    __slots__ = ("_ep", "allow")
 
     def __init__(self, ep: Endpoint) -> None:
         self._ep = ep
+        self.allow: Any = (hot.bind_allow(0, ep, allow) if hot is not None
+                           else functools.partial(allow, ep))
 
     @property
     def name(self) -> str:
         return self._ep.name
-
-    def allow(self, cost: int = 1, priority: Priority = _NORMAL) -> bool:
-        """Reports whether ``cost`` tokens were free now (and takes them)."""
-        ep = self._ep
-        if cost is _ONE and priority is _NORMAL:
-            return not ep.allow1(ep.h)
-        rc = ep.allow_cp(ep.h, pack(cost, priority))
-        if rc == 0:
-            return True
-        if rc == lib.SG_R_RATE_LIMITED:
-            return False
-        raise self._cost_error("allow", cost, priority)
 
     def reserve(self, cost: int = 1, priority: Priority = _NORMAL,
                 max_wait: float | None = None) -> Reservation:
