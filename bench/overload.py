@@ -1,6 +1,6 @@
 """Overload bench: threshold breaking against predictive breaking, on simulated time.
 
-    python bench/overload.py [--seeds N] [--horizons 2,5] [--rates 20,100]
+    python bench/overload.py [--seeds N] [--horizons 2,5] [--rates 20,100] [--cost]
 
 Three scenarios at 20 and 100 calls/s, driven through the C breaker calls with
 explicit times on a manual-clock segment (fast and deterministic: a seed
@@ -15,6 +15,8 @@ Breaker: 50 % failures (or 50 % slow calls) over a 10 s window of 10 buckets,
 at least 20 calls, open 5 s. For each mode the table shows the failed (or
 slow) calls that reached the dependency before the first open, the time of
 the first open, and the opens of the noisy scenario (all of them false).
+With --cost it also measures what the features add to execute() on a
+healthy endpoint (real clock; nothing is throttled, no failure lands).
 Prints figures; asserts nothing. tests/core/test_predict.py runs the same
 scenarios at small scale and asserts the counts.
 """
@@ -154,16 +156,47 @@ def _when(rs: list[Result]) -> str:
                                                 f" ({len(opened)}/{len(rs)} opened)")
 
 
+def cost(reps: int = 7, n: int = 200_000) -> str:
+    """Median ns per execute() of a no-op on a healthy endpoint, per feature set."""
+    import time
+    name = f"bench-ov-{uuid.uuid4().hex[:8]}"
+    svc = sg.ResilienceService(name, capacity=4)
+    try:
+        eps = {"neither": sg.Policy(), "throttling": sg.Policy(throttle_k=2.0),
+               "throttling + prediction": sg.Policy(throttle_k=2.0, predict_horizon=2.0)}
+        for ep, pol in eps.items():
+            svc.register_endpoint(ep, pol)
+
+        def per_call(ep: str) -> float:
+            ex, f = svc.execute, (lambda: None)
+            t = time.perf_counter_ns()
+            for _ in range(n):
+                ex(ep, f)
+            return (time.perf_counter_ns() - t) / n
+        rows = ["| endpoint | execute() median ns |", "|---|---:|"]
+        for ep in eps:
+            per_call(ep)  # warm up
+            rows.append(f"| {ep} | {statistics.median(per_call(ep) for _ in range(reps)):.1f} |")
+        return "\n".join(rows)
+    finally:
+        svc.close()
+        svc.unlink()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--horizons", default="2,5")
     ap.add_argument("--rates", default="20,100")
+    ap.add_argument("--cost", action="store_true")
     args = ap.parse_args()
     horizons = [float(h) for h in args.horizons.split(",") if h]
     for rate in (int(r) for r in args.rates.split(",") if r):
         print(f"\n{rate} calls/s, {args.seeds} seeds per cell, means (simulated time)\n")
         print(table(args.seeds, horizons, rate))
+    if args.cost:
+        print("\nexecute() on a healthy endpoint (real clock)\n")
+        print(cost())
 
 
 if __name__ == "__main__":
