@@ -26,7 +26,7 @@ from shmguard.demo import worker
 from shmguard.demo.checks import Evidence, check_all
 from shmguard.demo.server import FlakyCache, Schedule
 from shmguard.demo.view import Sample, Tally, make_view
-from shmguard.errors import CircuitOpenError, InvalidNameError, RateLimitedError
+from shmguard.errors import CircuitOpenError, InvalidNameError, RateLimitedError, ThrottledError
 from shmguard.executor import ResilientExecutor
 from shmguard.limiter import NS
 from shmguard.policy import NETWORK_ERRORS, Policy
@@ -45,10 +45,13 @@ SAMPLE_EVERY = 0.05
 def demo_policy(rate: float) -> Policy:
     """Returns the demo's policy: 50% of >= 5 calls in a short window opens it for 1 s.
 
-    The window (1 s, longer below 10 req/s) holds about ten calls.
+    The window (1 s, longer below 10 req/s) holds about ten calls. Adaptive
+    throttling (k = 2 over twice the window) is the soft brake around it.
     """
-    return Policy(failure_threshold=0.5, min_requests=5, window=max(1.0, 10 / rate),
-                  window_buckets=10,
+    window = max(1.0, 10 / rate)
+    return Policy(failure_threshold=0.5, min_requests=5, window=window,
+                  window_buckets=10, throttle_k=2.0, throttle_window=2 * window,
+                  throttle_min_requests=10,
                   open_timeout=1.0, half_open_max_calls=1, probe_lease=2.0, rate=rate,
                   burst=max(1, round(rate / 5)),
                   failure_exceptions=NETWORK_ERRORS + (worker.CacheDown,))
@@ -80,6 +83,8 @@ def _lane(i: int, ex: ResilientExecutor, url: str, tally: Tally, stop: threading
             tally.add(getattr(exc, "worker_pid", 0), "open")
         except RateLimitedError as exc:
             tally.add(getattr(exc, "worker_pid", 0), "limited")
+        except ThrottledError as exc:
+            tally.add(getattr(exc, "worker_pid", 0), "throttled")
         except worker.CacheDown as exc:
             tally.add(exc.pid, "failed")
         except BaseException as exc:  # a broken pool, say: stop the run
@@ -102,7 +107,7 @@ def _sample(svc: ResilienceService, cache: FlakyCache) -> Sample:
     b, m = st.breaker, st.limiter_metrics
     assert b is not None
     return Sample(cache.now(), cache.phase(), b.state, b.failure_rate, m.accepted, m.rejected,
-                  b.rejected, len(cache.hits()))
+                  b.rejected, len(cache.hits()), st.throttle_probability)
 
 
 def _watch(svc: ResilienceService, cache: FlakyCache, tally: Tally, view: Any,
@@ -184,7 +189,8 @@ def _report(ev: Evidence, segment: str) -> int:
     print(f"\nSummary, from the counters of segment {segment!r} (endpoint {ENDPOINT!r}):")
     print(f"  calls: {sum(c.ok for c in w)} served, {sum(c.failed for c in w)} failed, "
           f"{sum(c.open for c in w)} stopped by the breaker, {sum(c.limited for c in w)} "
-          f"rate-limited; the cache saw {len(ev.hits)} requests in {ev.elapsed:.1f}s")
+          f"rate-limited, {sum(c.throttled for c in w)} throttled (soft brake); the cache saw "
+          f"{len(ev.hits)} requests in {ev.elapsed:.1f}s")
     for c in checks:
         print(c.line())
     bad = [c.label for c in checks if not c.ok]
