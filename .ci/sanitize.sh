@@ -83,7 +83,7 @@ echo "== sanitize: tests (fuzz examples per test: $SHMGUARD_FUZZ_EXAMPLES)"
 tests=()
 for t in tests/crash/test_fuzz.py tests/core/test_gcra_steps.py tests/core/test_breaker_steps.py \
          tests/core/test_segment.py tests/core/test_names_security.py tests/core/test_hardening_*.py \
-         tests/crash/test_torture.py; do
+         tests/core/test_throttle.py tests/core/test_predict.py tests/crash/test_torture.py; do
     if [ -f "$t" ]; then tests+=("$t"); fi
 done
 set +e
