@@ -122,7 +122,7 @@ class ResilientExecutor:
     Creates the segment (or attaches to it) in this process and registers
     endpoints on first use with ``policy`` (default: the service's standard
     policy); the workers attach by name. Rejections arrive as the future's
-    :class:`CircuitOpenError` or :class:`RateLimitedError`, with
+    :class:`CircuitOpenError`, :class:`RateLimitedError` or :class:`ThrottledError`, with
     ``worker_pid`` set to the process that decided. Arguments that cannot be
     pickled fail with the executor's own error. Thread safe; ``shutdown()``
     and the context manager pass through to the wrapped executor.
