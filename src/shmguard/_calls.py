@@ -7,9 +7,9 @@ Python methods, and the path below is the equivalent in Python.
 from __future__ import annotations
 
 import functools
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
-from shmguard import _admission, _capi
+from shmguard import _admission, _capi, aio
 from shmguard._endpoint import LEASE_BITS
 from shmguard._registry import Registry
 from shmguard.limiter import pack
@@ -61,18 +61,17 @@ class Calls(Registry):
         ep.record_success(tok)
         return result
 
-    async def execute_async(self, endpoint: str, coro_fn: Callable[..., Awaitable[T]], /,
-                            *args: Any, priority: Priority = Priority.NORMAL,
-                            timeout: float | None = None, **kwargs: Any) -> T:
+    def execute_async(self, endpoint: str, coro_fn: Callable[..., Awaitable[T]], /,
+                      *args: Any, priority: Priority = Priority.NORMAL,
+                      timeout: float | None = None, **kwargs: Any) -> Coroutine[Any, Any, T]:
         """Awaits ``coro_fn(*args, **kwargs)`` if admitted, like :meth:`execute`.
 
         Waiting for the rate limit sleeps with ``asyncio.sleep`` (never blocks
         the loop); cancelling gives back the reservation and any probe permit,
         and a cancelled call counts as neither success nor failure.
         """
-        from shmguard import aio
-        return await aio.execute_async(self, endpoint, coro_fn, *args, priority=priority,
-                                       timeout=timeout, **kwargs)
+        return aio.execute_async(self, endpoint, coro_fn, *args, priority=priority,
+                                 timeout=timeout, **kwargs)
 
     def try_execute(self, endpoint: str, fn: Callable[..., T], /, *args: Any,
                     priority: Priority = Priority.NORMAL, timeout: float | None = None,
@@ -103,7 +102,6 @@ class Calls(Registry):
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
             import inspect
             if inspect.iscoroutinefunction(fn):
-                from shmguard import aio
                 return aio.protect_async(self, endpoint, fn, priority, timeout)  # type: ignore[return-value]
 
             @functools.wraps(fn)
@@ -158,7 +156,6 @@ class _Guard:
             ep.record_exception(exc, self.tok)
 
     async def __aenter__(self) -> _Guard:
-        from shmguard import aio
         self.tok = await aio.admit_async(self.svc, self.endpoint, self.priority, self.timeout)
         return self
 

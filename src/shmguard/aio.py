@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from shmguard._registry import Registry as ResilienceService
 
 T = TypeVar("T")
+_NORMAL = Priority.NORMAL
 __all__ = ["admit_async", "execute_async", "protect_async"]
 
 
@@ -86,7 +87,13 @@ async def execute_async(svc: ResilienceService, endpoint: str,
     :returns: what the coroutine returns; its exceptions are re-raised, and
         ``asyncio.CancelledError`` counts as neither success nor failure.
     """
-    ep, tok = await _admit(svc, endpoint, priority, timeout)
+    if timeout is None:  # admission never waits: no coroutine for it
+        ep = svc._eps.get(endpoint) or svc._endpoint(endpoint)
+        tok = ep.admit(ep.h, 5 if priority is _NORMAL else pack(1, priority))
+        if tok < 0:
+            tok = admit_slow(ep, tok, priority, None)
+    else:
+        ep, tok = await _admit(svc, endpoint, priority, timeout)
     if tok & _LEASE and ep.probe is not None:
         tok = await _probe_instead(svc, ep, tok, priority, timeout)
     try:
