@@ -1,7 +1,8 @@
 """``shmguard demo``: see a pool share one breaker and one rate limit, live, in ~20 s.
 
-A loopback HTTP "remote cache" serves well, falls ill (503s and slow
-answers), then recovers. N worker processes fetch from it through one
+A loopback HTTP "remote cache" serves well, strains (it serves only part of
+the load: adaptive throttling sheds the rest before it is sent), falls ill
+(503s and slow answers), then recovers. N worker processes fetch from it through one
 endpoint of a :class:`~shmguard.executor.ResilientExecutor`; when a fetch is
 refused or fails they "build locally" instead. The live view shows the
 endpoint as every process sees it; the summary then checks, from the
@@ -43,14 +44,16 @@ SAMPLE_EVERY = 0.05
 
 
 def demo_policy(rate: float) -> Policy:
-    """Returns the demo's policy: 50% of >= 5 calls in a short window opens it for 1 s.
+    """Returns the demo's policy: 75% of >= 5 calls in a short window opens it for 1 s.
 
     The window (1 s, longer below 10 req/s) holds about ten calls. Adaptive
-    throttling (k = 2 over twice the window) is the soft brake around it.
+    throttling (k = 2 over the same window) is the soft brake before it: an
+    overloaded cache that answers a part of the calls is sent about twice
+    what it answers, and the breaker stays closed.
     """
     window = max(1.0, 10 / rate)
-    return Policy(failure_threshold=0.5, min_requests=5, window=window,
-                  window_buckets=10, throttle_k=2.0, throttle_window=2 * window,
+    return Policy(failure_threshold=0.75, min_requests=5, window=window,
+                  window_buckets=10, throttle_k=2.0, throttle_window=window,
                   throttle_min_requests=10,
                   open_timeout=1.0, half_open_max_calls=1, probe_lease=2.0, rate=rate,
                   burst=max(1, round(rate / 5)),
@@ -151,12 +154,14 @@ def _run(args: argparse.Namespace, segment: str) -> int:
             # start every worker before any thread of ours exists (fork safety)
             for f in [pool.submit(worker.warm_up, segment, 0.1) for _ in range(args.workers)]:
                 f.result()
-            cache = FlakyCache(schedule, lambda: svc.breaker_state(ENDPOINT))
+            cache = FlakyCache(schedule, lambda: svc.breaker_state(ENDPOINT),
+                               capacity=max(1.0, 0.4 * args.rate))
             view = make_view(args.plain)
             view.start(f"shmguard demo: {args.workers} workers -> endpoint {ENDPOINT!r} "
                        f"(limit {args.rate:g}/s, burst {policy.effective_burst}) -> flaky cache "
-                       f"{cache.url}; ill from {schedule.sick_from:.1f}s to "
-                       f"{schedule.sick_until:.1f}s")
+                       f"{cache.url}; strained (serves {cache.capacity:g}/s) from "
+                       f"{schedule.strained_from or 0:.1f}s, ill from {schedule.sick_from:.1f}s "
+                       f"to {schedule.sick_until:.1f}s")
             t0 = svc.now_ns()
             cache.begin()
             lanes = [threading.Thread(target=_lane, args=(i, ex, cache.url, tally, stop, errors),

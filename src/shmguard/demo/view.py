@@ -108,7 +108,8 @@ class PlainView:
 
 _STATE_STYLE = {BreakerState.CLOSED: "bold green", BreakerState.OPEN: "bold red",
                 BreakerState.HALF_OPEN: "bold yellow"}
-_PHASE_STYLE = {"healthy": "green", "unhealthy": "red", "recovered": "green"}
+_PHASE_STYLE = {"healthy": "green", "strained": "yellow", "unhealthy": "red",
+                "recovered": "green"}
 
 
 class RichView:
