@@ -113,6 +113,8 @@ class Endpoint:
 
     def record_outcome(self, tok: int, outcome: int) -> None:
         t = self.record(self.h, tok | outcome)
+        if outcome == Outcome.FAILURE and self.policy.throttle_on:  # no exception: overload
+            lib.sg_throttle_report(self.h, 1)
         if t or self.events.on_metrics_update is not None:
             self.events.after(self, t, tok)
 

@@ -191,6 +191,19 @@ def test_throttle_on_narrows_what_counts_as_overload(svc):
     assert (st.throttle.requests_total, st.throttle.accepts_total) == (400, 200)
 
 
+def test_admit_and_record_door_counts_like_execute(svc):
+    svc.register_endpoint("dep", throttled_policy(throttle_on=(ConnectionError,)))
+    for outcome in (sg.Outcome.SUCCESS, sg.Outcome.FAILURE, sg.Outcome.IGNORE):
+        svc.record("dep", svc.admit("dep"), outcome)
+    with pytest.raises(ValueError), svc.guard("dep"):
+        raise ValueError("an answer, not overload")
+    with pytest.raises(ConnectionError), svc.guard("dep"):
+        raise ConnectionError("overload")
+    t = svc.stats("dep").throttle
+    # a failure without an exception is overload; ignored counts as neither
+    assert (t.requests, t.accepts) == (4, 2)
+
+
 def overload(svc, name="dep", **kw):
     """An endpoint whose window holds 1000 overload failures, and whose forced pass is used."""
     slot = slot_of(svc, name, **kw)
