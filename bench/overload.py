@@ -1,6 +1,6 @@
 """Overload bench: threshold breaking against predictive breaking, on simulated time.
 
-    python bench/overload.py [--seeds N] [--horizons 2,5] [--rates 20,100] [--cost]
+    python bench/overload.py [--seeds N] [--horizons 2,5] [--rates 20,100] [--pool] [--cost]
 
 Three scenarios at 20 and 100 calls/s, driven through the C breaker calls with
 explicit times on a manual-clock segment (fast and deterministic: a seed
@@ -15,6 +15,8 @@ Breaker: 50 % failures (or 50 % slow calls) over a 10 s window of 10 buckets,
 at least 20 calls, open 5 s. For each mode the table shows the failed (or
 slow) calls that reached the dependency before the first open, the time of
 the first open, and the opens of the noisy scenario (all of them false).
+With --pool it runs adaptive throttling against a dependency whose capacity
+drops to 30 % of the load, pooled in one slot against one slot per worker.
 With --cost it also measures what the features add to execute() on a
 healthy endpoint (real clock; nothing is throttled, no failure lands).
 Prints figures; asserts nothing. tests/core/test_predict.py runs the same
@@ -156,6 +158,51 @@ def _when(rs: list[Result]) -> str:
                                                 f" ({len(opened)}/{len(rs)} opened)")
 
 
+def pool_run(pooled: bool, workers: int, rate: int, seconds: float = 30.0,
+             drop_at: float = 10.0) -> tuple[int, int, int]:
+    """Adaptive throttling against a dependency whose capacity drops to 30 % of the load.
+
+    ``workers`` take turns calling; pooled, they share one slot (shmguard), else
+    each counts in its own (per-process throttling, as gRPC-Go and go-zero do).
+    Returns (calls sent, failed at the dependency, throttled) after the drop.
+    """
+    svc = sg.ResilienceService(f"bench-ov-{uuid.uuid4().hex[:8]}", capacity=workers + 1,
+                               manual_clock=True)
+    try:
+        pol = sg.Policy(throttle_k=2.0, throttle_window=10.0, throttle_min_requests=10)
+        for i in range(1 if pooled else workers):
+            svc.register_endpoint(f"w{i}", pol)
+        slots = [ep.h.slot for ep in svc._eps.values()]
+        served: list[float] = []  # answer times within the last second (capacity model)
+        sent = failed = throttled = 0
+        for i in range(int(seconds * rate)):
+            now, t = T0 + i * (S // rate), i / rate
+            slot = slots[i % len(slots)]
+            if lib.sg_throttle_decide_at(slot, now) < 0:
+                throttled += t >= drop_at
+                continue
+            served = [x for x in served if x > t - 1.0]
+            ok = t < drop_at or len(served) < 0.3 * rate
+            served += [t] if ok else []
+            lib.sg_throttle_record_at(slot, now, 1 if ok else 2)
+            sent, failed = sent + (t >= drop_at), failed + (t >= drop_at and not ok)
+        return sent, failed, throttled
+    finally:
+        svc.close()
+        svc.unlink()
+
+
+def pool_table() -> str:
+    rows = ["| workers | calls/s (all) | throttling | sent after the drop | failed there | "
+            "throttled |", "|---:|---:|---|---:|---:|---:|"]
+    for workers, rate in ((8, 400), (32, 32), (16, 8)):
+        for pooled in (True, False):
+            sent, failed, thr = pool_run(pooled, workers, rate)
+            rows.append(f"| {workers} | {rate} | {'pooled (host-wide)' if pooled else 'per process'}"
+                        f" | {sent} | {failed} | {thr} |")
+    return "\n".join(rows)
+
+
 def cost(reps: int = 7, n: int = 200_000) -> str:
     """Median ns per execute() of a no-op on a healthy endpoint, per feature set."""
     import time
@@ -189,11 +236,15 @@ def main() -> None:
     ap.add_argument("--horizons", default="2,5")
     ap.add_argument("--rates", default="20,100")
     ap.add_argument("--cost", action="store_true")
+    ap.add_argument("--pool", action="store_true", help="pooled vs per-process throttling")
     args = ap.parse_args()
     horizons = [float(h) for h in args.horizons.split(",") if h]
     for rate in (int(r) for r in args.rates.split(",") if r):
         print(f"\n{rate} calls/s, {args.seeds} seeds per cell, means (simulated time)\n")
         print(table(args.seeds, horizons, rate))
+    if args.pool:
+        print("\nthrottling: capacity drops to 30 % of the load at 10 s; 20 s after it\n")
+        print(pool_table())
     if args.cost:
         print("\nexecute() on a healthy endpoint (real clock)\n")
         print(cost())
