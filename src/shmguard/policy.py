@@ -71,7 +71,9 @@ class Policy:
 
     Defaults: 50% failures over a 10 s window of 10 buckets (at least 10
     calls) open the breaker for 30 s; half-open lets 1 probe through (lease
-    10 s) and 1 success closes it; the limiter is off (``rate=None``).
+    10 s) and 1 success closes it; the limiter is off (``rate=None``), and so
+    are adaptive throttling (``throttle_k=None``) and predictive breaking
+    (``predict_horizon=None``).
 
     :raises PolicyError: when any field is invalid; the message names it.
 
