@@ -290,6 +290,7 @@ int sg_breaker_force_at(void *slot, uint64_t now, uint32_t state)
         ; /* w refreshed: retry until our transition lands */
     if (state == SG_CLOSED) {
         ST(&s->baseline_ppm, 0); /* a reset forgets the history too */
+        sg_throttle_reset(s);    /* throttle.c: and the throttling window */
         return SG_T_TO_CLOSED;
     }
     return state == SG_OPEN || state == SG_FORCED_OPEN ? SG_T_TO_OPEN : SG_T_NONE;

@@ -298,6 +298,7 @@ void sg_window_reset(struct sg_slot *s, const struct sg_policy_view *p, uint64_t
 uint32_t sg_window_threshold(const struct sg_slot *s, const struct sg_policy_view *p);
 void sg_throttle_count(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now,
                        int outcome);
+void sg_throttle_reset(struct sg_slot *s);
 int sg_predict_trips(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now,
                      uint64_t since_ns, uint32_t threshold_ppm);
 

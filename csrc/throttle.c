@@ -189,6 +189,16 @@ void sg_throttle_count(struct sg_slot *s, const struct sg_policy_view *p, uint64
     count(&s->throttle, t.bucket_ns, now, 1, outcome == SG_SUCCESS, outcome == SG_FAILURE);
 }
 
+/* A manual reset (sg_breaker_force_at CLOSED) forgets the window; totals stay.
+ * Relaxed stores: a count racing the reset may land in a zeroed bucket or be
+ * lost, either is a valid window. */
+void sg_throttle_reset(struct sg_slot *s)
+{
+    for (int i = 0; i < NB; i++)
+        ST(&s->throttle.bucket[i], 0);
+    ST(&s->throttle.last_pass, 0);
+}
+
 int sg_throttle_record_at(void *slot, uint64_t now, int outcome)
 {
     if (!slot || outcome < SG_SUCCESS || outcome > SG_IGNORE)

@@ -261,6 +261,18 @@ def test_metrics_only_mode_still_throttles(svc):
         svc.execute("dep", lambda: "ran")
 
 
+def test_reset_forgets_the_throttle_window(svc):
+    slot = overload(svc)
+    with pytest.raises(sg.ThrottledError):
+        svc.execute("dep", lambda: "ran")
+    svc.breaker("dep").reset()
+    t = svc.stats("dep").throttle
+    assert (t.requests, t.accepts, t.throttle_probability) == (0, 0, 0.0)
+    assert t.requests_total == 1001 and t.throttled == 1   # totals are kept
+    assert svc.execute("dep", lambda: "ran") == "ran"
+    assert lib.sg_throttle_decide_at(slot, T0) == lib.SG_OK
+
+
 def test_off_by_default(svc):
     svc.register_endpoint("plain", sg.Policy())
     slot = svc._eps["plain"].h.slot
