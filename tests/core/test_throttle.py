@@ -162,6 +162,29 @@ def test_overloaded_backend_is_shielded_host_wide_and_recovers(svc, segname):
     assert svc.stats("dep").throttle_probability == 0.0
 
 
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_concurrent_processes_count_exactly(realsvc, segname, method):
+    realsvc.register_endpoint("dep", throttled_policy(throttle_window=600.0,
+                                                      throttle_min_requests=10))
+    ctx = mp.get_context(method)
+    go, out = ctx.Event(), ctx.Queue()
+    ps = [ctx.Process(target=_overload_workers.mixed_calls, args=(segname, "dep", 1500, go, out))
+          for _ in range(3)]
+    for p in ps:
+        p.start()
+    go.set()
+    got = [out.get(timeout=120) for _ in ps]
+    for p in ps:
+        p.join(30)
+        assert p.exitcode == 0
+    reached, accepted, throttled = (sum(g[i] for g in got) for i in range(3))
+    t = realsvc.stats("dep").throttle
+    assert reached + throttled == 4500 and throttled > 0
+    assert (t.requests_total, t.accepts_total, t.throttled) == (4500, accepted, throttled)
+    assert (t.requests, t.accepts) == (4500, accepted)   # all inside the 600 s window
+    assert realsvc.stats("dep").breaker.failures == reached - accepted
+
+
 def test_throttle_on_narrows_what_counts_as_overload(svc):
     svc.register_endpoint("dep", throttled_policy(throttle_on=(ConnectionError,)))
 
