@@ -81,7 +81,8 @@ lib.sg_segment_check(ffi.cast('char *', base) + 8, one - 8, ffi.new('struct sg_h
 # -- 2. the C-level tests and the fuzzers under the sanitizers ---------------
 echo "== sanitize: tests (fuzz examples per test: $SHMGUARD_FUZZ_EXAMPLES)"
 tests=()
-for t in tests/crash/test_fuzz.py tests/core/test_gcra_steps.py tests/core/test_breaker_steps.py \
+for t in tests/crash/test_fuzz.py tests/crash/test_fuzz_keyed.py tests/core/test_keyed_steps.py \
+         tests/core/test_gcra_steps.py tests/core/test_breaker_steps.py \
          tests/core/test_segment.py tests/core/test_names_security.py tests/core/test_hardening_*.py \
          tests/core/test_throttle.py tests/core/test_predict.py tests/crash/test_torture.py; do
     if [ -f "$t" ]; then tests+=("$t"); fi

@@ -39,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from _peers import inproc_rows, report, runner, shared_rows, shmguard_rows  # noqa: E402
+from _peers import inproc_rows, keyed_rows, report, runner, shared_rows, shmguard_rows  # noqa: E402
 from _peers.redis_server import RedisServer  # noqa: E402
 from _peers.registry import REGISTRY  # noqa: E402
 
@@ -154,7 +154,7 @@ def parse_args(argv=None):
     ap.add_argument("--dep-ms", type=float, default=2.0,
                     help="breaker check: the failing dependency takes this long before raising")
     ap.add_argument("--no-redis", action="store_true", help="do not start redis-server")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: inproc,shared,correctness")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: inproc,shared,correctness,keyed")
     a = ap.parse_args(argv)
     a.procs = [int(x) for x in a.procs.split(",") if x.strip()]
     a.skip = {s.strip() for s in a.skip.split(",") if s.strip()}
@@ -229,8 +229,9 @@ def main(argv=None) -> int:
         return f"{os.getpid()}-{counter[0]}"
 
     try:
-        want_redis = need_mp and any(
+        want_redis = (need_mp and any(
             c.needs_redis and wanted(c.name) for c in [*REGISTRY.shared, *REGISTRY.breaker_checks])
+        ) or "keyed" not in args.skip
         redis_ok = False
         if want_redis and not args.no_redis:
             redis_ok = redis.start()
@@ -356,6 +357,11 @@ def main(argv=None) -> int:
                 else:
                     log(f"  {c.name:<58} ERROR {row.get('error', '')[:200]}")
                 data["correctness"]["breakers"].append(row)
+        # ---- part 4 ------------------------------------------------------------
+        if "keyed" not in args.skip:
+            log("\n== 4. per-key limits (one bucket per tenant) ==")
+            data["keyed"] = keyed_rows.run(redis.url if redis_ok else None, args.quick, log,
+                                           wanted)
     except KeyboardInterrupt:
         log("\ninterrupted: stopping redis-server and writing what was measured")
         data["notes"].append("run interrupted (Ctrl-C): partial results")

@@ -6,13 +6,14 @@ compiler and the binding read one text.
 from __future__ import annotations
 
 import os
+import platform
 import re
 
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["segment.c", "table.c", "policy.c", "window.c", "breaker.c", "gcra.c", "throttle.c",
-           "predict.c"]
+SOURCES = ["segment.c", "table.c", "policy.c", "window.c", "breaker.c", "gcra.c",
+           "siphash.c", "keyed.c", "keyed_gcra.c", "throttle.c", "predict.c"]
 
 
 def _cdef() -> str:
@@ -26,6 +27,8 @@ def _cdef() -> str:
 
 def flags() -> list[str]:
     flags = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-D_POSIX_C_SOURCE=200809L"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags.append("-mcx16")  # keyed.c: one 128-bit CAS per entry (cmpxchg16b)
     extra = os.environ.get("SHMGUARD_CFLAGS")  # e.g. sanitizer builds
     if extra:
         flags += extra.split()

@@ -98,6 +98,8 @@ static PyMethodDef methods[] = {
      "execute(ep, hp, cp, fn, args, kwargs): admit, call, record (see _calls.py)"},
     {"bind_allow", (PyCFunction)(void (*)(void))hot_bind_allow, METH_FASTCALL,
      "bind_allow(kind, ep, slow): limiter.allow (0) or breaker.allow (1) of ep"},
+    {"bind_kl_allow", (PyCFunction)(void (*)(void))hot_bind_kl_allow, METH_FASTCALL,
+     "bind_kl_allow(khp, owner, slow): keyed_limiter.allow (see keyed.py)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -111,7 +113,7 @@ PyMODINIT_FUNC PyInit__hot(void)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m && (PyModule_AddIntConstant(m, "ABI_VERSION", SG_ABI_VERSION) < 0 ||
-              hot_add_handle_types(m) < 0)) {
+              hot_add_handle_types(m) < 0 || hot_add_keyed_types(m) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

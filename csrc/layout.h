@@ -258,6 +258,140 @@ _Static_assert(sizeof(struct sg_predict_area) == 64, "predict: 1 line");
 _Static_assert(offsetof(struct sg_slot, fleet) == 31 * 64, "fleet line");
 _Static_assert(sizeof(struct sg_fleet_area) == 64, "fleet: 1 line");
 
+/* ---- keyed limiter tables (keyed.c) --------------------------------------
+ * Each keyed limiter is its OWN shared-memory object
+ * (/shmguard.<uid>.<segment>~kl~<name>), not part of the segment map above,
+ * so its layout has its own magic and version (SG_KL_VERSION).
+ *
+ * Offset table (bytes)
+ *   0     struct sg_kl_header      (256: 4 cache lines)
+ *   256   struct sg_kl_entry[slots] (16 each; slots = 2 x capacity)
+ *
+ * Header lines: 0-1 identity, sizes, policy, hash seed (written once by the
+ *   creator before the init word); 2 counters; 3 reserved.
+ *
+ * Entry: two 64-bit words that change TOGETHER, by one 128-bit CAS
+ * (cmpxchg16b; -mcx16 on x86-64):
+ *    63                                                 2 1    0
+ *   +----------------------------------------------------+------+
+ *   |   fingerprint: SipHash-2-4 of the key, bits 63..2   |state |   tag
+ *   +----------------------------------------------------+------+
+ *   |   GCRA theoretical arrival time (ns, segment clock)        |   tat
+ *   +-----------------------------------------------------------+
+ * tag == 0 is EMPTY (never used: a probe stops there). state 1 LIVE,
+ * 2 PENDING (inserted, duplicates not yet folded: nobody decides on it),
+ * 3 RETIRED (folded away; reusable). A LIVE or PENDING entry whose
+ * tat <= now holds a full bucket, exactly like a key never seen: it is
+ * reusable by any key.
+ *
+ * Why one 128-bit word and not a tag word and a TAT word with their own
+ * CASes: an entry is reused for another key while a process may be deciding
+ * on its old key's TAT. With two words, that process's TAT CAS could land
+ * after the reuse (the TAT value repeats: ABA) and charge the new key, or a
+ * reuse could land between a GCRA read and write. With one CAS over
+ * (tag, tat) a decision succeeds only on the exact (key, TAT) it read.
+ */
+#define SG_KL_MAGIC 0x4445594b47484d53ULL /* "SMHGKYED" little-endian */
+#define SG_KL_VERSION 1u
+#define KT_EMPTY 0u
+#define KT_LIVE 1u
+#define KT_PENDING 2u
+#define KT_RETIRED 3u
+#define KT_STATE(t) ((uint32_t)((t) & 3u))
+#define KT_FP(t) ((t) & ~3ULL)
+
+struct sg_kl_entry {
+    alignas(16) uint64_t tag; /**< fingerprint | state (accessed atomically) */
+    uint64_t tat;             /**< GCRA TAT, ns (accessed atomically) */
+};
+
+struct sg_kl_header {
+    /* lines 0-1: written by the creator before init (R20) */
+    alignas(SG_CACHE_LINE) uint64_t magic; /**< SG_KL_MAGIC */
+    uint32_t version;                      /**< SG_KL_VERSION */
+    uint32_t header_size;                  /**< sizeof(struct sg_kl_header) */
+    uint64_t total_size;                   /**< header + slots * entry size */
+    uint64_t slots;                        /**< entries: 2 x capacity */
+    uint32_t capacity;                     /**< live keys it is sized for */
+    uint32_t entry_size;                   /**< sizeof(struct sg_kl_entry) */
+    uint64_t emission_ns;                  /**< T = 1/rate, rounded up */
+    uint32_t burst;                        /**< tokens */
+    uint32_t flags;                        /**< SG_KL_ON_FULL_ALLOW */
+    uint32_t share_ppm[SG_PRIORITIES];     /**< burst share per priority */
+    uint64_t seed[2];                      /**< SipHash key (os.urandom) */
+    uint64_t fingerprint;                  /**< hash of (rate, burst, capacity, on_full) */
+    uint64_t created_unix_ns;              /**< wall clock at creation */
+    uint32_t creator_pid;                  /**< pid of the creator */
+    sg_a32 init;                           /**< SG_INIT_READY, published last (R20) */
+    /* line 2: counters (relaxed: statistics only) */
+    alignas(SG_CACHE_LINE) sg_a64 accepted;  /**< admitted decisions */
+    sg_a64 rejected;                         /**< not conforming */
+    sg_a64 waited;                           /**< admitted with a delay */
+    sg_a64 full_rejected;                    /**< no entry free: on_full=reject */
+    sg_a64 full_allowed;                     /**< no entry free: on_full=allow */
+    sg_a64 inserted;                         /**< new keys given an entry */
+    sg_a64 evicted;                          /**< ... of them in another key's expired entry */
+    sg_a64 folded;                           /**< duplicate entries folded (races) */
+    alignas(SG_CACHE_LINE) uint64_t reserved[8]; /**< line 3: zero */
+};
+
+_Static_assert(sizeof(struct sg_kl_entry) == SG_KL_ENTRY_SIZE, "keyed entry is 16 bytes");
+_Static_assert(sizeof(struct sg_kl_header) == SG_KL_HEADER_SIZE, "keyed header is 4 lines");
+_Static_assert(offsetof(struct sg_kl_header, accepted) == 2 * 64, "keyed counters line");
+
+/* One entry as one 128-bit value (the CAS unit). */
+__extension__ typedef unsigned __int128 sg_u128;
+union sg_kl_word {
+    struct sg_kl_entry e;
+    sg_u128 w;
+};
+
+/* Reads a consistent (tag, tat) pair without writing: tag, tat, tag again;
+ * a pair whose tag did not change is one state of the entry (every write
+ * is one 128-bit CAS; a tag that left and came back in between would need
+ * a whole reuse cycle). Under heavy churn the last read is returned: it is
+ * used only to decide a rejection or as a CAS's expected value, which fails
+ * on anything but the exact current state. */
+static inline void sg_kl_load(struct sg_kl_entry *e, uint64_t *tag, uint64_t *tat)
+{
+    uint64_t t1, x, t2;
+    for (int i = 0; i < 8; i++) {
+        /* acquire: the tat read stays after the first tag read and before
+         * the second; pairs with the CAS's full barrier (sg_kl_cas) */
+        t1 = __atomic_load_n(&e->tag, __ATOMIC_ACQUIRE);
+        x = __atomic_load_n(&e->tat, __ATOMIC_ACQUIRE);
+        t2 = __atomic_load_n(&e->tag, __ATOMIC_RELAXED);
+        if (t1 == t2)
+            break;
+    }
+    *tag = t2;
+    *tat = x;
+}
+
+/* The only write to an entry: (tag, tat) -> (ntag, ntat) if it still holds
+ * exactly (tag, tat). A full barrier (lock cmpxchg16b). */
+static inline int sg_kl_cas(struct sg_kl_entry *e, uint64_t tag, uint64_t tat, uint64_t ntag,
+                            uint64_t ntat)
+{
+    union sg_kl_word o, n;
+    o.e.tag = tag;
+    o.e.tat = tat;
+    n.e.tag = ntag;
+    n.e.tat = ntat;
+    return __sync_bool_compare_and_swap((sg_u128 *)(void *)e, o.w, n.w);
+}
+
+/* Internal, shared between keyed.c and keyed_gcra.c. */
+void sg_kl_settle(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp, uint64_t now);
+static inline struct sg_kl_entry *sg_kl_at(const struct sg_kl_handle *kh, uint64_t home,
+                                           uint32_t i)
+{
+    uint64_t idx = home + i; /* home < slots and slots >= SG_KL_PROBES */
+    if (idx >= kh->slots)
+        idx -= kh->slots;
+    return (struct sg_kl_entry *)((char *)kh->table + sizeof(struct sg_kl_header)) + idx;
+}
+
 /* Saturating 64-bit arithmetic (policies at the extremes never wrap). */
 static inline uint64_t sg_sat_add(uint64_t a, uint64_t b)
 {

@@ -293,6 +293,94 @@ int sg_predict_snapshot_at(const void *slot, uint64_t now_ns, struct sg_predict_
 /* fleet.c: fleet share and breaker events written by the host's agent (line 31) */
 
 /* keyed.c: keyed limiter tables (their own shared-memory objects) */
+#define SG_KL_HEADER_SIZE 256
+#define SG_KL_ENTRY_SIZE 16
+#define SG_KL_PROBES 16           /* entries a key may live in: its window */
+#define SG_KL_MAX_CAPACITY 67108864
+#define SG_KL_ON_FULL_ALLOW 1     /* no entry free: admit (and count) */
+enum sg_kl_rc {
+    SG_R_KL_FULL = -30           /* no entry free for a new key: rejected (on_full=reject) */
+};
+#define SG_KL_TOP_MAX 1000
+
+/* What the creator writes into a new table (Python fills it). */
+struct sg_kl_config {
+    uint64_t emission_ns;        /* 1/rate, rounded up */
+    uint64_t seed0, seed1;       /* SipHash key */
+    uint64_t fingerprint;        /* hash of the numbers (attach compares it) */
+    uint32_t capacity;           /* live keys (entries = 2 x capacity) */
+    uint32_t burst;
+    uint32_t share_ppm[4];       /* burst share per priority */
+    uint32_t flags;              /* SG_KL_ON_FULL_ALLOW */
+    uint32_t pad;
+};
+
+struct sg_kl_view {
+    uint64_t total_size;
+    uint64_t slots;
+    uint64_t emission_ns;
+    uint64_t fingerprint;
+    uint64_t created_unix_ns;
+    uint32_t capacity;
+    uint32_t burst;
+    uint32_t share_ppm[4];
+    uint32_t flags;
+    uint32_t creator_pid;
+    uint64_t accepted, rejected, waited, full_rejected, full_allowed;
+    uint64_t inserted, evicted, folded;
+};
+
+/* Per-process handle of one table (process memory; sizes and seed are
+ * copied from the validated header, so later scribbles cannot widen them). */
+struct sg_kl_handle {
+    void *table;
+    void *clock;                 /* the segment's manual clock word, or NULL */
+    uint64_t map_len;
+    uint64_t slots;
+    uint64_t k0, k1;             /* SipHash key */
+    uint64_t emission_ns;
+    uint64_t tol[4];             /* tolerance per priority, ns */
+    uint32_t flags;
+    uint32_t burst;
+};
+
+/* One entry as the scan reports it (top-N hottest keys). */
+struct sg_kl_entry_view {
+    uint64_t fingerprint;        /* the tag without its state bits */
+    uint64_t ahead_ns;           /* TAT - now: debt in time */
+    uint64_t index;
+    uint32_t state;
+    uint32_t pad;
+};
+
+struct sg_kl_scan {
+    uint64_t live;               /* entries whose TAT > now (keys not at a full bucket) */
+    uint64_t used;               /* entries ever used (tag != 0) */
+    uint64_t pending;
+    uint32_t top_n;              /* entries filled in the caller's top array */
+    uint32_t pad;
+};
+
+uint64_t sg_siphash24(uint64_t k0, uint64_t k1, const char *data, uint64_t len);
+uint64_t sg_kl_size(uint32_t capacity);
+int sg_kl_init(void *base, uint64_t len, const struct sg_kl_config *cfg, uint32_t pid,
+               uint64_t unix_ns);
+int sg_kl_check(const void *base, uint64_t len, struct sg_kl_view *out);
+int sg_kl_handle_init(struct sg_kl_handle *kh, void *base, uint64_t len, const void *seg_base,
+                      uint64_t seg_len);
+uint64_t sg_kl_now(const struct sg_kl_handle *kh);
+int sg_kl_decide_at(const struct sg_kl_handle *kh, uint64_t now_ns, const char *key,
+                    uint64_t len, uint64_t cost_prio, int64_t max_wait_ns,
+                    struct sg_decision *out);
+int sg_kl_allow(const struct sg_kl_handle *kh, const char *key, uint64_t len, uint64_t cost_prio);
+int sg_kl_reserve(const struct sg_kl_handle *kh, const char *key, uint64_t len,
+                  uint64_t cost_prio, int64_t max_wait_ns, struct sg_decision *out);
+int sg_kl_cancel_at(const struct sg_kl_handle *kh, uint64_t now_ns, const char *key,
+                    uint64_t len, uint64_t cost_prio, const struct sg_decision *d);
+int sg_kl_peek_at(const struct sg_kl_handle *kh, uint64_t now_ns, const char *key,
+                  uint64_t len, uint64_t cost_prio, double *tokens, int64_t *delay_ns);
+int sg_kl_scan_at(const struct sg_kl_handle *kh, uint64_t now_ns, uint32_t top_max,
+                  struct sg_kl_entry_view *top, struct sg_kl_scan *out);
 /* CDEF-END */
 
 #endif /* SHMGUARD_H */

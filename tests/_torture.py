@@ -54,6 +54,8 @@ from shmguard import probes as sg_probes
 from shmguard._capi import ffi, lib
 from shmguard.service import CLAIM_STALE_NS
 
+import _torture_keyed
+
 NS = 1_000_000_000
 SPRINT = 10_000          # decisions each survivor / fresh process must complete
 SPRINT_LIMIT = 120.0     # generous bound (s) for one sprint on a loaded 2-core box
@@ -94,7 +96,7 @@ PRIOS_USED = {"lim": PRIOS, "mix": (sg.Priority.NORMAL,)}
 G_PHASE, G_INJECTED, G_T0, G_NEW_PER_S = 0, 1, 2, 3
 GLOBAL = 16
 H_DEC, H_NREC, H_PID, H_SPRINT_NS, H_SPRINT_N, H_DONE, H_REG = 0, 1, 2, 3, 4, 5, 6
-HWORDS = 8
+HWORDS = _torture_keyed.H_BASE + _torture_keyed.WORDS   # words 8..: the keyed part's counters
 REC = 4       # [ep << 40 | lease << 32 | gen, token start (ns >> 16, 31 bits), start ns, end ns]
 MAX_REC = 40_000          # probe records per worker slot (at least; grows with --seconds)
 
@@ -222,8 +224,10 @@ class _Worker:
         self.lim = self.svc.limiter("lim")
         self.brk = self.svc.breaker("brk")
         self.lease = self.svc.breaker("lease")
+        self.keyed = _torture_keyed.WorkerPart(self.svc, self.rng)
         self.ops = [(0.30, self.op_allow), (0.15, self.op_reserve), (0.20, self.op_permit_brk),
-                    (0.10, self.op_permit_lease), (0.17, self.op_execute), (0.08, self.op_register)]
+                    (0.10, self.op_permit_lease), (0.17, self.op_execute), (0.08, self.op_register),
+                    (0.12, self.op_keyed)]
 
     # -- the probe log --------------------------------------------------------------
     def log_start(self, ep: str, tok: int) -> int:
@@ -295,6 +299,9 @@ class _Worker:
         except (sg.CircuitOpenError, sg.RateLimitedError, sg.ThrottledError, ConnectionError):
             pass
         return 1
+
+    def op_keyed(self) -> int:
+        return self.keyed.op(self.q, self.b)
 
     def op_register(self) -> int:
         q, cfg = self.q, self.cfg
@@ -524,6 +531,7 @@ class Torture:
         q, k = self.q, self.k
         for name, pol in POLICIES.items():
             svc.register_endpoint(name, pol)
+        _torture_keyed.limiter(svc)
         self.corpse = os.fork()        # stays a zombie until the end: a pid that is dead
         if self.corpse == 0:           # (psutil) and cannot be reused meanwhile
             os._exit(0)
@@ -569,6 +577,8 @@ class Torture:
         t_end = svc.now_ns()
         limiter = {ep: self._rate_bound(svc, ep, t0, t_end) for ep in MAX_WAIT_NS}
         throttle = self._throttle_sane(svc)
+        keyed = _torture_keyed.report(svc, q, self.cfg["region"], k, GLOBAL, t0, t_end,
+                                      self.violations)
         probes = self._probe_replay()
         expected = set(POLICIES) | {f"reg-{i}" for i in range(self.cfg["nreg"])} | {
             f"inj-{i}" for i in range(q[G_INJECTED])}
@@ -580,7 +590,8 @@ class Torture:
             "kills": self.kills, "respawns": self.respawns, "decisions": decisions,
             "registrations": registrations, "stale_claims_planted": self.injected,
             "breaker_samples": self.samples, "max_live_probes_sampled": self.max_probes_seen,
-            "sprints": sprints, "limiter": limiter, "throttle": throttle, "probes": probes,
+            "sprints": sprints, "limiter": limiter, "throttle": throttle, "keyed": keyed,
+            "probes": probes,
             "table": table,
             "violations": self.violations,
         }
@@ -713,6 +724,10 @@ def summary(rep: dict) -> str:
     for ep, m in rep["limiter"].items():
         lines.append(f"  {ep}: accepted {m['accepted']} <= bound {m['bound']} "
                      f"({m['rate']:g}/s, burst {m['burst']}, {m['elapsed_s']} s, fill {m['fill']})")
+    kd = rep["keyed"]
+    lines.append(f"  keyed: most admitted per hot key {kd['most_admitted']} <= bound "
+                 f"{kd['bound_per_key']} (fill {kd['fill']}); inserted {kd['inserted']}, reused "
+                 f"{kd['evicted']}, folded {kd['folded']}, full {kd['full_rejections']}")
     p = rep["probes"]
     lines.append(f"  probes: {p['permits_logged']} permits in {p['generations']} half-open "
                  f"generations; most at once {p['max_at_once']} (max {p['half_open_max']})")

@@ -86,6 +86,32 @@ def compute_ratios(data: Dict[str, Any]) -> List[Dict[str, Any]]:
                           f"{_fmt_ns(best['median_ns'] - base)} over a bare call)")
     out.append(line)
 
+    # 4. the other doors against the peer or door each is measured by (issue 11)
+    def median(name: str) -> Any:
+        r = sg.get(name) or next((p for p in peers if p["name"] == name), None)
+        return r["median_ns"] if r else None
+
+    await_floor = median("floor: await trivial coroutine") or next(
+        (r["median_ns"] for r in inproc if r["name"] == "floor: await trivial coroutine"), None)
+    pairs = (
+        ("shmguard breaker.allow().success() vs circuitbreaker @circuit call",
+         "shmguard breaker.allow().success()", "circuitbreaker @circuit call", 0.0),
+        ("shmguard guard block vs shmguard execute(fn) (target: within 1.5x)",
+         "shmguard with svc.guard(ep): fn()", "shmguard execute(fn)", 0.0),
+        ("shmguard execute_async overhead vs aiolimiter acquire overhead "
+         "(both minus the await floor; target: within 2x)",
+         "shmguard await execute_async(fn)", "aiolimiter await acquire()", await_floor or 0.0),
+    )
+    for what, a, b, minus in pairs:
+        ma, mb = median(a), median(b)
+        line = {"what": what, "value": None, "detail": "n/a"}
+        if ma and mb:
+            oa, ob = max(ma - minus, 1e-9), max(mb - minus, 1e-9)
+            line["value"] = ob / oa
+            line["detail"] = (f"{_fmt_ns(oa)} vs {_fmt_ns(ob)}: "
+                              f"{_times(line['value'], 'less', 'more')}")
+        out.append(line)
+
     # 3. 2-process shmguard throughput vs best Redis-backed peer
     sh = data.get("shared", [])
 
@@ -260,6 +286,8 @@ def markdown(data: Dict[str, Any]) -> str:
     for line in data.get("ratios", []):
         L.append(f"- {line['what']}: {line['detail']}")
     L.append("")
+    from .keyed_rows import markdown as keyed_markdown
+    L += keyed_markdown(data.get("keyed"))
     notes = data.get("notes", [])
     if notes:
         L.append("## Notes")

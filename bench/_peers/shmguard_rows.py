@@ -42,6 +42,10 @@ def _noop():
     return None
 
 
+async def _anoop():
+    return None
+
+
 def _policy(rate: float, burst: int):
     return (sg.PolicyBuilder.from_preset(sg.PolicyPresets.standard())
             .with_rate_limit(rate, burst=burst).build())
@@ -86,6 +90,25 @@ def _make_inproc(what: str):
             br.allow().success()
 
         return allow_success, closer
+    if what == "reserve":
+        return svc.limiter("ep").reserve, closer
+    if what == "wait":
+        return svc.limiter("ep").wait, closer
+    if what == "guard":
+        guard = svc.guard
+
+        def with_guard():
+            with guard("ep"):
+                _noop()
+
+        return with_guard, closer
+    if what == "execute_async":
+        execute_async = svc.execute_async
+
+        async def call_async():
+            return await execute_async("ep", _anoop)
+
+        return call_async, closer
     execute = svc.execute
 
     def guarded():
@@ -191,6 +214,13 @@ def register() -> bool:
                                         _make_breaker, peer="shmguard"))
     REGISTRY.add_inproc(InprocContender("shmguard execute(fn)", "breaker", _make_execute,
                                         peer="shmguard"))
+    for label, what, group, is_async in (
+            ("shmguard limiter.reserve()", "reserve", "limiter", False),
+            ("shmguard limiter.wait()", "wait", "limiter", False),
+            ("shmguard with svc.guard(ep): fn()", "guard", "breaker", False),
+            ("shmguard await execute_async(fn)", "execute_async", "breaker", True)):
+        REGISTRY.add_inproc(InprocContender(label, group, partial(_make_inproc, what),
+                                            peer="shmguard", is_async=is_async))
     REGISTRY.add_shared(SharedContender("shmguard limiter (shared memory)", "limiter", "shm",
                                         _child_limiter, peer="shmguard",
                                         parent_setup=_parent_setup, parent_teardown=_parent_teardown,

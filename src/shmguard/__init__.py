@@ -7,6 +7,7 @@ from shmguard.errors import (CapacityError, CircuitOpenError, InvalidNameError, 
                              SegmentError, SegmentIncompatibleError, SegmentNotFoundError,
                              SegmentPermissionError, ShmguardError, ThrottledError)
 from shmguard.executor import ResilientExecutor
+from shmguard.keyed import KeyedLimiter, KeyedReservation, KeyedStats
 from shmguard.limiter import Limiter, Reservation
 from shmguard.policy import Outcome, Policy, PolicyBuilder, PolicyPresets, Priority
 from shmguard.result import Err, Ok
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Breaker", "BreakerMode", "BreakerState", "CapacityError", "CircuitOpenError", "EndpointStats",
     "Err", "InvalidNameError", "Limiter", "LimiterMetrics", "Ok", "Outcome", "Permit", "Policy",
+    "KeyedLimiter", "KeyedReservation", "KeyedStats",
     "PolicyBuilder", "PolicyConflictError", "PolicyError", "PolicyPresets", "Priority",
     "RateLimitedError", "RejectedError", "Reservation", "ResilienceService", "ResilientExecutor", "SegmentCorruptError",
     "SegmentError", "SegmentIncompatibleError", "SegmentNotFoundError", "SegmentPermissionError",

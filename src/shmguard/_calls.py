@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
-from shmguard import _admission, _capi, aio
+from shmguard import _admission, _capi, _keyed_calls, aio
 from shmguard._endpoint import LEASE_BITS
 from shmguard._registry import Registry
 from shmguard.limiter import pack
@@ -32,15 +32,19 @@ class Calls(Registry):
 
     def execute(self, endpoint: str, fn: Callable[..., T], /, *args: Any,
                 priority: Priority = Priority.NORMAL, timeout: float | None = None,
-                **kwargs: Any) -> T:
+                key: str | bytes | None = None, **kwargs: Any) -> T:
         """Runs ``fn(*args, **kwargs)`` if the endpoint admits it, and records the outcome.
 
         :param timeout: how long to wait for the rate limit (None: do not wait).
+        :param key: apply the keyed limiter the endpoint's policy names
+            (``PolicyBuilder.with_keyed_limit``) to this key first.
         :raises CircuitOpenError: the breaker is open.
-        :raises RateLimitedError: no token within ``timeout``.
+        :raises RateLimitedError: no token within ``timeout`` (of the endpoint or of ``key``).
         :returns: what ``fn`` returns; its exceptions are re-raised.
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        if key is not None:
+            _keyed_calls.keyed_admit(self, ep, key, priority, timeout)
         cp = 5 if priority is _NORMAL else _CP[priority]
         if timeout is None and _hot_execute is not None and self._events.on_metrics_update is None:
             # admit, call and record in one C call (shmguard._hot)
@@ -63,23 +67,27 @@ class Calls(Registry):
 
     def execute_async(self, endpoint: str, coro_fn: Callable[..., Awaitable[T]], /,
                       *args: Any, priority: Priority = Priority.NORMAL,
-                      timeout: float | None = None, **kwargs: Any) -> Coroutine[Any, Any, T]:
+                      timeout: float | None = None, key: str | bytes | None = None,
+                      **kwargs: Any) -> Coroutine[Any, Any, T]:
         """Awaits ``coro_fn(*args, **kwargs)`` if admitted, like :meth:`execute`.
 
         Waiting for the rate limit sleeps with ``asyncio.sleep`` (never blocks
         the loop); cancelling gives back the reservation and any probe permit,
         and a cancelled call counts as neither success nor failure.
         """
+        if key is not None:
+            return _keyed_calls.execute_async(self, endpoint, key, coro_fn, args, priority,
+                                              timeout, kwargs)
         return aio.execute_async(self, endpoint, coro_fn, *args, priority=priority,
                                  timeout=timeout, **kwargs)
 
     def try_execute(self, endpoint: str, fn: Callable[..., T], /, *args: Any,
                     priority: Priority = Priority.NORMAL, timeout: float | None = None,
-                    **kwargs: Any) -> Ok[T] | Err:
+                    key: str | bytes | None = None, **kwargs: Any) -> Ok[T] | Err:
         """Like :meth:`execute`, but returns ``Ok(value)`` or ``Err(exception)``."""
         try:
             return Ok(self.execute(endpoint, fn, *args, priority=priority, timeout=timeout,
-                                   **kwargs))
+                                   key=key, **kwargs))
         except Exception as exc:
             return Err(exc)
 

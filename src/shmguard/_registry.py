@@ -43,6 +43,7 @@ class Registry:
         self._eps: dict[str, Endpoint] = {}
         self._lock = threading.Lock()  # guards _eps inserts only (process-local)
         self._events = Events()
+        self._keyed: dict[str, Any] = {}  # keyed limiter name -> KeyedLimiter (shmguard.keyed)
 
     # -- callbacks (see shmguard._events) -------------------------------------------
     @property
@@ -74,10 +75,12 @@ class Registry:
         """Detaches this process; the segment stays for the others."""
         for ep in self._eps.values():
             ep.unbind()
+        for kl in self._keyed.values():
+            kl.close()
         self.segment.close()
 
     def unlink(self) -> bool:
-        """Removes the segment's name from the host; reports whether it existed."""
+        """Removes the segment's name (and its keyed limiters') from the host; reports whether it existed."""
         return self.segment.unlink()
 
     @property

@@ -109,6 +109,7 @@ class Policy:
     throttle_min_requests: int = 10
     throttle_on: tuple[type[BaseException], ...] = ()
     predict_horizon: float | None = None
+    keyed_limit: str | None = None  # name of a keyed limiter execute(..., key=) applies
     _fingerprint: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -155,6 +156,9 @@ class Policy:
             if not isinstance(value, tuple) or not all(
                     isinstance(c, type) and issubclass(c, BaseException) for c in value):
                 raise PolicyError(f"{fname} must be a tuple of exception classes, got {value!r}")
+        if self.keyed_limit is not None:
+            from shmguard._keyed_shm import validate_keyed_name
+            validate_keyed_name(self.keyed_limit)
         object.__setattr__(self, "_fingerprint", self._compute_fingerprint())
 
     def _check_overload(self) -> None:
@@ -355,6 +359,9 @@ class PolicyBuilder:
     def with_prediction(self, horizon: float = 2.0) -> PolicyBuilder:
         """Opens the breaker early when the trend forecasts the threshold within ``horizon`` s."""
         return self._set(predict_horizon=horizon)
+    def with_keyed_limit(self, name: str | None) -> PolicyBuilder:
+        """Names the keyed limiter ``execute(..., key=)`` applies (made by ``svc.keyed_limiter``)."""
+        return self._set(keyed_limit=name)
 
     def adaptive(self, flag: bool = True) -> PolicyBuilder:
         return self._set(adaptive=flag)

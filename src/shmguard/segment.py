@@ -23,12 +23,16 @@ from shmguard._capi import ffi, lib
 from shmguard.errors import (InvalidNameError, SegmentCorruptError, SegmentError,
                              SegmentNotFoundError, SegmentPermissionError)
 
-__all__ = ["Segment", "object_name", "validate_name", "unlink", "list_segments", "SHM_DIR"]
+__all__ = ["Segment", "object_name", "validate_name", "unlink", "list_segments", "SHM_DIR",
+           "KEYED_SEP", "keyed_files"]
 
 SHM_DIR = "/dev/shm"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 NAME_MAX = 200
 ATTACH_WAIT = 2.0
+#: Joins a segment's name and a keyed limiter's in the table's object name
+#: (``/shmguard.<uid>.<segment>~kl~<name>``): '~' is never in a segment name.
+KEYED_SEP = "~kl~"
 
 
 def validate_name(name: object, what: str = "segment name") -> str:
@@ -53,12 +57,27 @@ def object_name(name: str, uid: int | None = None) -> str:
 
 
 def unlink(name: str) -> bool:
-    """Removes segment ``name`` of this user; reports whether it existed."""
+    """Removes segment ``name`` of this user and its keyed limiter tables; reports whether it existed."""
+    for path in keyed_files(name):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
     try:
         posix_ipc.unlink_shared_memory(object_name(name))
         return True
     except posix_ipc.ExistentialError:
         return False
+
+
+def keyed_files(name: str, uid: int | None = None) -> list[str]:
+    """Returns the files of segment ``name``'s keyed limiter tables."""
+    prefix = object_name(name, uid).lstrip("/") + KEYED_SEP
+    try:
+        entries = os.listdir(SHM_DIR)
+    except OSError:
+        return []
+    return sorted(os.path.join(SHM_DIR, e) for e in entries if e.startswith(prefix))
 
 
 def list_segments(uid: int | None = None) -> list[str]:
@@ -68,7 +87,8 @@ def list_segments(uid: int | None = None) -> list[str]:
         entries = os.listdir(SHM_DIR)
     except OSError:
         return []
-    return sorted(e[len(prefix):] for e in entries if e.startswith(prefix))
+    return sorted(e[len(prefix):] for e in entries
+                  if e.startswith(prefix) and KEYED_SEP not in e)  # keyed tables are not segments
 
 
 class Segment:

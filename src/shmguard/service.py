@@ -19,7 +19,8 @@ from shmguard._capi import lib
 from shmguard._endpoint import LEASE_BITS
 from shmguard._registry import CLAIM_STALE_NS, REGISTER_WAIT
 from shmguard.breaker import Breaker
-from shmguard.errors import PolicyError, ShmguardError
+from shmguard.errors import PolicyConflictError, PolicyError, ShmguardError
+from shmguard.keyed import KeyedLimiter
 from shmguard.limiter import Limiter
 from shmguard.policy import Policy
 from shmguard.stats import BreakerState, EndpointStats
@@ -76,6 +77,33 @@ class ResilienceService(Calls):
     def limiter(self, endpoint: str) -> Limiter:
         """Returns the limiter handle of ``endpoint`` (registering it if new)."""
         return Limiter(self._endpoint(endpoint))
+
+    def keyed_limiter(self, name: str, rate: float, burst: int, *, capacity: int = 100_000,
+                      on_full: str = "reject") -> KeyedLimiter:
+        """Returns the keyed limiter ``name`` (a rate limit per key), creating it if missing.
+
+        Every process asking for ``name`` shares one table. Another process's
+        table with other numbers raises :class:`PolicyConflictError`.
+
+        :param rate: tokens per second of each key; ``burst``: tokens of each key's bucket.
+        :param capacity: keys not at a full bucket the table holds at once
+            (32 bytes each); a key at a full bucket needs no entry.
+        :param on_full: a new key with no free entry is refused ("reject") or
+            admitted without a limit ("allow"); both are counted.
+        """
+        from shmguard import _keyed_shm
+        cfg = _keyed_shm.keyed_config(rate, burst, capacity, on_full)
+        kl = self._keyed.get(name)
+        if kl is None or kl.closed:
+            kl = KeyedLimiter(_keyed_shm.KeyedTable(self.segment, name, cfg))
+            with self._lock:
+                self._keyed[name] = kl
+        view = kl._t.refresh()
+        if view.fingerprint != cfg.fingerprint:
+            raise PolicyConflictError(
+                f"keyed limiter {name!r} already exists in segment {self.name!r} with "
+                f"{_keyed_shm.describe(view)}, not {_keyed_shm.describe(cfg)}")
+        return kl
 
     def probe(self, endpoint: str) -> bool | None:
         """Runs the endpoint's health probe if a half-open permit is free now.

@@ -52,6 +52,8 @@ def test_torture_quick():
         assert 0 < m["accepted"] <= m["bound"], ep
         assert m["rejected"] > 0, ep        # the limiter was really pushed past its rate
     assert rep["probes"]["permits_logged"] > 0
+    kd = rep["keyed"]   # keyed inserts and reuse under SIGKILL (tests/_torture_keyed.py)
+    assert 0 < kd["most_admitted"] <= kd["bound_per_key"] and kd["evicted"] > 0
     assert rep["probes"]["max_at_once"]["brk"] <= 3
     assert rep["table"]["claims_live"] == 0
     assert not os.path.exists(f"/dev/shm/shmguard.{os.geteuid()}.{segname}")

@@ -3,7 +3,8 @@
 ::
 
     shmguard list [PATTERN...] [--json]          segments, endpoints, attached processes
-    shmguard inspect NAME [--json|--prometheus]  one row per endpoint
+    shmguard inspect NAME [--json|--prometheus] [--keys N]
+                                                 one row per endpoint and keyed limiter
     shmguard watch NAME [--interval S] [--iterations N|--once]
     shmguard force-open|force-closed|metrics-only|reset NAME ENDPOINT
     shmguard set-rate NAME ENDPOINT RATE [--burst N]
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = s.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON")
     fmt.add_argument("--prometheus", action="store_true", help="print Prometheus text format")
+    s.add_argument("--keys", type=_keys, default=0, metavar="N",
+                   help="list the N hottest keys of each keyed limiter")
 
     s = sub.add_parser("watch", parents=[common], help="the inspect view, refreshed live")
     s.add_argument("name", metavar="NAME")
@@ -95,6 +98,13 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not v > 0 or v == float("inf"):
         raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return v
+
+
+def _keys(text: str) -> int:
+    v = _count(text)
+    if v > 1000:
+        raise argparse.ArgumentTypeError(f"must be <= 1000, got {text!r}")
     return v
 
 
@@ -171,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace, style: Any) -> int:
     from shmguard.cli.inspector import open_segment, snapshot
     with open_segment(args.name) as seg:
-        snap = snapshot(seg)
+        snap = snapshot(seg, keys=args.keys)
     if args.json:
         _print_json(snap)
     elif args.prometheus:

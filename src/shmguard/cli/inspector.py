@@ -219,11 +219,35 @@ def endpoint_snapshot(seg: Segment, index: int, name: str, now: int | None = Non
     return out
 
 
-def snapshot(seg: Segment, *, commands: bool = True) -> dict[str, Any]:
-    """Returns ``{"segment": ..., "endpoints": [...], "corrupt_slots": [...]}``.
+def keyed_snapshot(seg: Segment, now: int, keys: int = 0) -> list[dict[str, Any]]:
+    """Returns one dict per keyed limiter of the segment (``shmguard.keyed``), with its
+    ``keys`` hottest keys; a table that cannot be read gets ``{"name", "error"}``."""
+    from shmguard._keyed_shm import KeyedTable
+    from shmguard._keyed_stats import table_dict
+    from shmguard.segment import KEYED_SEP, keyed_files
+    out = []
+    for path in keyed_files(seg.name):
+        name = os.path.basename(path).split(KEYED_SEP, 1)[1]
+        try:
+            t = KeyedTable(seg, name, None)
+        except ShmguardError as exc:
+            out.append({"name": name, "error": str(exc)})
+            continue
+        try:
+            out.append(table_dict(t, now, keys))
+        except ShmguardError as exc:
+            out.append({"name": name, "error": str(exc)})
+        finally:
+            t.close()
+    return out
+
+
+def snapshot(seg: Segment, *, commands: bool = True, keys: int = 0) -> dict[str, Any]:
+    """Returns ``{"segment": ..., "endpoints": [...], "keyed": [...], "corrupt_slots": [...]}``.
 
     Every endpoint is read at the same segment time. With ``commands``,
-    half-open probe holders get their command line (psutil).
+    half-open probe holders get their command line (psutil); ``keys`` hot
+    keys are listed per keyed limiter.
     """
     info = segment_info(seg)
     ready, corrupt = slot_names(seg)
@@ -241,7 +265,8 @@ def snapshot(seg: Segment, *, commands: bool = True) -> dict[str, Any]:
             for p in ep["half_open"]["probes"]:
                 p["command"] = process_command(p["pid"])
         endpoints.append(ep)
-    return {"segment": info, "endpoints": endpoints, "corrupt_slots": sorted(corrupt)}
+    return {"segment": info, "endpoints": endpoints, "keyed": keyed_snapshot(seg, now, keys),
+            "corrupt_slots": sorted(corrupt)}
 
 
 def process_command(pid: int) -> str | None:

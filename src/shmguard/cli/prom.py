@@ -132,4 +132,33 @@ def exposition(snap: dict[str, Any]) -> str:
         for e in eps:
             for prio, counts in e["limiter"]["by_priority"].items():
                 sample(name, counts[key], endpoint=e["name"], priority=prio)
+    _keyed(snap.get("keyed") or [], family, sample)
     return "\n".join(out) + "\n"
+
+
+# keyed limiters: one sample per table (label ``keyed``), never one per key
+_KEYED: list[tuple[str, str, str, str]] = [
+    ("keyed_capacity", "gauge", "Keys not at a full bucket the table is sized for.", "capacity"),
+    ("keyed_live_keys", "gauge", "Keys not at a full bucket now (entries in use).", "live_keys"),
+    ("keyed_rate", "gauge", "Rate of each key (per second).", "rate"),
+    ("keyed_burst", "gauge", "Burst of each key (tokens).", "burst"),
+    ("keyed_admitted_total", "counter", "Requests the keyed limiter admitted.", "accepted"),
+    ("keyed_rejected_total", "counter", "Requests of keys over their rate.", "rejected"),
+    ("keyed_full_rejections_total", "counter", "New keys refused: no free entry.",
+     "full_rejections"),
+    ("keyed_full_allowed_total", "counter", "New keys admitted unlimited: no free entry.",
+     "full_allowed"),
+    ("keyed_evicted_total", "counter", "Entries another key left (bucket full) taken over.",
+     "evicted"),
+]
+
+
+def _keyed(tables: list[dict[str, Any]], family: Callable[[str, str, str], None],
+           sample: Callable[..., None]) -> None:
+    tables = [t for t in tables if "error" not in t]
+    if not tables:
+        return
+    for name, kind, help_, key in _KEYED:
+        family(name, kind, help_)
+        for t in tables:
+            sample(name, t[key], keyed=t["name"])

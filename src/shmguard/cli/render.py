@@ -156,6 +156,8 @@ def inspect_text(snap: dict[str, Any], style: Style) -> str:
         out.append("(no endpoints)")
     if snap["corrupt_slots"]:
         out.append(style(f"corrupt slots: {snap['corrupt_slots']}", "red"))
+    from shmguard.cli.render_keyed import keyed_lines
+    out.extend(keyed_lines(snap, style))
     return "\n".join(out)
 
 
@@ -174,4 +176,6 @@ def list_text(rows: list[dict[str, Any]], style: Style) -> str:
             out.append(style(f"   ! {clip(r['error'], WIDTH - 5)}", "red"))
         for p in r["attached"]:
             out.append(f"   {p['pid']:>7} {clip(p['command'] or '?', WIDTH - 12)}")
+        for k in r.get("keyed", ()):
+            out.append(f"   keyed {clip(k['name'], 40):<40} {size(k['size']):>9}")
     return "\n".join(out)

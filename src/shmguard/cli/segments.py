@@ -15,7 +15,7 @@ from typing import Any
 from shmguard.cli.procs import SegmentFile, attached, segment_files
 from shmguard.errors import SegmentNotFoundError, ShmguardError
 from shmguard.cli.inspector import open_segment, process_command, segment_info
-from shmguard.segment import unlink, validate_name
+from shmguard.segment import KEYED_SEP, keyed_files, unlink, validate_name
 
 __all__ = ["list_rows", "remove", "collect"]
 
@@ -39,8 +39,25 @@ def list_rows(patterns: list[str] | None = None) -> list[dict[str, Any]]:
             row["error"] = str(exc)
             row["age_seconds"] = max(0.0, time.time() - f.ctime)
         row["attached"] = _procs(f)
+        row["keyed"] = _keyed(f.name)
         rows.append(row)
     return rows
+
+
+def _keyed(name: str) -> list[dict[str, Any]]:
+    out = []
+    for path in keyed_files(name):
+        try:
+            out.append({"name": os.path.basename(path).split(KEYED_SEP, 1)[1],
+                        "size": os.stat(path).st_size})
+        except OSError:
+            continue  # removed meanwhile
+    return out
+
+
+def _remove_keyed(name: str) -> None:
+    for path in keyed_files(name):
+        _unlink_file(path)
 
 
 def remove(name: str, force: bool) -> str:
@@ -99,6 +116,7 @@ def collect(patterns: list[str] | None, min_age: float, dry_run: bool) -> list[d
             out.append({"name": f.name, "action": "would remove",
                         "reason": "no live process attached", "pids": []})
         elif _unlink_file(f.path):
+            _remove_keyed(f.name)  # its keyed limiter tables go with it
             out.append({"name": f.name, "action": "removed",
                         "reason": "no live process attached", "pids": []})
     return sorted(out, key=lambda r: r["name"])

@@ -70,7 +70,19 @@ class History:
                 a.append(max(0, adm - old[0]) / dt)
                 r.append(max(0, rej - old[1]) / dt)
             self.prev[ep["name"]] = (adm, rej)
+        for k in snap.get("keyed") or []:  # keyed limiters: "keyed:<name>"
+            if "error" not in k:
+                self._add(f"keyed:{k['name']}", k["accepted"],
+                          k["rejected"] + k["full_rejections"], dt)
         self.t_prev = now
+
+    def _add(self, name: str, adm: int, rej: int, dt: float | None) -> None:
+        a, r = self.series.setdefault(name, (deque(maxlen=self.length), deque(maxlen=self.length)))
+        old = self.prev.get(name)
+        if old is not None and dt and dt > 0:
+            a.append(max(0, adm - old[0]) / dt)
+            r.append(max(0, rej - old[1]) / dt)
+        self.prev[name] = (adm, rej)
 
     def last(self, name: str) -> tuple[list[float], list[float]]:
         a, r = self.series.get(name, ((), ()))
@@ -106,6 +118,16 @@ def frame(snap: dict[str, Any], hist: History, style: Style, blocks: str = BLOCK
                    f"{style(spark(rej, blocks=blocks), 'red')} {clip(r_now, 5):>5}")
     if not snap["endpoints"]:
         out.append("(no endpoints yet)")
+    for k in snap.get("keyed") or []:
+        if "error" in k:
+            continue
+        adm, rej = hist.last(f"keyed:{k['name']}")
+        a_now = count(round(adm[-1])) if adm else "-"
+        r_now = count(round(rej[-1])) if rej else "-"
+        live = clip(f"{count(k['live_keys'])}/{count(k['capacity'])} keys", 31)
+        out.append(f"{clip('~' + k['name'], 16):<16} {live:<31} "
+                   f"{style(spark(adm, blocks=blocks), 'green')} {clip(a_now, 5):>5} "
+                   f"{style(spark(rej, blocks=blocks), 'red')} {clip(r_now, 5):>5}")
     return "\n".join(out)
 
 

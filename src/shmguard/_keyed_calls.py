@@ -1,0 +1,84 @@
+"""The keyed limit of execute(..., key=): the endpoint's policy names a keyed limiter.
+
+The key's token is taken before the endpoint's own admission (breaker and
+limiter); a call the endpoint then refuses has used it, as a request
+refused further down the line does.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
+
+from shmguard.errors import PolicyError, RateLimitedError, SegmentNotFoundError, ShmguardError
+from shmguard.keyed import Key, KeyedLimiter
+from shmguard.policy import Priority
+
+if TYPE_CHECKING:
+    from shmguard._endpoint import Endpoint
+
+T = TypeVar("T")
+
+__all__ = ["limiter_of", "keyed_admit", "keyed_admit_async", "execute_async"]
+
+
+def limiter_of(svc: Any, ep: Endpoint) -> KeyedLimiter:
+    """Returns the keyed limiter the endpoint's policy names (attaching it by name)."""
+    name = ep.policy.keyed_limit
+    if name is None:
+        raise PolicyError(f"execute(key=...): endpoint {ep.name!r} has no keyed limit "
+                          "(PolicyBuilder.with_keyed_limit(name))")
+    kl: KeyedLimiter | None = svc._keyed.get(name)
+    if kl is None or kl.closed:
+        from shmguard._keyed_shm import KeyedTable
+        try:
+            kl = KeyedLimiter(KeyedTable(svc.segment, name, None))
+        except SegmentNotFoundError:
+            raise ShmguardError(
+                f"keyed limiter {name!r} (named by endpoint {ep.name!r}) does not exist in "
+                f"segment {svc.name!r}: create it with svc.keyed_limiter({name!r}, rate, burst)"
+            ) from None
+        with svc._lock:
+            svc._keyed[name] = kl
+    return kl
+
+
+def _refused(kl: KeyedLimiter, ep: Endpoint, key: Key, priority: Priority) -> RateLimitedError:
+    wait = kl.retry_after(key, 1, priority)
+    if wait == 0:  # the key has a full bucket: it found no free entry
+        return RateLimitedError(ep.name, kl.retry_after(key, 1, priority) or 1.0 / kl._t.kh.burst,
+                                f"keyed limiter {kl.name!r} is full: no free entry for key "
+                                f"{key!r:.40} of endpoint {ep.name!r}")
+    return RateLimitedError(ep.name, wait, f"key {key!r:.40} of endpoint {ep.name!r} is rate "
+                                           f"limited by keyed limiter {kl.name!r}; retry after "
+                                           f"{wait:.3f}s")
+
+
+def keyed_admit(svc: Any, ep: Endpoint, key: Key, priority: Priority,
+                timeout: float | None) -> None:
+    """Takes one token of ``key`` (waiting up to ``timeout``) or raises RateLimitedError."""
+    kl = limiter_of(svc, ep)
+    ok = kl.allow(key, 1, priority) if timeout is None else kl.wait(key, 1, timeout, priority)
+    if not ok:
+        raise _refused(kl, ep, key, priority)
+
+
+async def keyed_admit_async(svc: Any, ep: Endpoint, key: Key, priority: Priority,
+                            timeout: float | None) -> None:
+    """Like :func:`keyed_admit`, waiting with ``asyncio.sleep``."""
+    kl = limiter_of(svc, ep)
+    if timeout is None:
+        ok = kl.allow(key, 1, priority)
+    else:
+        ok = await kl.wait_async(key, 1, timeout, priority)
+    if not ok:
+        raise _refused(kl, ep, key, priority)
+
+
+async def execute_async(svc: Any, endpoint: str, key: Key, coro_fn: Callable[..., Awaitable[T]],
+                        args: tuple[Any, ...], priority: Priority, timeout: float | None,
+                        kwargs: dict[str, Any]) -> T:
+    """``execute_async(..., key=)``: the key's token first, then the endpoint's admission."""
+    from shmguard import aio
+    ep = svc._eps.get(endpoint) or svc._endpoint(endpoint)
+    await keyed_admit_async(svc, ep, key, priority, timeout)
+    return await aio.execute_async(svc, endpoint, coro_fn, *args, priority=priority,
+                                   timeout=timeout, **kwargs)
