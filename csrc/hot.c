@@ -98,6 +98,8 @@ static PyMethodDef methods[] = {
      "execute(ep, hp, cp, fn, args, kwargs): admit, call, record (see _calls.py)"},
     {"bind_allow", (PyCFunction)(void (*)(void))hot_bind_allow, METH_FASTCALL,
      "bind_allow(kind, ep, slow): limiter.allow (0) or breaker.allow (1) of ep"},
+    {"set_ready", hot_set_ready, METH_O,
+     "set_ready(fn): fn(value) -> awaitable of value (Guard's __aenter__/__aexit__)"},
     {"bind_kl_allow", (PyCFunction)(void (*)(void))hot_bind_kl_allow, METH_FASTCALL,
      "bind_kl_allow(khp, owner, slow): keyed_limiter.allow (see keyed.py)"},
     {NULL, NULL, 0, NULL},

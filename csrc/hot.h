@@ -14,6 +14,7 @@
 const struct sg_handle *hot_handle_of(PyObject *ep);
 PyObject *hot_bind_allow(PyObject *self, PyObject *const *a, Py_ssize_t n);
 int hot_add_handle_types(PyObject *m);
+PyObject *hot_set_ready(PyObject *self, PyObject *fn);
 /* hot_keyed.c: keyed_limiter.allow */
 PyObject *hot_bind_kl_allow(PyObject *self, PyObject *const *a, Py_ssize_t n);
 int hot_add_keyed_types(PyObject *m);

@@ -227,6 +227,38 @@ static PyObject *guard_exit(PyObject *s, PyObject *const *a, Py_ssize_t n)
     Py_RETURN_FALSE;
 }
 
+/* `async with`: admission never waits here (no timeout), so __aenter__ and
+ * __aexit__ do the sync work and hand back an awaitable of its result. */
+static PyObject *ready_fn; /* async def ready(value): return value (set_ready) */
+
+static PyObject *ready(PyObject *r)
+{
+    if (r == NULL)
+        return NULL;
+    if (ready_fn == NULL) {
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_RuntimeError, "shmguard._hot.set_ready() was not called");
+        return NULL;
+    }
+    PyObject *aw = PyObject_CallOneArg(ready_fn, r);
+    Py_DECREF(r);
+    return aw;
+}
+
+static PyObject *guard_aenter(PyObject *s, PyObject *u) { return ready(guard_enter(s, u)); }
+
+static PyObject *guard_aexit(PyObject *s, PyObject *const *a, Py_ssize_t n)
+{
+    return ready(guard_exit(s, a, n));
+}
+
+PyObject *hot_set_ready(PyObject *self, PyObject *fn)
+{
+    (void)self;
+    Py_XSETREF(ready_fn, Py_NewRef(fn));
+    Py_RETURN_NONE;
+}
+
 static PyObject *guard_new(PyTypeObject *t, PyObject *args, PyObject *kw)
 {
     if (kw != NULL || PyTuple_GET_SIZE(args) != 2) {
@@ -328,14 +360,18 @@ static PyMethodDef guard_methods[] = {
     {"__enter__", guard_enter, METH_NOARGS, "Admits the block (or raises the rejection)."},
     {"__exit__", (PyCFunction)(void (*)(void))guard_exit, METH_FASTCALL,
      "Records the block's outcome."},
+    {"__aenter__", guard_aenter, METH_NOARGS, "async with: as __enter__."},
+    {"__aexit__", (PyCFunction)(void (*)(void))guard_aexit, METH_FASTCALL,
+     "async with: as __exit__."},
     {NULL, NULL, 0, NULL},
 };
 static PyTypeObject GuardType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmguard._hot.Guard",
     .tp_basicsize = sizeof(GuardObject),
     .tp_dealloc = GuardObject_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "Guard(ep, cp): `with` admits on entry and records the outcome on exit.",
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Guard(ep, cp): `with` (or `async with`) admits on entry and records the\n"
+              "outcome on exit. Not GC-tracked: it refers only to its endpoint.",
     .tp_methods = guard_methods,
     .tp_new = guard_new,
 };

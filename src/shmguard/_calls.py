@@ -24,7 +24,15 @@ _NORMAL = Priority.NORMAL
 
 # the one-crossing doors (csrc/hot.c); the Python paths below are equivalent
 _hot_execute = _capi.hot.execute if _capi.hot is not None else None
-_HotGuardBase: Any = _capi.hot.Guard if _capi.hot is not None else object
+_HotGuard: Any = _capi.hot.Guard if _capi.hot is not None else None
+
+
+async def _ready(value: Any) -> Any:
+    return value
+
+
+if _capi.hot is not None:
+    _capi.hot.set_ready(_ready)  # the C guard's `async with` awaits this
 
 
 class Calls(Registry):
@@ -126,22 +134,10 @@ class Calls(Registry):
         ``async with`` works too (it awaits the rate limit when ``timeout`` is set).
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
-        if (_HotGuardBase is not object and timeout is None and ep.probe is None
+        if (_HotGuard is not None and timeout is None and ep.probe is None
                 and self._events.on_metrics_update is None):
             return _HotGuard(ep, 5 if priority is _NORMAL else pack(1, priority))
         return _Guard(self, endpoint, priority, timeout)
-
-
-class _HotGuard(_HotGuardBase):  # type: ignore[misc]
-    """The common guard (no wait, no health probe) in C: admit on entry, record on exit."""
-
-    __slots__ = ()
-
-    async def __aenter__(self) -> Any:
-        return self.__enter__()  # no timeout: admission never waits
-
-    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> Any:
-        return self.__exit__(et, exc, tb)
 
 
 class _Guard:

@@ -40,7 +40,9 @@ def test_pool_never_exceeds_the_rate(segname, realsvc, method):
     assert m.accepted == admitted                      # the segment counted every one
     assert m.accepted + m.rejected == sum(r[2] for r in results)
     assert admitted <= bound + 1
-    assert admitted >= 0.95 * bound
+    # a lower bound too (no under-admission); loose, since a starved VM can leave
+    # every hammer descheduled for longer than the burst lasts (25 ms here)
+    assert admitted >= 0.8 * bound
 
 
 @pytest.mark.parametrize("method", METHODS)

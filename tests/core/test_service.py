@@ -86,13 +86,15 @@ def test_rate_limited_error(svc):
     assert m.acceptance_rate() == pytest.approx(6 / 8)
 
 
-def test_execute_waits_within_timeout(realsvc):
-    realsvc.register_endpoint("w", sg.Policy(rate=50, burst=1))
-    assert realsvc.execute("w", lambda: 1, priority=HIGH) == 1
-    assert realsvc.execute("w", lambda: 2, priority=HIGH, timeout=1.0) == 2   # waited ~20 ms
+def test_execute_waits_within_timeout(svc):
+    # manual clock: the second call reserves 20 ms ahead and sleeps them; the
+    # clock does not move, so the third needs 40 ms, more than its timeout
+    svc.register_endpoint("w", sg.Policy(rate=50, burst=1))
+    assert svc.execute("w", lambda: 1, priority=HIGH) == 1
+    assert svc.execute("w", lambda: 2, priority=HIGH, timeout=1.0) == 2
     with pytest.raises(sg.RateLimitedError):
-        realsvc.execute("w", lambda: 3, priority=HIGH, timeout=0.001)
-    m = realsvc.stats("w").limiter_metrics
+        svc.execute("w", lambda: 3, priority=HIGH, timeout=0.001)
+    m = svc.stats("w").limiter_metrics
     assert (m.accepted, m.rejected, m.waited) == (2, 1, 1)
 
 
