@@ -305,6 +305,8 @@ def test_off_by_default(svc):
         svc.breaker("plain").reset()
     st = svc.stats("plain").throttle
     assert not st.enabled and st.requests == st.requests_total == 0
+    pred = svc.stats("plain").prediction
+    assert not pred.enabled and pred.failure_forecast is None and pred.opens == 0
     assert lib.sg_throttle_decide_at(slot, T0) == lib.SG_OK
 
 
