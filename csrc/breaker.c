@@ -402,7 +402,8 @@ static int64_t admit(const struct sg_handle *h, uint64_t cp, int64_t max_wait, s
         return tok;
     /* throttle.c: the soft brake after the breaker's hard stop; a half-open
      * probe is the breaker's own question and is never throttled */
-    if (TK_LEASE(tok) == 0 && sg_throttle_decide_at(h->slot, now) < 0)
+    if (TK_LEASE(tok) == 0 && sg_throttle_enabled(h->slot) &&
+        sg_throttle_decide_at(h->slot, now) < 0)
         return SG_R_THROTTLED;
     int rc = sg_limiter_decide_at(h->slot, now, cp >> 2, (uint32_t)(cp & 3), max_wait, d);
     if (rc != SG_OK) {

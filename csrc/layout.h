@@ -433,6 +433,14 @@ uint32_t sg_window_threshold(const struct sg_slot *s, const struct sg_policy_vie
 void sg_throttle_count(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now,
                        int outcome);
 void sg_throttle_reset(struct sg_slot *s);
+/* Whether the live policy throttles: the admission path asks before calling
+ * throttle.c, so an endpoint without throttling pays two loads. A2: one
+ * field needs no seqlock re-check. */
+static inline int sg_throttle_enabled(struct sg_slot *s)
+{
+    uint64_t seq = atomic_load_explicit(&s->policy_seq, memory_order_acquire);
+    return LD(&s->policy[seq & 1].throttle_k_milli) != 0;
+}
 int sg_predict_trips(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now,
                      uint64_t since_ns, uint32_t threshold_ppm);
 

@@ -72,6 +72,8 @@ static int thr_load(struct sg_slot *s, struct thr *t)
 {
     uint64_t win = 0, seed = 0;
     uint32_t k = 0, mr = 0;
+    if (!sg_throttle_enabled(s))
+        return 0; /* most endpoints stop here */
     for (int tries = 0; tries < 16; tries++) {
         /* A2 (seqlock over the policy buffers, see policy.c). */
         uint64_t seq = atomic_load_explicit(&s->policy_seq, memory_order_acquire);
@@ -124,18 +126,20 @@ struct tsum {
 static void sum(const struct sg_throttle_area *ca, uint64_t bucket_ns, uint64_t now, struct tsum *o)
 {
     struct sg_throttle_area *a = (struct sg_throttle_area *)ca;
-    uint64_t cur = now / bucket_ns;
-    int run = 1;
-    memset(o, 0, sizeof *o);
-    for (uint64_t i = 0; i < NB && i <= cur; i++) {
-        uint64_t e = cur - i, w = LD(&a->bucket[e % NB]);
-        if (TB_EPOCH(w) != (e & TB_EMASK))
+    uint64_t cur = now / bucket_ns, req = 0, acc = 0;
+    uint32_t idx = (uint32_t)(cur % NB), working = 0, run = 1;
+    for (uint64_t i = 0; i < NB && i <= cur; i++, idx = idx ? idx - 1 : NB - 1) {
+        uint64_t w = LD(&a->bucket[idx]);
+        if (TB_EPOCH(w) != ((cur - i) & TB_EMASK))
             continue; /* empty: neither breaks nor extends the run */
-        o->req += WB_HI(w);
-        o->acc += WB_LO(w);
-        run = run && !TB_OVER(w);
-        o->working += run && WB_LO(w) > 0;
+        req += WB_HI(w);
+        acc += WB_LO(w);
+        run &= !TB_OVER(w);
+        working += run & (WB_LO(w) != 0);
     }
+    o->req = req;
+    o->acc = acc;
+    o->working = working;
 }
 
 /* p = num / den; returns 0 (p = 0) below min_requests or when healthy. */
