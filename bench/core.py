@@ -83,10 +83,24 @@ def python_rows(n: int, reps: int) -> list[tuple[str, float, float, float]]:
         rows.append(("execute overhead over f()", ex[0] - rows[0][1], ex[1] - rows[0][1],
                      ex[2] - rows[0][1]))
         rows.append(("with svc.guard(ep): f()", *per_call(guard, n, reps)))
+        rows.extend(_deadline_rows(svc, execute, f, n, reps))  # last: it sets a deadline
         return rows
     finally:
         svc.close()
         svc.unlink()
+
+
+def _deadline_rows(svc: sg.ResilienceService, execute, f, n: int,
+                   reps: int) -> list[tuple[str, float, float, float]]:
+    """execute() once this process has used a deadline: none in force, then one in force."""
+    with sg.deadline(3600):
+        pass
+
+    def under(k: int) -> None:
+        with sg.deadline(3600):
+            execute(k)
+    return [("execute, deadlines used, none in force", *per_call(execute, n, reps)),
+            ("execute under sg.deadline()", *per_call(under, n, reps))]
 
 
 def keyed_rows(n: int, reps: int) -> list[tuple[str, float, float, float]]:
@@ -140,9 +154,10 @@ def keyed_create_ms() -> float:
 def c_rows() -> list[tuple[str, float, float, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         exe = os.path.join(tmp, "gcra_bench")
-        srcs = [os.path.join(CSRC, f) for f in
-                ("segment.c", "table.c", "policy.c", "window.c", "breaker.c", "gcra.c")]
-        subprocess.run(["gcc", "-std=c11", "-O2", "-D_POSIX_C_SOURCE=200809L", "-I", CSRC,
+        sys.path.insert(0, CSRC)
+        from ffi_build import SOURCES, flags  # the one list of C sources, and their flags
+        srcs = [os.path.join(CSRC, f) for f in SOURCES]
+        subprocess.run(["gcc", *flags(), "-I", CSRC,
                         os.path.join(ROOT, "bench", "gcra_bench.c"), *srcs, "-o", exe], check=True)
         out = subprocess.run([exe], check=True, capture_output=True, text=True).stdout
     labels = {"gcra_decide_ns": "C: GCRA decision (explicit now)",

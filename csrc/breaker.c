@@ -410,6 +410,7 @@ static int64_t admit(const struct sg_handle *h, uint64_t cp, int64_t max_wait, s
         sg_release_probe(h, tok);
         return rc;
     }
+    sg_budget_admitted(h->slot, now); /* budget.c: a no-op unless a retry budget is set */
     return tok;
 }
 

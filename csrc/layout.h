@@ -178,7 +178,13 @@ struct sg_policy_raw {
 /* Round-2 areas of a slot. Each is owned by the csrc file named beside it,
  * which gives the words names (keeping the size, asserted below). */
 struct sg_bulkhead_area { sg_a64 w[8 + SG_MAX_TICKETS]; }; /**< lines 18-26: bulkhead.c */
-struct sg_budget_area { sg_a64 w[8]; };                    /**< line 27: budget.c */
+/* Retry budget (budget.c): SG_BUDGET_BUCKETS window buckets, each
+ * | epoch 20 | attempts 22 | retries 22 | (WB_* above), then two totals. */
+struct sg_budget_area {
+    sg_a64 bucket[SG_BUDGET_BUCKETS]; /**< [epoch | attempts | retries] over the window */
+    sg_a64 retries_total;             /**< retries granted, ever (also without a budget) */
+    sg_a64 denied_total;              /**< retries the budget refused, ever */
+};                                                         /**< line 27: budget.c */
 struct sg_throttle_area {                                   /**< lines 28-29: throttle.c */
     sg_a64 bucket[SG_THROTTLE_BUCKETS]; /**< [epoch 19 | overload 1 | requests 22 | accepts 22] */
     sg_a64 requests, accepts, throttled; /**< totals, ever */
@@ -443,5 +449,8 @@ static inline int sg_throttle_enabled(struct sg_slot *s)
 }
 int sg_predict_trips(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now,
                      uint64_t since_ns, uint32_t threshold_ppm);
+
+/* budget.c: deposits one admitted attempt while the policy has a retry budget */
+void sg_budget_admitted(struct sg_slot *s, uint64_t now);
 
 #endif /* SHMGUARD_LAYOUT_H */

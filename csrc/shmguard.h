@@ -43,6 +43,7 @@ enum sg_rc {
     SG_R_PROBES_FULL = -3,   /**< half-open and every probe permit is leased */
     SG_R_RATE_LIMITED = -4,  /**< limiter: not conforming now */
     SG_R_THROTTLED = -7,     /**< adaptive throttling rejected the call locally */
+    SG_R_RETRY_BUDGET = -8,  /**< retry budget: no retry left in the window */
     SG_E_BUSY = -10,         /**< a live claim or writer lease is in the way */
     SG_E_FULL = -11,         /**< slot table full */
     SG_E_NOT_FOUND = -12,
@@ -252,6 +253,19 @@ void sg_release_probe(const struct sg_handle *h, int64_t token);
 /* bulkhead.c: host-wide concurrency tickets (lines 18-26 of a slot) */
 
 /* budget.c: host-wide retry budget (line 27) */
+#define SG_BUDGET_BUCKETS 6
+struct sg_budget_view {
+    uint64_t attempts;           /* admitted calls in the window (first attempts + retries) */
+    uint64_t retries;            /* retries granted in the window */
+    uint64_t allowed;            /* retries the window allows now (ratio x first + min) */
+    uint64_t retries_total;      /* retries granted, ever (counted also without a budget) */
+    uint64_t denied_total;       /* retries the budget refused, ever */
+    uint64_t window_ns;          /* the policy's retry window (0: no budget) */
+};
+int sg_budget_deposit_at(void *slot, uint64_t now_ns);
+int sg_budget_withdraw_at(void *slot, uint64_t now_ns);
+int sg_budget_snapshot_at(const void *slot, uint64_t now_ns, struct sg_budget_view *out);
+int sg_budget_withdraw(const struct sg_handle *h);
 
 /* throttle.c: SRE adaptive throttling (lines 28-29) */
 #define SG_THROTTLE_BUCKETS 10

@@ -93,7 +93,7 @@ static void fill_slot(struct sg_slot *s, uint64_t hash, const char *name, uint32
     for (int i = 0; i < SG_STAT_BUCKETS; i++)
         ST(&s->lwin[i], 0);
     zero_area(s->bulkhead.w, sizeof s->bulkhead);
-    zero_area(s->budget.w, sizeof s->budget);
+    zero_area(s->budget.bucket, sizeof s->budget); /* the whole area: buckets then totals */
     zero_area(s->throttle.bucket, sizeof s->throttle);
     zero_area(&s->predict.fail, sizeof s->predict);
     zero_area(s->fleet.w, sizeof s->fleet);

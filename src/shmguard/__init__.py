@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from shmguard.breaker import Breaker, Permit
-from shmguard.errors import (CapacityError, CircuitOpenError, InvalidNameError, PolicyConflictError,
+from shmguard.deadline import deadline, remaining
+from shmguard.errors import (CapacityError, CircuitOpenError, DeadlineExceededError,
+                             InvalidNameError, PolicyConflictError,
                              PolicyError, RateLimitedError, RejectedError, SegmentCorruptError,
                              SegmentError, SegmentIncompatibleError, SegmentNotFoundError,
                              SegmentPermissionError, ShmguardError, ThrottledError)
 from shmguard.executor import ResilientExecutor
+from shmguard.fallback import AsyncFallbackChain, FallbackChain
 from shmguard.keyed import KeyedLimiter, KeyedReservation, KeyedStats
 from shmguard.limiter import Limiter, Reservation
 from shmguard.policy import Outcome, Policy, PolicyBuilder, PolicyPresets, Priority
@@ -18,6 +21,7 @@ from shmguard.stats import (BreakerMode, BreakerState, EndpointStats, LimiterMet
 
 __version__ = "0.1.0"
 __all__ = [
+    "AsyncFallbackChain", "DeadlineExceededError", "FallbackChain", "deadline", "remaining",
     "Breaker", "BreakerMode", "BreakerState", "CapacityError", "CircuitOpenError", "EndpointStats",
     "Err", "InvalidNameError", "Limiter", "LimiterMetrics", "Ok", "Outcome", "Permit", "Policy",
     "KeyedLimiter", "KeyedReservation", "KeyedStats",

@@ -7,20 +7,37 @@ Python methods, and the path below is the equivalent in Python.
 from __future__ import annotations
 
 import functools
-from typing import Any, Awaitable, Callable, Coroutine, TypeVar
+from time import monotonic_ns as _monotonic_ns
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Sequence, TypeVar
 
-from shmguard import _admission, _capi, _keyed_calls, aio
+from shmguard import _admission, _capi, _keyed_calls, aio, retry
+from shmguard.deadline import check as _check_deadline
+from shmguard.deadline import deadline_ns as _deadline_ns
+from shmguard.deadline import on_first_use
 from shmguard._endpoint import LEASE_BITS
 from shmguard._registry import Registry
 from shmguard.limiter import pack
 from shmguard.policy import Outcome, Priority
 from shmguard.result import Err, Ok
 
+if TYPE_CHECKING:
+    from shmguard.fallback import FallbackChain
+
 T = TypeVar("T")
 __all__ = ["Calls"]
 
 _CP = tuple(pack(1, p) for p in Priority)
 _NORMAL = Priority.NORMAL
+
+_NO_DEADLINES = True  # until this process first sets a deadline (then read the context)
+
+
+def _deadlines_in_use() -> None:
+    global _NO_DEADLINES
+    _NO_DEADLINES = False
+
+
+on_first_use(_deadlines_in_use)
 
 # the one-crossing doors (csrc/hot.c); the Python paths below are equivalent
 _hot_execute = _capi.hot.execute if _capi.hot is not None else None
@@ -43,16 +60,36 @@ class Calls(Registry):
                 key: str | bytes | None = None, **kwargs: Any) -> T:
         """Runs ``fn(*args, **kwargs)`` if the endpoint admits it, and records the outcome.
 
-        :param timeout: how long to wait for the rate limit (None: do not wait).
+        Keywords ``retries=0, backoff=0.05, max_backoff=2.0, retry_on=None,
+        fallback=None`` are execute's own (taken out of ``kwargs``: a named
+        parameter costs every call ~7 ns; see :class:`shmguard.retry.Plan`).
+
+        :param timeout: how long to wait for the rate limit (None: do not wait);
+            a deadline in force (:func:`shmguard.deadline`) bounds it.
         :param key: apply the keyed limiter the endpoint's policy names
             (``PolicyBuilder.with_keyed_limit``) to this key first.
+        :param retries: attempts after the first, for failures (by the policy,
+            or ``retry_on``, an exception class or tuple) while the breaker is
+            closed; each sleeps ``uniform(0, min(max_backoff, backoff x 2^n))``
+            first, ends before the deadline and needs the endpoint's retry
+            budget (see :mod:`shmguard.retry`).
+        :param fallback: called with the exception when the call is rejected,
+            misses the deadline or fails; its result is returned.
+        :raises DeadlineExceededError: the deadline passed before an attempt (never calls ``fn``).
         :raises CircuitOpenError: the breaker is open.
         :raises RateLimitedError: no token within ``timeout`` (of the endpoint or of ``key``).
-        :returns: what ``fn`` returns; its exceptions are re-raised.
+        :returns: what ``fn`` returns; its exceptions are re-raised (the last
+            one, after retries).
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        if not _NO_DEADLINES and (dl := _deadline_ns()) is not None:  # one is in force
+            if timeout is not None or _monotonic_ns() >= dl:
+                timeout = _check_deadline(timeout, endpoint)  # bounds the wait, or raises
         if key is not None:
             _keyed_calls.keyed_admit(self, ep, key, priority, timeout)
+        if kwargs and not retry.KEYS.isdisjoint(kwargs):
+            plan = retry.Plan.take(kwargs)
+            return retry.execute(ep, priority, timeout, fn, args, kwargs, plan)
         cp = 5 if priority is _NORMAL else _CP[priority]
         if timeout is None and _hot_execute is not None and self._events.on_metrics_update is None:
             # admit, call and record in one C call (shmguard._hot)
@@ -77,7 +114,7 @@ class Calls(Registry):
                       *args: Any, priority: Priority = Priority.NORMAL,
                       timeout: float | None = None, key: str | bytes | None = None,
                       **kwargs: Any) -> Coroutine[Any, Any, T]:
-        """Awaits ``coro_fn(*args, **kwargs)`` if admitted, like :meth:`execute`.
+        """Awaits ``coro_fn(*args, **kwargs)`` if admitted, like :meth:`execute` (retries too).
 
         Waiting for the rate limit sleeps with ``asyncio.sleep`` (never blocks
         the loop); cancelling gives back the reservation and any probe permit,
@@ -106,6 +143,8 @@ class Calls(Registry):
         The low-level half of :meth:`execute`; finish with :meth:`record`.
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        if not _NO_DEADLINES:
+            timeout = _check_deadline(timeout, endpoint)
         return _admission.admit_slow(ep, None, priority, timeout)
 
     def record(self, endpoint: str, token: int, outcome: Outcome) -> None:
@@ -127,13 +166,29 @@ class Calls(Registry):
             return wrapper
         return deco
 
+    def fallback_chain(self, steps: Sequence[tuple[str, Callable[..., Any]]], *,
+                       last: Callable[[Exception], Any] | None = None,
+                       name: str | None = None) -> FallbackChain:
+        """Returns a callable that tries ``steps`` (``(endpoint, fn)``) in order until one serves.
+
+        A step is skipped when rejected (open, rate limited, deadline) or when
+        it fails; ``last(exc)`` serves when all were (see :mod:`shmguard.fallback`).
+        Steps that are all ``async def`` give an async chain.
+        """
+        from shmguard.fallback import make_chain
+        return make_chain(self, steps, last, name)
+
     def guard(self, endpoint: str, *, priority: Priority = Priority.NORMAL,
               timeout: float | None = None) -> Any:
         """Context manager: admits on entry, records the block's outcome on exit.
 
         ``async with`` works too (it awaits the rate limit when ``timeout`` is set).
+        A deadline in force is checked when the guard is made (``with
+        svc.guard(ep):`` raises before the block) and bounds the wait.
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        if not _NO_DEADLINES:
+            timeout = _check_deadline(timeout, endpoint)
         if (_HotGuard is not None and timeout is None and ep.probe is None
                 and self._events.on_metrics_update is None):
             return _HotGuard(ep, 5 if priority is _NORMAL else pack(1, priority))

@@ -17,7 +17,7 @@ from shmguard._capi import ffi, lib
 from shmguard.errors import CircuitOpenError, InvalidNameError, PolicyError, ShmguardError
 from shmguard.policy import Outcome, Policy, Priority
 from shmguard.stats import (BreakerMode, BreakerSnapshot, BreakerState, EndpointStats,
-                            LimiterMetrics, Probe)
+                            LimiterMetrics, Probe, RetryBudgetStats)
 
 if TYPE_CHECKING:
     from shmguard._events import Events
@@ -195,9 +195,15 @@ class Endpoint:
         b = self.breaker_snapshot()
         pv = self.policy_view()
         rate = None if pv.flags & lib.SG_POL_NO_LIMIT else NS / pv.emission_ns
+        lim = self.limiter_metrics()
+        v = ffi.new("struct sg_budget_view *")
         now, seg = self.seg.now_ns(), self.seg.name
-        return EndpointStats(self.name, b.state, b.failure_rate, self.limiter_metrics(), b,
-                             rate, pv.burst, overload.throttle_stats(self.h.slot, now, seg),
+        _capi.check(lib.sg_budget_snapshot_at(self.h.slot, now, v), "budget", seg)
+        budget = RetryBudgetStats(v.window_ns / NS, v.attempts, v.retries, v.allowed) \
+            if v.window_ns else None
+        return EndpointStats(self.name, b.state, b.failure_rate, lim, b, rate, pv.burst,
+                             lim.accepted, v.retries_total, v.denied_total, budget,
+                             overload.throttle_stats(self.h.slot, now, seg),
                              overload.prediction_stats(self.h.slot, now, seg))
 
     # -- errors ---------------------------------------------------------------------

@@ -20,6 +20,9 @@ import functools
 import inspect
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
+from shmguard import retry
+from shmguard.deadline import check as _check_deadline
+from shmguard.deadline import on_first_use
 from shmguard._admission import admit_slow
 from shmguard._capi import ffi, lib
 from shmguard._endpoint import LEASE_BITS as _LEASE
@@ -33,6 +36,15 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _NORMAL = Priority.NORMAL
+_NO_DEADLINES = True  # until this process first sets a deadline (as in _calls)
+
+
+def _deadlines_in_use() -> None:
+    global _NO_DEADLINES
+    _NO_DEADLINES = False
+
+
+on_first_use(_deadlines_in_use)
 __all__ = ["admit_async", "execute_async", "protect_async"]
 
 
@@ -72,7 +84,7 @@ async def admit_async(svc: ResilienceService, endpoint: str,
     :raises CircuitOpenError: the breaker is open (or its probes are out).
     :raises RateLimitedError: no token within ``timeout`` (None: do not wait).
     """
-    return (await _admit(svc, endpoint, priority, timeout))[1]
+    return (await _admit(svc, endpoint, priority, _check_deadline(timeout, endpoint)))[1]
 
 
 async def execute_async(svc: ResilienceService, endpoint: str,
@@ -81,12 +93,23 @@ async def execute_async(svc: ResilienceService, endpoint: str,
                         **kwargs: Any) -> T:
     """Awaits ``coro_fn(*args, **kwargs)`` if the endpoint admits it, and records the outcome.
 
-    :param timeout: how long to wait for the rate limit (None: do not wait).
+    ``retries``, ``backoff``, ``max_backoff``, ``retry_on`` and ``fallback``
+    are taken out of ``kwargs`` as in :meth:`ResilienceService.execute`
+    (backoff sleeps with ``asyncio.sleep``).
+
+    :param timeout: how long to wait for the rate limit (None: do not wait);
+        the deadline in force bounds it.
+    :raises DeadlineExceededError: the deadline passed before an attempt.
     :raises CircuitOpenError: the breaker is open.
     :raises RateLimitedError: no token within ``timeout``.
     :returns: what the coroutine returns; its exceptions are re-raised, and
         ``asyncio.CancelledError`` counts as neither success nor failure.
     """
+    if kwargs and not retry.KEYS.isdisjoint(kwargs):
+        return await _with_plan(svc, endpoint, priority, _check_deadline(timeout, endpoint),
+                                coro_fn, args, kwargs)
+    if not _NO_DEADLINES:
+        timeout = _check_deadline(timeout, endpoint)
     if timeout is None:  # admission never waits: no coroutine for it
         ep = svc._eps.get(endpoint) or svc._endpoint(endpoint)
         tok = ep.admit(ep.h, 5 if priority is _NORMAL else pack(1, priority))
@@ -103,6 +126,20 @@ async def execute_async(svc: ResilienceService, endpoint: str,
         raise
     ep.record_success(tok)
     return result
+
+
+async def _with_plan(svc: ResilienceService, endpoint: str, priority: Priority,
+                     timeout: float | None, coro_fn: Callable[..., Awaitable[T]],
+                     args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    """execute_async with retries or a fallback (see :mod:`shmguard.retry`)."""
+    plan = retry.Plan.take(kwargs)
+    ep = svc._eps.get(endpoint) or svc._endpoint(endpoint)
+
+    async def admit(t: float | None) -> int:
+        e, tok = await _admit(svc, endpoint, priority, t)
+        return await _probe_instead(svc, e, tok, priority, t) \
+            if tok & _LEASE and e.probe is not None else tok
+    return await retry.execute_async(ep, admit, timeout, coro_fn, args, kwargs, plan)
 
 
 async def _probe_instead(svc: ResilienceService, ep: Endpoint, tok: int, priority: Priority,

@@ -42,6 +42,10 @@ class SegmentPermissionError(SegmentError, PermissionError):
     """The segment belongs to another user or is group/world accessible."""
 
 
+class DeadlineExceededError(ShmguardError, TimeoutError):
+    """The deadline in force (``shmguard.deadline``) passed before the call could start."""
+
+
 class RejectedError(ShmguardError):
     """A call was not admitted; ``retry_after`` says when to try again (seconds)."""
 

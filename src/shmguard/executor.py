@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import Executor, Future
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, TypeVar
 
-from shmguard.errors import RejectedError, SegmentError, ThrottledError
+from shmguard.deadline import deadline_ns as _deadline_ns
+from shmguard.deadline import until
+from shmguard.errors import (DeadlineExceededError, RejectedError, SegmentError,
+                             ThrottledError)
 from shmguard.limiter import pack, wait_ns
 from shmguard.policy import Policy, Priority
 from shmguard._endpoint import validate_endpoint
@@ -102,15 +106,28 @@ class _Ticket(NamedTuple):
 
 
 def _run(ticket: _Ticket, endpoint: str, fn: Callable[..., T], args: tuple[Any, ...],
-         kwargs: dict[str, Any], priority: Priority, timeout: float | None) -> T:
-    """Runs in the worker: admits, calls ``fn``, records the outcome there."""
+         kwargs: dict[str, Any], priority: Priority, timeout: float | None,
+         deadline_ns: int | None = None) -> T:
+    """Runs in the worker: admits, calls ``fn``, records the outcome there.
+
+    ``deadline_ns`` is the caller's deadline, an absolute CLOCK_MONOTONIC
+    instant (one clock per host): a task that waited past it in the queue is
+    not run, and ``remaining()`` in the worker is what the caller had left
+    minus the time queued.
+    """
+    if deadline_ns is not None and time.monotonic_ns() >= deadline_ns:
+        raise DeadlineExceededError(f"deadline passed while the call to {endpoint!r} was queued "
+                                    f"({(time.monotonic_ns() - deadline_ns) / 1e9:.3f}s ago)")
     svc = attach(ticket.segment, ticket.identity)
     if ticket.policy is not None:
         ep = svc._eps.get(endpoint)
         if ep is None or ep.policy.fingerprint != ticket.policy.fingerprint:
             svc.register_endpoint(endpoint, ticket.policy)
     try:
-        return svc.execute(endpoint, fn, *args, priority=priority, timeout=timeout, **kwargs)
+        if deadline_ns is None:
+            return svc.execute(endpoint, fn, *args, priority=priority, timeout=timeout, **kwargs)
+        with until(deadline_ns):
+            return svc.execute(endpoint, fn, *args, priority=priority, timeout=timeout, **kwargs)
     except (RejectedError, ThrottledError) as exc:
         exc.worker_pid = os.getpid()
         raise
@@ -166,10 +183,14 @@ class ResilientExecutor:
         :param timeout: how long the worker may wait for the rate limit
             (None: do not wait).
         :raises PolicyError: for a bad priority or timeout (at once).
+
+        The caller's deadline (:func:`shmguard.deadline`) goes with the call:
+        the future fails with :class:`DeadlineExceededError` if the task is
+        still queued when it passes.
         """
         self._prepare(endpoint, priority, timeout)
         return self.executor.submit(_run, self._ticket, endpoint, fn, args, kwargs, priority,
-                                    timeout)
+                                    timeout, _deadline_ns())
 
     def map(self, endpoint: str, fn: Callable[..., T], *iterables: Iterable[Any],
             priority: Priority = Priority.NORMAL, timeout: float | None = None) -> Iterator[T]:
@@ -180,8 +201,9 @@ class ResilientExecutor:
         started are cancelled when the iterator is closed.
         """
         self._prepare(endpoint, priority, timeout)
+        dl = _deadline_ns()
         futures = [self.executor.submit(_run, self._ticket, endpoint, fn, args, {}, priority,
-                                        timeout) for args in zip(*iterables)]
+                                        timeout, dl) for args in zip(*iterables)]
         return _results(futures)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

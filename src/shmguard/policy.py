@@ -71,9 +71,11 @@ class Policy:
 
     Defaults: 50% failures over a 10 s window of 10 buckets (at least 10
     calls) open the breaker for 30 s; half-open lets 1 probe through (lease
-    10 s) and 1 success closes it; the limiter is off (``rate=None``), and so
-    are adaptive throttling (``throttle_k=None``) and predictive breaking
-    (``predict_horizon=None``).
+    10 s) and 1 success closes it; the limiter is off (``rate=None``); no
+    retry budget (``retry_budget=None``; 0.2 lets retries be 20 % of first
+    attempts over ``retry_budget_window``, plus ``retry_budget_min_per_second``);
+    adaptive throttling (``throttle_k=None``) and predictive breaking
+    (``predict_horizon=None``) are off.
 
     :raises PolicyError: when any field is invalid; the message names it.
 
@@ -104,6 +106,9 @@ class Policy:
     recovery: float = 10.0
     failure_exceptions: tuple[type[BaseException], ...] = (Exception,)
     ignored_exceptions: tuple[type[BaseException], ...] = ()
+    retry_budget: float | None = None
+    retry_budget_min_per_second: float = 10.0
+    retry_budget_window: float = 10.0
     throttle_k: float | None = None
     throttle_window: float = 120.0
     throttle_min_requests: int = 10
@@ -150,6 +155,7 @@ class Policy:
                  lo=self.failure_threshold, hi=1)
         _num("rate_floor", self.rate_floor, lo=0, hi=1)
         _num("recovery", self.recovery, lo=0, hi=86400)
+        self._check_retry_budget()
         self._check_overload()
         for fname in ("failure_exceptions", "ignored_exceptions", "throttle_on"):
             value = getattr(self, fname)
@@ -160,6 +166,12 @@ class Policy:
             from shmguard._keyed_shm import validate_keyed_name
             validate_keyed_name(self.keyed_limit)
         object.__setattr__(self, "_fingerprint", self._compute_fingerprint())
+
+    def _check_retry_budget(self) -> None:
+        if self.retry_budget is not None:
+            _num("retry_budget", self.retry_budget, lo=0, hi=1000)
+        _num("retry_budget_min_per_second", self.retry_budget_min_per_second, lo=0, hi=10**6)
+        _num("retry_budget_window", self.retry_budget_window, lo=0.01, hi=3600)
 
     def _check_overload(self) -> None:
         if self.throttle_k is not None:
@@ -239,6 +251,10 @@ class Policy:
         v.jitter_ppm = round(self.jitter * ppm)
         v.backoff_milli = round(self.backoff * 1000)
         v.burst = self.effective_burst
+        if self.retry_budget is not None:  # budget.c; 0 = no budget
+            v.retry_window_ns = int(self.retry_budget_window * NS)
+            v.retry_ratio_ppm = round(self.retry_budget * ppm)
+            v.retry_min_milli = round(self.retry_budget_min_per_second * 1000)
         if self.throttle_k is not None:
             v.throttle_k_milli = round(self.throttle_k * 1000)
             v.throttle_window_ns = int(self.throttle_window * NS)
@@ -344,6 +360,13 @@ class PolicyBuilder:
             kw["ignored_exceptions"] = tuple(ignored)
         return self._set(**kw)
 
+    def with_retry_budget(self, ratio: float = 0.2, min_per_second: float = 10,
+                          window: float = 10.0) -> PolicyBuilder:
+        """Caps retries host-wide: over ``window`` seconds, ``ratio`` x first attempts
+        plus ``min_per_second`` x ``window`` (Finagle's RetryBudget, for all processes)."""
+        return self._set(retry_budget=ratio, retry_budget_min_per_second=min_per_second,
+                         retry_budget_window=window)
+
     def with_adaptive_throttling(self, k: float = 2.0, window: float = 120.0,
                                  min_requests: int = 10,
                                  throttle_on: tuple[type[BaseException], ...] | None = None
@@ -359,6 +382,7 @@ class PolicyBuilder:
     def with_prediction(self, horizon: float = 2.0) -> PolicyBuilder:
         """Opens the breaker early when the trend forecasts the threshold within ``horizon`` s."""
         return self._set(predict_horizon=horizon)
+
     def with_keyed_limit(self, name: str | None) -> PolicyBuilder:
         """Names the keyed limiter ``execute(..., key=)`` applies (made by ``svc.keyed_limiter``)."""
         return self._set(keyed_limit=name)

@@ -5,7 +5,7 @@ import enum
 from dataclasses import dataclass, field
 
 __all__ = ["BreakerState", "BreakerMode", "BreakerSnapshot", "LimiterMetrics", "EndpointStats",
-           "ThrottleStats", "PredictionStats"]
+           "RetryBudgetStats", "ThrottleStats", "PredictionStats"]
 
 
 class BreakerState(enum.IntEnum):
@@ -86,6 +86,16 @@ class LimiterMetrics:
 
 
 @dataclass(frozen=True)
+class RetryBudgetStats:
+    """The retry budget's window now (host-wide): what it counted and what it allows."""
+
+    window_seconds: float
+    attempts: int   # admitted calls in the window (first attempts + retries)
+    retries: int    # retries granted in the window
+    allowed: int    # retries the window allows now: ratio x first attempts + minimum
+
+
+@dataclass(frozen=True)
 class ThrottleStats:
     """Adaptive throttling: host-wide counts over the window and totals since creation.
 
@@ -128,6 +138,10 @@ class EndpointStats:
     breaker: BreakerSnapshot | None = None
     rate: float | None = None
     burst: int = 0
+    attempts: int = 0          # calls admitted, ever: first attempts and retries (limiter accepted)
+    retries: int = 0           # retries granted, ever (execute(retries=N))
+    retries_denied: int = 0    # retries the retry budget refused, ever
+    retry_budget: RetryBudgetStats | None = None  # None: the policy sets no budget
     throttle: ThrottleStats | None = None
     prediction: PredictionStats | None = None
 

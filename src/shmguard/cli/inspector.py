@@ -188,6 +188,16 @@ def _limiter(seg: Segment, h: Any, now: int, pol: Any) -> dict[str, Any]:
     }
 
 
+def _retries(seg: Segment, h: Any, now: int, admitted: int) -> dict[str, Any]:
+    v = ffi.new("struct sg_budget_view *")
+    _capi.check(lib.sg_budget_snapshot_at(h.slot, now, v), "budget", seg.name)
+    budget = None if not v.window_ns else {
+        "window_seconds": v.window_ns / NS, "attempts": int(v.attempts),
+        "retries": int(v.retries), "allowed": int(v.allowed)}
+    return {"attempts": admitted, "retries": int(v.retries_total),
+            "denied": int(v.denied_total), "budget": budget}
+
+
 def _policy(pol: Any, seq: int) -> dict[str, Any]:
     return {
         "failure_threshold": pol.failure_ppm / 1e6,
@@ -197,6 +207,9 @@ def _policy(pol: Any, seq: int) -> dict[str, Any]:
         "open_seconds": pol.open_ns / NS,
         "probe_lease_seconds": pol.probe_lease_ns / NS,
         "adaptive": bool(pol.flags & lib.SG_POL_ADAPTIVE),
+        "retry_budget": None if not pol.retry_window_ns else {
+            "ratio": pol.retry_ratio_ppm / 1e6, "min_per_second": pol.retry_min_milli / 1e3,
+            "window_seconds": pol.retry_window_ns / NS},
         "throttle_k": pol.throttle_k_milli / 1000 if pol.throttle_k_milli else None,
         "predict_horizon_seconds": pol.predict_horizon_ns / NS if pol.predict_horizon_ns else None,
         "fingerprint": int(pol.fingerprint),
@@ -213,6 +226,7 @@ def endpoint_snapshot(seg: Segment, index: int, name: str, now: int | None = Non
     out: dict[str, Any] = {"name": name, "index": index}
     out.update(_breaker(seg, h, now, pol))
     out["limiter"] = _limiter(seg, h, now, pol)
+    out["retries"] = _retries(seg, h, now, out["limiter"]["admitted"])
     out["throttle"] = dataclasses.asdict(overload.throttle_stats(h.slot, now, seg.name))
     out["prediction"] = dataclasses.asdict(overload.prediction_stats(h.slot, now, seg.name))
     out["policy"] = _policy(pol, policy_seq)

@@ -104,6 +104,12 @@ def _detail(ep: dict[str, Any]) -> list[str]:
     parts.append("rej " + "/".join(count(bp[p]["rejected"]) for p in bp))
     if ep["totals"]["rejected"]:
         parts.append(f"open-rej {count(ep['totals']['rejected'])}")
+    rt = ep["retries"]
+    if rt["retries"] or rt["denied"] or rt["budget"]:
+        b = rt["budget"]
+        parts.append(f"retries {count(rt['retries'])} denied {count(rt['denied'])}" +
+                     (f" budget {count(b['retries'])}/{count(b['allowed'])}"
+                      f" per {duration(b['window_seconds'])}" if b else ""))
     thr, pred = ep["throttle"], ep["prediction"]
     if thr["enabled"]:
         parts.append(f"throttle p {thr['throttle_probability'] * 100:.0f}% "

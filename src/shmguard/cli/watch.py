@@ -116,6 +116,12 @@ def frame(snap: dict[str, Any], hist: History, style: Style, blocks: str = BLOCK
                    f"{ep['window']['failure_rate'] * 100:>3.0f}% {tok:>6} "
                    f"{style(spark(adm, blocks=blocks), 'green')} {clip(a_now, 5):>5} "
                    f"{style(spark(rej, blocks=blocks), 'red')} {clip(r_now, 5):>5}")
+        rt = ep.get("retries")
+        if rt and (rt["retries"] or rt["denied"]):  # retries: budget use under the row
+            b = rt["budget"]
+            out.append(style(f"   retries {count(rt['retries'])} denied {count(rt['denied'])}"
+                             + (f" budget {count(b['retries'])}/{count(b['allowed'])}" if b
+                                else ""), "dim"))
     if not snap["endpoints"]:
         out.append("(no endpoints yet)")
     for k in snap.get("keyed") or []:
