@@ -282,6 +282,10 @@ struct sg_throttle_view {
     uint32_t working;            /* newest buckets in a row with accepts and no overload */
     uint32_t pad;
 };
+/* decide: SG_OK or SG_R_THROTTLED (a throttled call is counted); sg_admit calls it.
+ * record: one outcome (SG_SUCCESS accepted, SG_FAILURE overload, SG_IGNORE neither);
+ *   sg_breaker_record counts its outcomes itself.
+ * report: one failure the caller classified (SG_POL_THROTTLE_ON): overload or answered. */
 int sg_throttle_decide_at(void *slot, uint64_t now_ns);
 int sg_throttle_record_at(void *slot, uint64_t now_ns, int outcome);
 int sg_throttle_report(const struct sg_handle *h, int overload);
@@ -300,6 +304,9 @@ struct sg_predict_view {
     uint64_t horizon_ns;         /* 0: prediction is off */
     uint64_t opens;              /* opens decided by the forecast, ever */
 };
+/* observe: folds completed buckets since since_ns (as a landing failure does) and
+ *   returns 1 when the forecast would open the breaker, else 0.
+ * snapshot: the state as the last fold left it, read only. */
 int sg_predict_observe_at(void *slot, uint64_t now_ns, uint64_t since_ns,
                           struct sg_predict_view *out);
 int sg_predict_snapshot_at(const void *slot, uint64_t now_ns, struct sg_predict_view *out);
