@@ -264,3 +264,68 @@ int sg_limiter_snapshot_at(const void *slot, uint64_t now, uint32_t prio, struct
     out->win_ns = (SG_STAT_BUCKETS - 1) * LW_NS + now % LW_NS;
     return SG_OK;
 }
+
+/* Hold: the server said "Retry-After": move the TAT so that no priority
+ * conforms before until_ns. With tolerance tol_p a request of cost 1
+ * conforms once max(TAT, now) + T - now <= tol_p, so TAT = until + tol - T
+ * for the largest tolerance holds every priority. The TAT only ever moves
+ * forward here (never a refund), so the rate bound is untouched; an
+ * endpoint without a limit has no TAT to hold (SG_OK, nothing done). */
+int sg_limiter_hold_at(void *slot, uint64_t now, uint64_t until)
+{
+    struct sg_slot *s = slot;
+    if (!s)
+        return SG_E_ARG;
+    if (until <= now)
+        return SG_OK;
+    uint64_t need = 0;
+    for (uint32_t prio = 0; prio < SG_PRIORITIES; prio++) {
+        struct lim L;
+        lim_load(s, now, prio, &L);
+        if (L.flags & SG_POL_NO_LIMIT)
+            return SG_OK;
+        uint64_t v = sg_sat_add(until, L.tol - L.T); /* lim_load keeps tol >= T */
+        if (v > need)
+            need = v;
+    }
+    uint64_t tat = atomic_load_explicit(&s->tat, memory_order_acquire);
+    for (;;) {
+        if (tat >= need)
+            return SG_OK;
+        /* same CAS shape as decide(); tat refreshes on failure */
+        if (atomic_compare_exchange_strong_explicit(&s->tat, &tat, need, memory_order_release,
+                                                    memory_order_acquire))
+            return SG_OK;
+    }
+}
+
+int sg_limiter_hold(const struct sg_handle *h, uint64_t until)
+{
+    return sg_limiter_hold_at(h->slot, sg_now_h(h), until);
+}
+
+/* The delay decide() would report for cost_prio now, without taking or
+ * counting anything (a rejection's retry-after, also after a hold). */
+int sg_limiter_delay_at(const void *slot, uint64_t now, uint64_t cp, int64_t *delay_out)
+{
+    struct sg_slot *s = (struct sg_slot *)slot;
+    uint32_t prio = (uint32_t)(cp & 3);
+    if (!s || !delay_out || (cp >> 2) == 0)
+        return SG_E_ARG;
+    struct lim L;
+    lim_load(s, now, prio, &L);
+    *delay_out = 0;
+    if (L.flags & SG_POL_NO_LIMIT)
+        return SG_OK;
+    uint64_t inc = sg_sat_mul(cp >> 2, L.T);
+    if (inc > L.tol) {
+        *delay_out = INT64_MAX;
+        return SG_E_COST;
+    }
+    /* acquire: pairs with the release CAS of decide() */
+    uint64_t tat = atomic_load_explicit(&s->tat, memory_order_acquire);
+    uint64_t ahead = sg_sat_add(tat > now ? tat : now, inc) - now;
+    uint64_t d = ahead > L.tol ? ahead - L.tol : 0;
+    *delay_out = d > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)d;
+    return SG_OK;
+}

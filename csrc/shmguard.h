@@ -122,6 +122,7 @@ struct sg_policy_view {
 #define SG_POL_NO_LIMIT 2
 #define SG_POL_FLEET_RATE 4      /* fleet/: rate and burst are fleet-wide */
 #define SG_POL_FLEET_BREAKER 8   /* fleet/: breaker state shared across hosts */
+#define SG_POL_OVERRIDDEN 16     /* the CLI changed the registered policy (set-rate) */
 
 struct sg_header_view {
     uint64_t total_size;
@@ -243,6 +244,12 @@ int sg_allow(const struct sg_handle *h);
 int sg_allow_cp(const struct sg_handle *h, uint64_t cost_prio);
 int sg_reserve(const struct sg_handle *h, uint64_t cost_prio, int64_t max_wait_ns,
                struct sg_decision *out);
+
+/* gcra.c, hold: a server's Retry-After (adapters/): no priority conforms before until_ns */
+int sg_limiter_hold_at(void *slot, uint64_t now_ns, uint64_t until_ns);
+int sg_limiter_hold(const struct sg_handle *h, uint64_t until_ns);
+/* reads only: how long until cost_prio would conform (0: now; INT64_MAX: never) */
+int sg_limiter_delay_at(const void *slot, uint64_t now_ns, uint64_t cost_prio, int64_t *delay_out);
 
 /* admit.c: breaker + limiter in one crossing (execute's hot path) */
 int64_t sg_admit(const struct sg_handle *h, uint64_t cost_prio);

@@ -7,11 +7,13 @@ from shmguard.errors import (CapacityError, CircuitOpenError, DeadlineExceededEr
                              InvalidNameError, PolicyConflictError,
                              PolicyError, RateLimitedError, RejectedError, SegmentCorruptError,
                              SegmentError, SegmentIncompatibleError, SegmentNotFoundError,
-                             SegmentPermissionError, ShmguardError, ThrottledError)
+                             SegmentPermissionError, ServiceClosedError, ShmguardError,
+                             ThrottledError)
 from shmguard.executor import ResilientExecutor
 from shmguard.fallback import AsyncFallbackChain, FallbackChain
 from shmguard.keyed import KeyedLimiter, KeyedReservation, KeyedStats
 from shmguard.limiter import Limiter, Reservation
+from shmguard.policychange import PolicyChangedWarning
 from shmguard.policy import Outcome, Policy, PolicyBuilder, PolicyPresets, Priority
 from shmguard.result import Err, Ok
 from shmguard.segment import list_segments, unlink
@@ -25,9 +27,10 @@ __all__ = [
     "Breaker", "BreakerMode", "BreakerState", "CapacityError", "CircuitOpenError", "EndpointStats",
     "Err", "InvalidNameError", "Limiter", "LimiterMetrics", "Ok", "Outcome", "Permit", "Policy",
     "KeyedLimiter", "KeyedReservation", "KeyedStats",
-    "PolicyBuilder", "PolicyConflictError", "PolicyError", "PolicyPresets", "Priority",
+    "PolicyBuilder", "PolicyChangedWarning", "PolicyConflictError", "PolicyError", "PolicyPresets",
+    "Priority",
     "RateLimitedError", "RejectedError", "Reservation", "ResilienceService", "ResilientExecutor", "SegmentCorruptError",
     "SegmentError", "SegmentIncompatibleError", "SegmentNotFoundError", "SegmentPermissionError",
-    "ShmguardError", "list_segments", "unlink",
+    "ServiceClosedError", "ShmguardError", "list_segments", "unlink",
     "PredictionStats", "ThrottleStats", "ThrottledError",
 ]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from shmguard import overload
 from shmguard._capi import ffi, lib
 from shmguard.errors import RateLimitedError
-from shmguard.limiter import pack, wait_ns
+from shmguard.limiter import delay_of, pack, wait_ns
 from shmguard.policy import Outcome, Priority
 from shmguard.stats import BreakerState
 
@@ -50,7 +50,7 @@ def admit_slow(ep: Endpoint, tok: int | None, priority: Priority, timeout: float
 def rate_limited(ep: Endpoint, priority: Priority) -> RateLimitedError:
     """Returns the error for a rate-limited call, with the time until a token is free."""
     m = ep.limiter_metrics(priority)
-    wait = 0.0 if m.tokens >= 1 or not m.effective_rate else (1 - m.tokens) / m.effective_rate
+    wait = delay_of(ep, pack(1, priority))  # exact, also after a Retry-After hold
     return RateLimitedError(ep.name, wait, f"endpoint {ep.name!r} is rate limited "
                                            f"({m.effective_rate:g}/s); retry after {wait:.3f}s")
 
@@ -59,6 +59,7 @@ def admit_once(ep: Endpoint, cp: int, timeout: float | None) -> int:
     """One admission (breaker + limiter); with a timeout, sleeps the reserved delay."""
     if timeout is None:
         return int(ep.admit(ep.h, cp))
+    ep.seg.base  # raises ServiceClosedError once closed
     d = ffi.new("struct sg_decision *")
     tok = int(lib.sg_admit_wait(ep.h, cp, wait_ns(timeout), d))
     if tok >= 0 and d.delay_ns > 0:

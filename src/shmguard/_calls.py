@@ -82,6 +82,10 @@ class Calls(Registry):
             one, after retries).
         """
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
+        if priority is _NORMAL:
+            cp = 5
+        else:  # a Priority indexes the table; anything else is validated (clear error)
+            cp = _CP[priority] if type(priority) is Priority else pack(1, priority)
         if not _NO_DEADLINES and (dl := _deadline_ns()) is not None:  # one is in force
             if timeout is not None or _monotonic_ns() >= dl:
                 timeout = _check_deadline(timeout, endpoint)  # bounds the wait, or raises
@@ -90,7 +94,6 @@ class Calls(Registry):
         if kwargs and not retry.KEYS.isdisjoint(kwargs):
             plan = retry.Plan.take(kwargs)
             return retry.execute(ep, priority, timeout, fn, args, kwargs, plan)
-        cp = 5 if priority is _NORMAL else _CP[priority]
         if timeout is None and _hot_execute is not None and self._events.on_metrics_update is None:
             # admit, call and record in one C call (shmguard._hot)
             return _hot_execute(ep, ep.hp, cp, fn, args, kwargs or None)  # type: ignore[no-any-return]

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from shmguard import _capi, overload, probes
 from shmguard._capi import ffi, lib
-from shmguard.errors import CircuitOpenError, InvalidNameError, PolicyError, ShmguardError
+from shmguard.errors import (CircuitOpenError, InvalidNameError, PolicyError, ServiceClosedError,
+                             ShmguardError)
 from shmguard.policy import Outcome, Policy, Priority
 from shmguard.stats import (BreakerMode, BreakerSnapshot, BreakerState, EndpointStats,
                             LimiterMetrics, Probe, RetryBudgetStats)
@@ -80,13 +81,13 @@ class Endpoint:
         name = self.seg.name
 
         def closed(*_: Any) -> Any:
-            raise ShmguardError(f"service {name!r} is closed")
+            raise ServiceClosedError(f"segment {name!r} is closed in this process")
         self.admit = self.record = self.acquire = self.allow1 = self.allow_cp = closed
         self.hp = 0  # _hot calls closed_error() instead of touching the unmapped slot
 
     # -- called back by shmguard._hot.execute on its uncommon paths -------------
     def closed_error(self) -> NoReturn:
-        raise ShmguardError(f"service {self.seg.name!r} is closed")
+        raise ServiceClosedError(f"segment {self.seg.name!r} is closed in this process")
 
     def slow_admit(self, tok: int, cp: int) -> int:
         """A rejection or a probe permit: raise, reclaim, or run the health probe."""

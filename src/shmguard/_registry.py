@@ -9,15 +9,18 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from typing import Any, Callable
 
-from shmguard import _capi, probes
+from shmguard import _capi, policychange, probes
 from shmguard._capi import ffi, lib
 from shmguard._endpoint import NS, Endpoint, validate_endpoint
 from shmguard._events import Events
-from shmguard.errors import CapacityError, PolicyConflictError, PolicyError, ShmguardError
+from shmguard.errors import (CapacityError, PolicyConflictError, PolicyError, SegmentError,
+                             ServiceClosedError, ShmguardError)
 from shmguard.policy import Policy, PolicyPresets
-from shmguard.segment import Segment
+from shmguard.segment import Segment, validate_name
+from shmguard.segment import unlink as unlink_segment
 from shmguard.stats import BreakerState, EndpointStats
 
 __all__ = ["Registry", "REGISTER_WAIT", "CLAIM_STALE_NS"]
@@ -31,19 +34,28 @@ class Registry:
 
     def __init__(self, name: str | None = None, *, policy: Policy | None = None,
                  capacity: int = 256, manual_clock: bool = False, allow_foreign: bool = False,
-                 create: bool = True) -> None:
+                 create: bool = True, lazy: bool = False) -> None:
         if name is None:
             name = os.environ.get("SHMGUARD_SEGMENT") or "default"
         if policy is not None and not isinstance(policy, Policy):
             raise PolicyError(f"policy must be a shmguard.Policy, got {policy!r}")
         self.default_policy = policy or PolicyPresets.standard()
-        self.segment = Segment(name, create=create, capacity=capacity, manual_clock=manual_clock,
-                               allow_foreign=allow_foreign)
-        self.name = name
+        self.name = validate_name(name)
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or not (
+                1 <= capacity <= lib.SG_MAX_CAPACITY):  # checked now, also for a lazy service
+            raise SegmentError(f"capacity must be 1..{lib.SG_MAX_CAPACITY}, got {capacity!r}")
+        self._segment_args = {"create": create, "capacity": capacity,
+                              "manual_clock": manual_clock, "allow_foreign": allow_foreign}
+        self._segment: Segment | None = None
+        self._closed = False
+        if not lazy:
+            self._segment = Segment(name, **self._segment_args)  # type: ignore[arg-type]
         self._eps: dict[str, Endpoint] = {}
         self._lock = threading.Lock()  # guards _eps inserts only (process-local)
         self._events = Events()
         self._keyed: dict[str, Any] = {}  # keyed limiter name -> KeyedLimiter (shmguard.keyed)
+        #: called as on_policy_change(endpoint, {field: (old, new)}) when this process changes a policy
+        self.on_policy_change: policychange.OnPolicyChange | None = None
 
     # -- callbacks (see shmguard._events) -------------------------------------------
     @property
@@ -71,21 +83,41 @@ class Registry:
         self._events.metrics_interval = seconds
 
     # -- life cycle -----------------------------------------------------------
+    @property
+    def segment(self) -> Segment:
+        """The mapped segment; a lazy service creates or attaches to it here, on first use."""
+        seg = self._segment
+        if seg is None:
+            with self._lock:
+                if self._closed:
+                    raise ServiceClosedError(f"segment {self.name!r} is closed in this process")
+                if self._segment is None:
+                    self._segment = Segment(self.name, **self._segment_args)  # type: ignore[arg-type]
+                seg = self._segment
+        return seg
+
+    @property
+    def attached(self) -> bool:
+        """Reports whether this process has the segment mapped (a lazy service: after first use)."""
+        return self._segment is not None and not self._segment.closed
+
     def close(self) -> None:
-        """Detaches this process; the segment stays for the others."""
+        """Detaches this process; the segment stays for the others. Idempotent."""
+        self._closed = True
         for ep in self._eps.values():
             ep.unbind()
         for kl in self._keyed.values():
             kl.close()
-        self.segment.close()
+        if self._segment is not None:
+            self._segment.close()
 
     def unlink(self) -> bool:
         """Removes the segment's name (and its keyed limiters') from the host; reports whether it existed."""
-        return self.segment.unlink()
+        return unlink_segment(self.name)
 
     @property
     def closed(self) -> bool:
-        return self.segment.closed
+        return self._closed or (self._segment is not None and self._segment.closed)
 
     # -- clock --------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -102,32 +134,51 @@ class Registry:
 
     # -- registration ---------------------------------------------------------------
     def register_endpoint(self, name: str, policy: Policy | None = None, *,
-                          replace: bool = False,
+                          on_conflict: str | None = None, replace: bool = False,
                           health_probe: Callable[[], Any] | None = None) -> None:
         """Registers ``name`` with ``policy`` (default: the service's).
 
-        Idempotent for the same policy. Another policy for an existing
-        endpoint raises :class:`PolicyConflictError` unless ``replace=True``,
-        which publishes it to every process.
+        Idempotent for the same policy. For an endpoint that exists with
+        another policy (a deploy changed it), ``on_conflict`` decides:
+
+        - ``None`` (default): the new policy takes effect for every process
+          of the host, with a :class:`~shmguard.PolicyChangedWarning` naming
+          the fields that changed; a deploy never fails on it;
+        - ``"replace"`` (or ``replace=True``): the same, without the warning;
+        - ``"keep"``: the segment keeps its numbers; this process classifies
+          exceptions with ``policy``;
+        - ``"raise"``: :class:`PolicyConflictError` naming the changed fields.
+
+        A policy changed by ``shmguard set-rate`` is marked overridden; a
+        later registration of the code's policy restores it (except ``"keep"``).
+        When this process changes the policy, ``on_policy_change(endpoint,
+        {field: (old, new)})`` is called.
 
         :param health_probe: see :meth:`set_health_probe`.
         """
+        if on_conflict not in (None, "replace", "keep", "raise"):
+            raise PolicyError(f"on_conflict must be 'replace', 'keep' or 'raise', got {on_conflict!r}")
+        if replace is True:
+            on_conflict = "replace"
         policy = policy or self.default_policy
         if not isinstance(policy, Policy):
             raise PolicyError(f"policy must be a shmguard.Policy, got {policy!r}")
         ep, created = self._register(name, policy)
         if health_probe is not None:
             self.set_health_probe(name, health_probe)
-        if created:
-            return
-        if ep.policy_view().fingerprint == policy.fingerprint:
+        old = ep.policy_view()
+        overridden = bool(old.flags & lib.SG_POL_OVERRIDDEN)
+        if created or (old.fingerprint == policy.fingerprint and not overridden) \
+                or on_conflict == "keep":
             ep.policy = policy
             return
-        if not replace:
+        new = policy.fill_view(ffi.new("struct sg_policy_view *"))
+        diff = policychange.changes(old, new)
+        if on_conflict == "raise" and old.fingerprint != policy.fingerprint:
             raise PolicyConflictError(
                 f"endpoint {name!r} already exists in segment {self.name!r} with another policy "
-                "(pass replace=True to replace it for every process)")
-        new = policy.fill_view(ffi.new("struct sg_policy_view *"))
+                f"({policychange.describe(diff)}); pass on_conflict='replace' to replace it "
+                "for every process")
         deadline = time.monotonic() + REGISTER_WAIT
         while (rc := lib.sg_policy_publish(ep.h, new, os.getpid())) == lib.SG_E_BUSY:
             if time.monotonic() > deadline:
@@ -135,6 +186,14 @@ class Registry:
             time.sleep(0.001)
         _capi.check(rc, f"publish policy of {name!r}", self.name)
         ep.policy = policy
+        if on_conflict is None:
+            what = "restored the registered policy over a CLI override" if \
+                old.fingerprint == policy.fingerprint else "replaced the policy"
+            warnings.warn(f"endpoint {name!r} of segment {self.name!r}: {what} for every "
+                          f"process ({policychange.describe(diff)})",
+                          policychange.PolicyChangedWarning, stacklevel=2)
+        if self.on_policy_change is not None:
+            self.on_policy_change(name, diff)
 
     def _register(self, name: str, policy: Policy) -> tuple[Endpoint, bool]:
         raw = validate_endpoint(name)
@@ -167,6 +226,8 @@ class Registry:
 
     def _endpoint(self, name: str) -> Endpoint:
         ep = self._eps.get(name)
+        if self._closed:
+            raise ServiceClosedError(f"segment {self.name!r} is closed in this process")
         if ep is None:
             ep, _ = self._register(name, self.default_policy)
         return ep

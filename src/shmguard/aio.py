@@ -56,6 +56,7 @@ async def _admit(svc: ResilienceService, endpoint: str, priority: Priority,
         tok = ep.admit(ep.h, cp)
         return ep, tok if tok >= 0 else admit_slow(ep, tok, priority, None)
     budget = wait_ns(timeout)
+    ep.seg.base  # raises ServiceClosedError once closed
     for attempt in range(2):
         d = ffi.new("struct sg_decision *")
         tok = lib.sg_admit_wait(ep.h, cp, budget, d)

@@ -26,6 +26,10 @@ class SegmentError(ShmguardError, OSError):
     """A segment is missing, corrupt, foreign or incompatible."""
 
 
+class ServiceClosedError(SegmentError):
+    """The service (or its segment) was closed in this process; every later call raises it."""
+
+
 class SegmentNotFoundError(SegmentError, FileNotFoundError):
     """No segment of that name exists."""
 

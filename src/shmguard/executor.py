@@ -142,7 +142,8 @@ class ResilientExecutor:
     :class:`CircuitOpenError`, :class:`RateLimitedError` or :class:`ThrottledError`, with
     ``worker_pid`` set to the process that decided. Arguments that cannot be
     pickled fail with the executor's own error. Thread safe; ``shutdown()``
-    and the context manager pass through to the wrapped executor.
+    and the context manager pass through to the wrapped executor, then close
+    the service this wrapper opened.
 
     :param executor: the pool to wrap (kept; see :attr:`executor`).
     :param segment: the segment name (default: env ``SHMGUARD_SEGMENT``, else
@@ -207,8 +208,13 @@ class ResilientExecutor:
         return _results(futures)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Shuts the wrapped executor down (the segment stays)."""
+        """Shuts the wrapped executor down and closes the service this wrapper opened.
+
+        The segment stays for the other processes; calls submitted later
+        raise :class:`~shmguard.ServiceClosedError`.
+        """
         self.executor.shutdown(wait=wait, cancel_futures=cancel_futures)
+        self.service.close()
 
     def __enter__(self) -> ResilientExecutor:
         return self

@@ -22,7 +22,7 @@ from shmguard.stats import LimiterMetrics
 if TYPE_CHECKING:
     from shmguard._endpoint import Endpoint
 
-__all__ = ["Limiter", "Reservation", "pack"]
+__all__ = ["Limiter", "Reservation", "pack", "delay_of"]
 
 NS = 1_000_000_000
 FOREVER_NS = 2**63 - 1
@@ -34,8 +34,10 @@ def pack(cost: int, priority: int) -> int:
     """Returns the (cost, priority) word the C calls take."""
     if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1 or cost >= 2**40:
         raise PolicyError(f"cost must be a whole number >= 1, got {cost!r}")
-    if priority not in (0, 1, 2, 3):
-        raise PolicyError(f"priority must be a shmguard.Priority, got {priority!r}")
+    if priority not in (0, 1, 2, 3) or isinstance(priority, bool):
+        hint = f" (sg.Priority.{priority.upper()})" if isinstance(priority, str) and \
+            priority.upper() in Priority.__members__ else ""
+        raise PolicyError(f"priority must be a shmguard.Priority, got {priority!r}{hint}")
     return (cost << 2) | int(priority)
 
 
@@ -45,6 +47,14 @@ def wait_ns(seconds: float | None) -> int:
     if not isinstance(seconds, (int, float)) or seconds != seconds or seconds < 0:
         raise PolicyError(f"timeout must be a number of seconds >= 0, got {seconds!r}")
     return min(FOREVER_NS, int(seconds * NS))
+
+
+def delay_of(ep: Endpoint, cp: int) -> float:
+    """Returns how long (seconds) until the packed ``cp`` conforms at ``ep``; takes nothing."""
+    ep.seg.base  # raises once closed
+    out = ffi.new("int64_t *")
+    lib.sg_limiter_delay_at(ep.h.slot, ep.seg.now_ns(), cp, out)
+    return max(0, int(out[0])) / NS
 
 
 class Reservation:
@@ -123,6 +133,7 @@ class Limiter:
         ep = self._ep
         cp = pack(cost, priority)
         d = ffi.new("struct sg_decision *")
+        ep.seg.base  # raises ServiceClosedError once closed
         rc = lib.sg_reserve(ep.h, cp, wait_ns(max_wait), d)
         if rc not in (0, lib.SG_R_RATE_LIMITED):
             raise self._cost_error(verb, cost, priority)
@@ -145,6 +156,24 @@ class Limiter:
                 r.cancel()
                 raise
         return True
+
+    def delay(self, cost: int = 1, priority: Priority = _NORMAL) -> float:
+        """Reports how long (seconds) until ``cost`` tokens conform; takes nothing."""
+        return delay_of(self._ep, pack(cost, priority))
+
+    def hold(self, seconds: float) -> None:
+        """Admits no call of any priority for ``seconds`` (a server's ``Retry-After``), host-wide.
+
+        Moves the limiter's schedule forward, never back: a hold shorter than
+        the current backlog does nothing; after it, calls resume at the rate
+        with an empty burst. An endpoint without a rate limit has nothing to hold.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or \
+                not 0 <= seconds <= 86400 * 365:
+            raise PolicyError(f"hold seconds must be in [0, 1 year], got {seconds!r}")
+        ep = self._ep
+        ep.seg.base  # raises once closed
+        lib.sg_limiter_hold(ep.h, ep.seg.now_ns() + int(seconds * NS))
 
     def tokens(self, priority: Priority = Priority.HIGH) -> float:
         """Reports how many tokens ``priority`` could take now."""

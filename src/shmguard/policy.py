@@ -11,11 +11,11 @@ import dataclasses
 import enum
 import hashlib
 import math
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 from shmguard.errors import PolicyError
+from shmguard.neterrors import NetworkFailure
 
 __all__ = ["Priority", "Policy", "PolicyPresets", "PolicyBuilder", "Outcome"]
 
@@ -41,13 +41,9 @@ class Outcome(enum.IntEnum):
     IGNORE = 3
 
 
-NETWORK_ERRORS: tuple[type[BaseException], ...] = (
-    ConnectionError,
-    TimeoutError,
-    socket.timeout,
-    socket.gaierror,
-    socket.herror,
-)
+#: what ``PolicyPresets.network()`` counts as failures: builtins and the
+#: HTTP clients' connection errors, timeouts and 5xx errors (see shmguard.neterrors)
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (NetworkFailure,)
 
 
 def _num(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
@@ -284,7 +280,11 @@ class PolicyPresets:
 
     @staticmethod
     def network() -> Policy:
-        """40%, network errors only / 10 / 150 rps / burst 300: remote caches, artifact stores."""
+        """40%, network errors only / 10 / 150 rps / burst 300: remote caches, artifact stores.
+
+        Network errors: connection errors, timeouts and 5xx errors of the
+        builtins, requests, httpx, urllib and aiohttp (:mod:`shmguard.neterrors`).
+        """
         return Policy(failure_threshold=0.4, min_requests=10, rate=150, burst=300,
                       failure_exceptions=NETWORK_ERRORS)
 

@@ -20,7 +20,7 @@ import posix_ipc
 
 from shmguard import _capi
 from shmguard._capi import ffi, lib
-from shmguard.errors import (InvalidNameError, SegmentCorruptError, SegmentError,
+from shmguard.errors import (InvalidNameError, ServiceClosedError, SegmentCorruptError, SegmentError,
                              SegmentNotFoundError, SegmentPermissionError)
 
 __all__ = ["Segment", "object_name", "validate_name", "unlink", "list_segments", "SHM_DIR",
@@ -195,7 +195,7 @@ class Segment:
     def base(self) -> Any:
         """The mapping's address (cffi ``void *``); raises once closed."""
         if self._mm is None:
-            raise SegmentError(f"segment {self.name!r} is closed in this process")
+            raise ServiceClosedError(f"segment {self.name!r} is closed in this process")
         return self._base
 
     @property

@@ -39,12 +39,18 @@ class ResilienceService(Calls):
     new)``, ``on_metrics_update(endpoint, state, metrics)``) run in the
     process, and thread, whose call made the transition, never under a lock;
     an exception in a callback propagates to that call.
+    ``on_policy_change(endpoint, {field: (old, new)})`` runs in the process
+    whose registration changed a policy (see :meth:`register_endpoint`).
 
     :param policy: default policy for endpoints registered implicitly
         (``PolicyPresets.standard()``).
     :param capacity: slots when creating (ignored when attaching).
     :param manual_clock: on creation, a clock that only moves when told
         (:meth:`set_clock`, :meth:`advance`), shared by all processes (tests).
+    :param lazy: create or attach on first use instead of now: a service made
+        at import time then costs nothing (no mapping, no fd) in processes that
+        never use it, and does not keep the segment attached for ``shmguard rm``.
+        Attach errors (missing, foreign, corrupt) are raised by that first use.
 
     >>> with ResilienceService("doc-example") as svc:   # doctest: +SKIP
     ...     svc.register_endpoint("cache", PolicyPresets.network())
@@ -54,14 +60,19 @@ class ResilienceService(Calls):
 
     def __init__(self, name: str | None = None, *, policy: Policy | None = None,
                  capacity: int = 256, manual_clock: bool = False, allow_foreign: bool = False,
-                 create: bool = True) -> None:
+                 create: bool = True, lazy: bool = False) -> None:
         super().__init__(name, policy=policy, capacity=capacity, manual_clock=manual_clock,
-                         allow_foreign=allow_foreign, create=create)
+                         allow_foreign=allow_foreign, create=create, lazy=lazy)
         _LIVE.add(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickles as "attach to the same segment by name" (spawn children, executors)."""
-        return (_reattach, (self.name, self.default_policy, self.segment.allow_foreign))
+        """Pickles as "attach to the same segment by name" (spawn children, executors).
+
+        A lazy service not attached yet stays lazy (and keeps its ``create``).
+        """
+        args, lazy = self._segment_args, self._segment is None
+        return (_reattach, (self.name, self.default_policy, bool(args["allow_foreign"]),
+                            lazy and bool(args["create"]), lazy))
 
     def __enter__(self) -> ResilienceService:
         return self
@@ -154,5 +165,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _reattach(name: str, policy: Policy, allow_foreign: bool) -> ResilienceService:
-    return ResilienceService(name, policy=policy, create=False, allow_foreign=allow_foreign)
+def _reattach(name: str, policy: Policy, allow_foreign: bool, create: bool = False,
+              lazy: bool = False) -> ResilienceService:
+    return ResilienceService(name, policy=policy, create=create, allow_foreign=allow_foreign,
+                             lazy=lazy)

@@ -102,8 +102,8 @@ def test_register_is_idempotent_and_conflicts(segname, svc):
     p = sg.Policy(rate=10, burst=5)
     svc.register_endpoint("r", p)
     svc.register_endpoint("r", sg.Policy(rate=10, burst=5))          # same policy: fine
-    with pytest.raises(sg.PolicyConflictError, match="'r' already exists"):
-        svc.register_endpoint("r", sg.Policy(rate=20, burst=5))
+    with pytest.raises(sg.PolicyConflictError, match="'r' already exists.*rate 10.0 -> 20.0"):
+        svc.register_endpoint("r", sg.Policy(rate=20, burst=5), on_conflict="raise")
     other = sg.ResilienceService(segname, create=False)
     try:
         other.register_endpoint("r", sg.Policy(rate=20, burst=7), replace=True)

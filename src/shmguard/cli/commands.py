@@ -10,11 +10,15 @@
     shmguard set-rate NAME ENDPOINT RATE [--burst N]
     shmguard rm NAME [--force]
     shmguard gc [PATTERN...] [--dry-run] [--min-age S]
+    shmguard serve-metrics [NAME...] [--port 9464] [--host 127.0.0.1]
     shmguard demo ...                            (shmguard.demo)
 
 Viewing never writes to a segment. Errors (missing, corrupt, foreign or
 incompatible segment; unknown endpoint) print one line on stderr and exit
-with status 1; usage errors exit with 2. Colours only on a terminal.
+with status 1; bad arguments and values (usage errors) print one line and
+exit with 2. Colours only on a terminal. Endpoint names are shown whole: a
+name wider than its column gets a line of its own, elided in the middle
+only beyond the terminal's width (``--wide``: never).
 """
 from __future__ import annotations
 
@@ -23,12 +27,15 @@ import importlib
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
-from shmguard.errors import ShmguardError
+from shmguard.errors import InvalidNameError, PolicyError, ShmguardError
 
 __all__ = ["main", "build_parser"]
 
+_NAME = "segment name (see shmguard list)"
+_ENDPOINT = "endpoint name, as inspect shows it"
+USAGE = 2
 _CONTROL = {"force-open": "open the breaker for every process until reset",
             "force-closed": "admit every call, record nothing, until reset",
             "metrics-only": "admit every call and keep counting, never open",
@@ -37,27 +44,30 @@ _CONTROL = {"force-open": "open the breaker for every process until reset",
 
 def build_parser() -> argparse.ArgumentParser:
     """Returns the argument parser of the ``shmguard`` command."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--color", "--colour", choices=("auto", "always", "never"),
                         default="auto", help="colour the output (default: on a terminal)")
-    p = argparse.ArgumentParser(prog="shmguard", description="Inspect and control shmguard "
+    p = _Parser(prog="shmguard", description="Inspect and control shmguard "
                                 "shared-memory segments (circuit breakers, rate limiters).")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    wide = _Parser(add_help=False)
+    wide.add_argument("--wide", action="store_true",
+                      help="never elide endpoint names, whatever the terminal width")
 
     s = sub.add_parser("list", parents=[common], help="list this user's segments")
     s.add_argument("patterns", nargs="*", metavar="PATTERN", help="only names matching (glob)")
     s.add_argument("--json", action="store_true", help="print JSON")
 
-    s = sub.add_parser("inspect", parents=[common], help="show every endpoint of a segment")
-    s.add_argument("name", metavar="NAME")
+    s = sub.add_parser("inspect", parents=[common, wide], help="show every endpoint of a segment")
+    s.add_argument("name", metavar="NAME", help=_NAME)
     fmt = s.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON")
     fmt.add_argument("--prometheus", action="store_true", help="print Prometheus text format")
     s.add_argument("--keys", type=_keys, default=0, metavar="N",
                    help="list the N hottest keys of each keyed limiter")
 
-    s = sub.add_parser("watch", parents=[common], help="the inspect view, refreshed live")
-    s.add_argument("name", metavar="NAME")
+    s = sub.add_parser("watch", parents=[common, wide], help="the inspect view, refreshed live")
+    s.add_argument("name", metavar="NAME", help=_NAME)
     s.add_argument("--interval", type=_positive, default=1.0, help="seconds between refreshes")
     stop = s.add_mutually_exclusive_group()
     stop.add_argument("--iterations", type=_count, default=None, metavar="N",
@@ -67,17 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     for cmd, what in _CONTROL.items():
         s = sub.add_parser(cmd, parents=[common], help=what)
-        s.add_argument("name", metavar="NAME")
-        s.add_argument("endpoint", metavar="ENDPOINT")
+        s.add_argument("name", metavar="NAME", help=_NAME)
+        s.add_argument("endpoint", metavar="ENDPOINT", help=_ENDPOINT)
 
     s = sub.add_parser("set-rate", parents=[common], help="replace an endpoint's rate limit")
-    s.add_argument("name", metavar="NAME")
-    s.add_argument("endpoint", metavar="ENDPOINT")
+    s.add_argument("name", metavar="NAME", help=_NAME)
+    s.add_argument("endpoint", metavar="ENDPOINT", help=_ENDPOINT)
     s.add_argument("rate", metavar="RATE", help="requests per second, or 'off'")
     s.add_argument("--burst", type=_count, default=None, help="new burst (default: keep)")
 
     s = sub.add_parser("rm", parents=[common], help="remove a segment")
-    s.add_argument("name", metavar="NAME")
+    s.add_argument("name", metavar="NAME", help=_NAME)
     s.add_argument("--force", action="store_true", help="even while processes are attached")
 
     s = sub.add_parser("gc", parents=[common], help="remove segments no live process maps")
@@ -87,8 +97,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep segments younger than S seconds (default 2)")
     s.add_argument("--json", action="store_true", help="print JSON")
 
+    s = sub.add_parser("serve-metrics", parents=[common],
+                       help="serve every segment (or NAMEs) as Prometheus metrics over HTTP")
+    s.add_argument("names", nargs="*", metavar="NAME",
+                   help="segments to export (default: every segment of this user)")
+    s.add_argument("--port", type=_port, default=9464, help="TCP port (default 9464; 0: any)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+
     sub.add_parser("demo", add_help=False, help="run the demo (arguments go to shmguard.demo)")
     return p
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit status 2, like every bad value."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"shmguard: {message} (see '{self.prog} --help')\n")
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {text!r}")
+    return v
 
 
 def _positive(text: str) -> float:
@@ -150,7 +184,11 @@ def _run(args: argparse.Namespace) -> int:
         return _inspect(args, style)
     if cmd == "watch":
         from shmguard.cli import watch as _cli_watch
-        return _cli_watch.run(args.name, args.interval, args.iterations, style.enabled)
+        return _cli_watch.run(args.name, args.interval, args.iterations, style.enabled,
+                              wide=args.wide)
+    if cmd == "serve-metrics":
+        from shmguard.cli import serve
+        return serve.run(args.names, args.host, args.port)
     if cmd in _CONTROL or cmd == "set-rate":
         from shmguard.cli import control as ctl
         from shmguard.cli.inspector import open_segment
@@ -189,7 +227,7 @@ def _inspect(args: argparse.Namespace, style: Any) -> int:
         sys.stdout.write(exposition(snap))
     else:
         from shmguard.cli.render import inspect_text
-        print(inspect_text(snap, style))
+        print(inspect_text(snap, style, wide=args.wide))
     if snap["corrupt_slots"]:
         print(f"shmguard: segment {args.name!r} has corrupt slots {snap['corrupt_slots']}",
               file=sys.stderr)
@@ -209,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return _run(args)
+    except (PolicyError, InvalidNameError) as exc:  # a bad value given on the command line
+        print(f"shmguard: {exc}", file=sys.stderr)
+        return USAGE
     except ShmguardError as exc:
         print(f"shmguard: {exc}", file=sys.stderr)
         return 1

@@ -83,6 +83,7 @@ def set_rate(seg: Segment, endpoint: str, new_rate: float | None, burst: int | N
     before = _describe(old)
     new = ffi.new("struct sg_policy_view *")
     ffi.memmove(new, old, ffi.sizeof("struct sg_policy_view"))
+    new.flags |= lib.SG_POL_OVERRIDDEN  # shown by inspect; the next registration restores it
     if new_rate is None:
         new.flags |= lib.SG_POL_NO_LIMIT
         if burst is not None:

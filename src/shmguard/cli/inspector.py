@@ -149,6 +149,7 @@ def _breaker(seg: Segment, h: Any, now: int, pol: Any) -> dict[str, Any]:
         "generation": int(v.generation),
         "state_seconds": v.state_age_ns / NS,
         "open_remaining_seconds": v.open_remaining_ns / NS if v.state == lib.SG_OPEN else None,
+        "half_open_on_next_call": bool(v.state == lib.SG_OPEN and v.open_remaining_ns == 0),
         "window": {"calls": calls, "failures": failures, "successes": calls - failures,
                    "slow": int(v.slow), "failure_rate": failures / calls if calls else 0.0},
         "threshold": v.threshold_ppm / 1e6,
@@ -207,6 +208,7 @@ def _policy(pol: Any, seq: int) -> dict[str, Any]:
         "open_seconds": pol.open_ns / NS,
         "probe_lease_seconds": pol.probe_lease_ns / NS,
         "adaptive": bool(pol.flags & lib.SG_POL_ADAPTIVE),
+        "overridden": bool(pol.flags & lib.SG_POL_OVERRIDDEN),  # by set-rate, until re-registered
         "retry_budget": None if not pol.retry_window_ns else {
             "ratio": pol.retry_ratio_ppm / 1e6, "min_per_second": pol.retry_min_milli / 1e3,
             "window_seconds": pol.retry_window_ns / NS},

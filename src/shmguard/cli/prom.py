@@ -54,6 +54,8 @@ _SIMPLE: list[tuple[str, str, str, Getter]] = [
      lambda e: e["limiter"]["tokens"]),
     ("limiter_acceptance_ratio", "gauge", "Admitted / decided over the statistics window.",
      lambda e: e["limiter"]["acceptance_rate"]),
+    ("policy_overridden", "gauge", "1 while shmguard set-rate overrides the registered policy.",
+     lambda e: int(e["policy"].get("overridden", False))),
     ("throttle_probability", "gauge", "Chance that adaptive throttling refuses the next call.",
      lambda e: _on(e["throttle"], "throttle_probability")),
     ("throttle_window_requests", "gauge", "Requests (reached + throttled) in the throttle window.",
@@ -78,6 +80,8 @@ _SIMPLE: list[tuple[str, str, str, Getter]] = [
 def _on(area: dict[str, Any], key: str) -> Any:
     """The value when the feature is enabled (no sample otherwise)."""
     return area[key] if area["enabled"] else None
+
+
 _PER_PRIORITY = [
     ("limiter_admitted_total", "Calls the rate limiter admitted, by priority.", "admitted"),
     ("limiter_rejected_total", "Calls the rate limiter rejected, by priority.", "rejected"),

@@ -81,6 +81,46 @@ def clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 1] + "~"
 
 
+def elide(text: str, width: int) -> str:
+    """Cuts the middle out of ``text`` to fit ``width``, marking the cut with ``~``."""
+    if len(text) <= width or width < 3:
+        return text if len(text) <= width else text[:width]
+    head = (width - 1 + 1) // 2
+    return text[:head] + "~" + text[len(text) - (width - 1 - head):]
+
+
+def terminal_width() -> int:
+    """The terminal's width (``COLUMNS``, else the tty's, else 80)."""
+    import shutil
+    return max(40, shutil.get_terminal_size((WIDTH, 24)).columns)
+
+
+def name_rows(names: list[str], fixed: int, wide: bool) -> tuple[int, dict[str, tuple[str, str]]]:
+    """Lays out whole endpoint names beside ``fixed`` columns of other cells.
+
+    Returns the name column's width and, per name, (a line of its own or "",
+    the cell): a name that fits is the cell; a longer one gets its own line
+    above the row, elided in the middle only beyond the terminal (never with ``wide``).
+    """
+    width = terminal_width()
+    longest = max((len(n) for n in names), default=8)
+    col = max(8, longest if wide else min(longest, width - fixed))
+    out = {}
+    for n in names:
+        if len(n) <= col:
+            out[n] = ("", n.ljust(col))
+        else:
+            out[n] = (n if wide else elide(n, width), "".ljust(col))
+    return col, out
+
+
+def open_due(ep: dict[str, Any]) -> bool:
+    """Reports an idle OPEN breaker whose open time has passed: the next call half-opens it."""
+    rem = ep.get("open_remaining_seconds")
+    return ep["mode"] == "normal" and ep["breaker_state"] == "open" and rem is not None \
+        and rem <= 0
+
+
 def state_label(ep: dict[str, Any]) -> str:
     """Returns the state as shown: the mode when forced, else the state."""
     return str(ep["mode"] if ep["mode"] != "normal" else ep["breaker_state"])
@@ -100,6 +140,8 @@ def _detail(ep: dict[str, Any]) -> list[str]:
         parts.append(f"rate {rate(lim['rate'])}/s burst {count(lim['burst'])}{eff}")
     else:
         parts.append("no rate limit")
+    if ep["policy"].get("overridden"):
+        parts[-1] += " (set-rate override)"
     parts.append("adm " + "/".join(count(bp[p]["admitted"]) for p in bp))
     parts.append("rej " + "/".join(count(bp[p]["rejected"]) for p in bp))
     if ep["totals"]["rejected"]:
@@ -122,7 +164,9 @@ def _detail(ep: dict[str, Any]) -> list[str]:
         ho = ep["half_open"]
         parts.append(f"probes {ep['probes_in_flight']}/{ho['max']} ok {ho['successes']}/"
                      f"{ho['needed']}" + (f" [{_probes(ep)}]" if ho["probes"] else ""))
-    if ep["open_remaining_seconds"] is not None:
+    if open_due(ep):
+        parts.append("open, half-open on next call")
+    elif ep["open_remaining_seconds"] is not None:
         parts.append(f"half-open in {duration(ep['open_remaining_seconds'])}")
     lines, cur = [], "   "
     for p in parts:
@@ -134,25 +178,29 @@ def _detail(ep: dict[str, Any]) -> list[str]:
     return lines
 
 
-HEAD = (f"{'ENDPOINT':<20} {'STATE':<13} {'FOR':>6} {'GEN':>5} {'FAIL':>4} {'F/CALLS':>9}"
+HEAD = (f"{'STATE':<13} {'FOR':>6} {'GEN':>5} {'FAIL':>4} {'F/CALLS':>9}"
         f" {'TOKENS':>7} {'ACC%':>6}")
 
 
-def inspect_text(snap: dict[str, Any], style: Style) -> str:
-    """Renders ``inspector.snapshot()``: two or three lines per endpoint, 80 columns."""
+def inspect_text(snap: dict[str, Any], style: Style, wide: bool = False) -> str:
+    """Renders ``inspector.snapshot()``: two or three lines per endpoint, whole names."""
     seg = snap["segment"]
+    col, names = name_rows([e["name"] for e in snap["endpoints"]], len(HEAD) + 1, wide)
     out = [f"segment {seg['name']}  {seg['used']}/{seg['capacity']} endpoints  "
            f"age {duration(seg['age_seconds'])}" + ("  manual clock" if seg["manual_clock"]
                                                      else ""),
-           style(HEAD, "bold"),
+           style(f"{'ENDPOINT':<{col}} {HEAD}", "bold"),
            style("   adm/rej per priority: low/normal/high/critical", "dim")]
     for ep in snap["endpoints"]:
+        own_line, cell = names[ep["name"]]
+        if own_line:
+            out.append(own_line)
         w = ep["window"]
         lim = ep["limiter"]
         label = state_label(ep)
         colour = "magenta" if ep["mode"] != "normal" else STATE_COLOUR[ep["breaker_state"]]
         tokens = "-" if lim["tokens"] is None else f"{lim['tokens']:.1f}"
-        line = (f"{clip(ep['name'], 20):<20} {style(f'{label:<13}', colour)}"
+        line = (f"{cell} {style(f'{label:<13}', colour)}"
                 f" {duration(ep['state_seconds']):>6} {ep['generation'] % 100000:>5}"
                 f" {w['failure_rate'] * 100:>3.0f}% {clip(count(w['failures']) + '/' + count(w['calls']), 9):>9}"
                 f" {clip(tokens, 7):>7} {lim['acceptance_rate'] * 100:>5.1f}%")

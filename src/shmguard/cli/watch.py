@@ -19,7 +19,8 @@ from collections import deque
 from types import TracebackType
 from typing import Any, Callable, TextIO
 
-from shmguard.cli.render import Style, clip, count, duration, state_label, STATE_COLOUR
+from shmguard.cli.render import (STATE_COLOUR, Style, clip, count, duration, name_rows, open_due,
+                                 state_label)
 from shmguard.cli.inspector import open_segment, snapshot
 
 __all__ = ["History", "spark", "frame", "run"]
@@ -69,6 +70,12 @@ class History:
             if old is not None and dt and dt > 0:
                 a.append(max(0, adm - old[0]) / dt)
                 r.append(max(0, rej - old[1]) / dt)
+            elif old is None and "window_seconds" in ep["limiter"]:
+                # first sight: the limiter's own sliding window gives the rates
+                lim = ep["limiter"]
+                span = max(lim["window_seconds"], 1e-9)
+                a.append(lim["window_accepted"] / span)
+                r.append(lim["window_rejected"] / span)
             self.prev[ep["name"]] = (adm, rej)
         for k in snap.get("keyed") or []:  # keyed limiters: "keyed:<name>"
             if "error" not in k:
@@ -89,20 +96,28 @@ class History:
         return list(a), list(r)
 
 
-HEAD = (f"{'ENDPOINT':<16} {'STATE':<12} {'FOR':>6} {'FAIL':>4} {'TOKENS':>6} "
+HEAD = (f"{'STATE':<12} {'FOR':>6} {'FAIL':>4} {'TOKENS':>6} "
         f"{'ADMITTED/s':>14} {'REJECTED/s':>14}")
 
 
 def frame(snap: dict[str, Any], hist: History, style: Style, blocks: str = BLOCKS,
-          footer: str = "") -> str:
-    """Renders one watch frame (78 columns plus the name's overflow marker)."""
+          footer: str = "", wide: bool = False) -> str:
+    """Renders one watch frame: whole endpoint names (see ``render.name_rows``)."""
     seg = snap["segment"]
+    keyed = ["~" + k["name"] for k in snap.get("keyed") or [] if "error" not in k]
+    col, names = name_rows([e["name"] for e in snap["endpoints"]] + keyed, len(HEAD) + 1, wide)
     out = [style(f"shmguard watch {seg['name']}", "bold") + f"  {seg['used']}/"
            f"{seg['capacity']} endpoints  {time.strftime('%H:%M:%S')}" + footer,
-           style(HEAD, "bold")]
+           style(f"{'ENDPOINT':<{col}} {HEAD}", "bold")]
+    due = False
     for ep in snap["endpoints"]:
         adm, rej = hist.last(ep["name"])
         label = state_label(ep)
+        if open_due(ep):
+            label, due = "open*", True
+        own_line, cell = names[ep["name"]]
+        if own_line:
+            out.append(own_line)
         colour = "magenta" if ep["mode"] != "normal" else STATE_COLOUR[ep["breaker_state"]]
         p = ep["throttle"]["throttle_probability"]
         if p > 0 and ep["breaker_state"] == "closed":  # the soft brake is on
@@ -111,7 +126,7 @@ def frame(snap: dict[str, Any], hist: History, style: Style, blocks: str = BLOCK
         tok = "-" if tokens is None else clip(f"{tokens:.1f}", 6)
         a_now = count(round(adm[-1])) if adm else "-"
         r_now = count(round(rej[-1])) if rej else "-"
-        out.append(f"{clip(ep['name'], 16):<16} {style(f'{label:<12}', colour)} "
+        out.append(f"{cell} {style(f'{label:<12}', colour)} "
                    f"{duration(ep['state_seconds']):>6} "
                    f"{ep['window']['failure_rate'] * 100:>3.0f}% {tok:>6} "
                    f"{style(spark(adm, blocks=blocks), 'green')} {clip(a_now, 5):>5} "
@@ -131,9 +146,14 @@ def frame(snap: dict[str, Any], hist: History, style: Style, blocks: str = BLOCK
         a_now = count(round(adm[-1])) if adm else "-"
         r_now = count(round(rej[-1])) if rej else "-"
         live = clip(f"{count(k['live_keys'])}/{count(k['capacity'])} keys", 31)
-        out.append(f"{clip('~' + k['name'], 16):<16} {live:<31} "
+        own_line, cell = names["~" + k["name"]]
+        if own_line:
+            out.append(own_line)
+        out.append(f"{cell} {live:<31} "
                    f"{style(spark(adm, blocks=blocks), 'green')} {clip(a_now, 5):>5} "
                    f"{style(spark(rej, blocks=blocks), 'red')} {clip(r_now, 5):>5}")
+    if due:
+        out.append(style("* open, half-open on next call", "dim"))
     return "\n".join(out)
 
 
@@ -187,7 +207,7 @@ def _can_encode(stream: TextIO, text: str) -> bool:
 
 
 def run(name: str, interval: float, iterations: int | None, colour: bool,
-        out: TextIO | None = None) -> int:
+        out: TextIO | None = None, wide: bool = False) -> int:
     """Watches segment ``name``; returns the exit status (0 on q, Ctrl-C or the last iteration)."""
     out = out or sys.stdout
     blocks = BLOCKS if _can_encode(out, BLOCKS) else ASCII_BLOCKS
@@ -199,7 +219,7 @@ def run(name: str, interval: float, iterations: int | None, colour: bool,
             snap = snapshot(seg, commands=False)
             hist.update(snap, time.monotonic())
             foot = f"  every {interval:g}s, q quits" if keys.fd >= 0 else ""
-            return frame(snap, hist, Style(colour), blocks, foot)
+            return frame(snap, hist, Style(colour), blocks, foot, wide)
         try:
             if live_ok and has_rich:
                 return _run_rich(tick, keys, interval)

@@ -41,6 +41,8 @@ ENDPOINT = "cache"
 RATE_WAIT = 0.05    # a fetch may wait this long for its rate-limit slot
 LOCAL_BUILD = 0.02  # what a refused or failed fetch costs instead
 SAMPLE_EVERY = 0.05
+MIN_WORKERS, MAX_WORKERS = 2, 64      # "in every worker" needs two; more only thrashes
+MIN_DURATION, MAX_DURATION = 4.0, 3600.0
 
 
 def demo_policy(rate: float) -> Policy:
@@ -62,8 +64,10 @@ def demo_policy(rate: float) -> Policy:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shmguard demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
-    p.add_argument("--duration", type=float, default=20.0, help="seconds (default 20, min 4)")
+    p.add_argument("--workers", type=int, default=4,
+                   help=f"worker processes (default 4, {MIN_WORKERS}..{MAX_WORKERS})")
+    p.add_argument("--duration", type=float, default=20.0,
+                   help=f"seconds (default 20, {MIN_DURATION:g}..{MAX_DURATION:g})")
     p.add_argument("--rate", type=float, default=50.0,
                    help="the endpoint's rate limit, requests/s for the whole pool (default 50, min 5)")
     p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
@@ -98,11 +102,13 @@ def _lane(i: int, ex: ResilientExecutor, url: str, tally: Tally, stop: threading
 
 
 class _Interrupted(Exception):
-    pass
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise _Interrupted(f"signal {signum}")
+    raise _Interrupted(signum)
 
 
 def _sample(svc: ResilienceService, cache: FlakyCache) -> Sample:
@@ -193,13 +199,23 @@ def _report(ev: Evidence, segment: str) -> int:
     w = [c for _, _, c in ev.workers]
     print(f"\nSummary, from the counters of segment {segment!r} (endpoint {ENDPOINT!r}):")
     print(f"  calls: {sum(c.ok for c in w)} served, {sum(c.failed for c in w)} failed, "
-          f"{sum(c.open for c in w)} stopped by the breaker, {sum(c.limited for c in w)} "
-          f"rate-limited, {sum(c.throttled for c in w)} throttled (soft brake); the cache saw "
+          f"{sum(c.open + c.limited + c.throttled for c in w)} rejected; the cache saw "
           f"{len(ev.hits)} requests in {ev.elapsed:.1f}s")
+    print(f"  rejections by cause: breaker open {sum(c.open for c in w)}, "
+          f"rate limit {sum(c.limited for c in w)}, adaptive throttling (soft brake) "
+          f"{sum(c.throttled for c in w)}")
     for c in checks:
         print(c.line())
     bad = [c.label for c in checks if not c.ok]
-    print("All three checks passed." if not bad else f"FAILED: check(s) {', '.join(bad)}")
+    idle = [c.label for c in checks if c.ok and not c.exercised]
+    if bad:
+        print(f"FAILED: check(s) {', '.join(bad)}")
+    elif idle:
+        print(f"Passed, but check(s) {', '.join(f'({c})' for c in idle)} not exercised: "
+              "nothing was at stake "
+              "(for (a), lower --rate until calls are rate-limited).")
+    else:
+        print("All three checks passed.")
     return 1 if bad else 0
 
 
@@ -222,8 +238,11 @@ def main(argv: list[str]) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    if args.workers < 1 or not args.duration >= 4 or not 5 <= args.rate <= 10_000:
-        print("shmguard demo: need --workers >= 1, --duration >= 4 and 5 <= --rate <= 10000",
+    if not (MIN_WORKERS <= args.workers <= MAX_WORKERS
+            and MIN_DURATION <= args.duration <= MAX_DURATION and 5 <= args.rate <= 10_000):
+        print(f"shmguard demo: need {MIN_WORKERS} <= --workers <= {MAX_WORKERS}, "
+              f"{MIN_DURATION:g} <= --duration <= {MAX_DURATION:g} and 5 <= --rate <= 10000 "
+              f"(got --workers {args.workers} --duration {args.duration:g} --rate {args.rate:g})",
               file=sys.stderr)
         return 2
     segment = args.segment or f"demo-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -238,9 +257,9 @@ def main(argv: list[str]) -> int:
     try:
         with _signals():
             return _run(args, segment)
-    except (KeyboardInterrupt, _Interrupted):
+    except (KeyboardInterrupt, _Interrupted) as exc:
         print("\ninterrupted: workers stopped, segment removed", file=sys.stderr)
-        return 130
+        return 128 + (exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT)
     finally:
         unlink(segment)
 

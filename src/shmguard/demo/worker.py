@@ -46,8 +46,14 @@ def fetch(url: str, key: str) -> tuple[int, int]:
 
 
 def ignore_sigint() -> None:
-    """Pool initializer: Ctrl-C is the parent's to handle (it shuts the pool down)."""
+    """Pool initializer: Ctrl-C is the parent's to handle (it shuts the pool down).
+
+    A forked worker also inherits the parent's SIGTERM handler (which raises
+    to end the run): here SIGTERM ends the worker quietly instead, with no
+    traceback, whether it reaches the process group or this worker alone.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def warm_up(segment: str, hold: float) -> int:
