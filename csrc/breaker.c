@@ -261,6 +261,8 @@ static int record(void *slot, uint64_t now, int64_t token)
     atomic_fetch_add_explicit(tot, 1, memory_order_relaxed); /* statistic */
     struct sg_policy_view p;
     sg_policy_load(s, &p);
+    if (p.throttle_k_milli) /* throttle.c: whatever the generation, the call reached the dependency */
+        sg_throttle_count(s, &p, now, outcome);
     uint64_t took = (uint64_t)((((uint32_t)(now >> 16)) - TK_START(token)) & 0x7fffffffu) << 16;
     /* a slow failure is slow too (as resilience4j counts it) */
     int slow = p.slow_call_ns && outcome != SG_IGNORE && took >= p.slow_call_ns;
@@ -292,12 +294,18 @@ static int record(void *slot, uint64_t now, int64_t token)
         uint64_t calls = sum.failures + sum.successes;
         if (calls < p.min_requests)
             return SG_T_NONE;
-        int trip = sum.failures * SG_PPM >= (uint64_t)sg_window_threshold(s, &p) * calls ||
+        uint32_t thr = sg_window_threshold(s, &p);
+        int trip = sum.failures * SG_PPM >= (uint64_t)thr * calls ||
                    (p.slow_ppm && sum.slow * SG_PPM >= (uint64_t)p.slow_ppm * calls);
+        /* predict.c: the trend forecasts crossing the threshold within the horizon */
+        int early = !trip && sg_predict_trips(s, &p, now, state_began(w, now), thr);
         /* If the CAS loses, someone else changed the state: nothing to do. */
-        if (trip && transition(s, &p, &w, SG_OPEN, now))
+        if ((trip || early) && transition(s, &p, &w, SG_OPEN, now)) {
+            if (early)
+                atomic_fetch_add_explicit(&s->predict.opens, 1, memory_order_relaxed);
             return SG_T_TO_OPEN;
-        if (!trip)
+        }
+        if (!trip && !early)
             ST(&s->judged, jw); /* relaxed: a hint; a stale one only costs a sum */
         return SG_T_NONE;
     }
@@ -346,6 +354,7 @@ int sg_breaker_force_at(void *slot, uint64_t now, uint32_t state)
         ; /* w refreshed: retry until our transition lands */
     if (state == SG_CLOSED) {
         ST(&s->baseline_ppm, 0); /* a reset forgets the history too */
+        sg_throttle_reset(s);    /* throttle.c: and the throttling window */
         return SG_T_TO_CLOSED;
     }
     return state == SG_OPEN || state == SG_FORCED_OPEN ? SG_T_TO_OPEN : SG_T_NONE;
@@ -454,6 +463,11 @@ static int64_t admit(const struct sg_handle *h, uint64_t cp, int64_t max_wait, s
     int64_t tok = sg_breaker_acquire_at(h->slot, now, 0);
     if (tok < 0)
         return tok;
+    /* throttle.c: the soft brake after the breaker's hard stop; a half-open
+     * probe is the breaker's own question and is never throttled */
+    if (TK_LEASE(tok) == 0 && sg_throttle_enabled(h->slot) &&
+        sg_throttle_decide_at(h->slot, now) < 0)
+        return SG_R_THROTTLED;
     int rc = sg_limiter_decide_at(h->slot, now, cp >> 2, (uint32_t)(cp & 3), max_wait, d);
     if (rc != SG_OK) {
         sg_release_probe(h, tok);

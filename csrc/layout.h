@@ -216,8 +216,21 @@ struct sg_budget_area {
     sg_a64 retries_total;             /**< retries granted, ever (also without a budget) */
     sg_a64 denied_total;              /**< retries the budget refused, ever */
 };                                                         /**< line 27: budget.c */
-struct sg_throttle_area { sg_a64 w[16]; };                 /**< lines 28-29: throttle.c */
-struct sg_predict_area { sg_a64 w[8]; };                   /**< line 30: predict.c */
+struct sg_throttle_area {                                   /**< lines 28-29: throttle.c */
+    sg_a64 bucket[SG_THROTTLE_BUCKETS]; /**< [epoch 19 | overload 1 | requests 22 | accepts 22] */
+    sg_a64 requests, accepts, throttled; /**< totals, ever */
+    sg_a64 draws;                        /**< random draws made (the n-th uses n) */
+    sg_a64 last_pass;                    /**< while throttling: when a call last passed (ns) */
+    sg_a64 reserved;                     /**< zero */
+};
+/* Holt word (predict.c): | last observed bucket 23 (63:41) |
+ * trend, ppm per bucket, signed 21 (40:20) | level ppm 20 (19:0) | */
+struct sg_predict_area {                                    /**< line 30: predict.c */
+    sg_a64 fail;                         /**< Holt word of the failure ratio */
+    sg_a64 slow;                         /**< Holt word of the slow-call ratio */
+    sg_a64 opens;                        /**< opens decided by the forecast */
+    sg_a64 reserved[5];                  /**< zero */
+};
 struct sg_fleet_area { sg_a64 w[8]; };                     /**< line 31: fleet.c */
 
 struct sg_slot {
@@ -531,6 +544,19 @@ void sg_window_sum(const struct sg_slot *s, const struct sg_policy_view *p, uint
                    uint64_t since_ns, struct sg_window_sum *out);
 void sg_window_reset(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now);
 uint32_t sg_window_threshold(const struct sg_slot *s, const struct sg_policy_view *p);
+void sg_throttle_count(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now,
+                       int outcome);
+void sg_throttle_reset(struct sg_slot *s);
+/* Whether the live policy throttles: the admission path asks before calling
+ * throttle.c, so an endpoint without throttling pays two loads. A2: one
+ * field needs no seqlock re-check. */
+static inline int sg_throttle_enabled(struct sg_slot *s)
+{
+    uint64_t seq = atomic_load_explicit(&s->policy_seq, memory_order_acquire);
+    return LD(&s->policy[seq & 1].throttle_k_milli) != 0;
+}
+int sg_predict_trips(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now,
+                     uint64_t since_ns, uint32_t threshold_ppm);
 
 /* budget.c: deposits one admitted attempt while the policy has a retry budget */
 void sg_budget_admitted(struct sg_slot *s, uint64_t now);

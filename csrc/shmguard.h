@@ -42,6 +42,7 @@ enum sg_rc {
     SG_R_OPEN = -2,          /**< breaker open: call rejected */
     SG_R_PROBES_FULL = -3,   /**< half-open and every probe permit is leased */
     SG_R_RATE_LIMITED = -4,  /**< limiter: not conforming now */
+    SG_R_THROTTLED = -7,     /**< adaptive throttling rejected the call locally */
     SG_R_RETRY_BUDGET = -8,  /**< retry budget: no retry left in the window */
     SG_E_BUSY = -10,         /**< a live claim or writer lease is in the way */
     SG_E_FULL = -11,         /**< slot table full */
@@ -281,8 +282,48 @@ int sg_budget_snapshot_at(const void *slot, uint64_t now_ns, struct sg_budget_vi
 int sg_budget_withdraw(const struct sg_handle *h);
 
 /* throttle.c: SRE adaptive throttling (lines 28-29) */
+#define SG_THROTTLE_BUCKETS 10
+#define SG_POL_THROTTLE_ON 256   /* policy flag: the caller reports failures (sg_throttle_report) */
+struct sg_throttle_view {
+    uint64_t requests;           /* in the window: calls that reached the dependency + throttled */
+    uint64_t accepts;            /* in the window: answered without an overload-class failure */
+    uint64_t requests_total;     /* ever */
+    uint64_t accepts_total;
+    uint64_t throttled_total;
+    uint64_t window_ns;          /* 0: throttling is off */
+    uint32_t probability_ppm;    /* chance that a call is throttled now */
+    uint32_t k_milli;
+    uint32_t working;            /* newest buckets in a row with accepts and no overload */
+    uint32_t pad;
+};
+/* decide: SG_OK or SG_R_THROTTLED (a throttled call is counted); sg_admit calls it.
+ * record: one outcome (SG_SUCCESS accepted, SG_FAILURE overload, SG_IGNORE neither);
+ *   sg_breaker_record counts its outcomes itself.
+ * report: one failure the caller classified (SG_POL_THROTTLE_ON): overload or answered. */
+int sg_throttle_decide_at(void *slot, uint64_t now_ns);
+int sg_throttle_record_at(void *slot, uint64_t now_ns, int outcome);
+int sg_throttle_report(const struct sg_handle *h, int overload);
+int sg_throttle_snapshot_at(const void *slot, uint64_t now_ns, struct sg_throttle_view *out);
 
 /* predict.c: predictive breaking (line 30) */
+struct sg_predict_view {
+    int32_t level_ppm;           /* failure ratio: Holt level (bucket ratio) */
+    int32_t trend_ppm;           /* failure ratio: change per bucket */
+    int32_t slow_level_ppm;      /* slow-call ratio (latency): level */
+    int32_t slow_trend_ppm;
+    uint32_t forecast_ppm;       /* failure ratio forecast at now + horizon */
+    uint32_t slow_forecast_ppm;
+    uint32_t valid;              /* bit 0: failure series, bit 1: slow series hold a state */
+    uint32_t pad;
+    uint64_t horizon_ns;         /* 0: prediction is off */
+    uint64_t opens;              /* opens decided by the forecast, ever */
+};
+/* observe: folds completed buckets since since_ns (as a landing failure does) and
+ *   returns 1 when the forecast would open the breaker, else 0.
+ * snapshot: the state as the last fold left it, read only. */
+int sg_predict_observe_at(void *slot, uint64_t now_ns, uint64_t since_ns,
+                          struct sg_predict_view *out);
+int sg_predict_snapshot_at(const void *slot, uint64_t now_ns, struct sg_predict_view *out);
 
 /* fleet.c: fleet share and breaker events written by the host's agent (line 31) */
 

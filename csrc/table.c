@@ -99,8 +99,8 @@ static void fill_slot(struct sg_slot *s, uint64_t hash, const char *name, uint32
         ST(&s->lwin[i], 0);
     zero_area(s->bulkhead.w, sizeof s->bulkhead);
     zero_area(s->budget.bucket, sizeof s->budget); /* the whole area: buckets then totals */
-    zero_area(s->throttle.w, sizeof s->throttle);
-    zero_area(s->predict.w, sizeof s->predict);
+    zero_area(s->throttle.bucket, sizeof s->throttle);
+    zero_area(&s->predict.fail, sizeof s->predict);
     zero_area(s->fleet.w, sizeof s->fleet);
 }
 

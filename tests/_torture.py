@@ -91,9 +91,11 @@ POLICIES = {
                        half_open_max_calls=2, probe_lease=0.03,
                        failure_exceptions=(ConnectionError,)),
     # both, through execute(): admission = breaker + limiter in one C call
+    # (and adaptive throttling: k 1.2 refuses some calls at 35 % failures)
     "mix": sg.Policy(rate=500, burst=10, failure_threshold=0.25, min_requests=4, window=1.0,
                      open_timeout=0.004, half_open_max_calls=2, probe_lease=5.0,
-                     failure_exceptions=(ConnectionError,)),
+                     failure_exceptions=(ConnectionError,), throttle_k=1.2,
+                     throttle_window=0.5, throttle_min_requests=4),
     # a dependency that always fails, one probe permit: only its holder ends an episode
     "p1": sg.Policy(failure_threshold=0.5, min_requests=1, window=1.0, open_timeout=0.002,
                     half_open_max_calls=1, probe_lease=5.0, jitter=0.0),
@@ -332,7 +334,7 @@ class _Worker:
             return 1
         try:
             self.svc.execute(ep, call)
-        except (sg.CircuitOpenError, sg.RateLimitedError, ConnectionError):
+        except (sg.CircuitOpenError, sg.RateLimitedError, sg.ThrottledError, ConnectionError):
             pass
         return 1
 
@@ -396,7 +398,7 @@ class _Worker:
             elif k == 2:
                 try:
                     svc.execute("mix", int)
-                except (sg.CircuitOpenError, sg.RateLimitedError):
+                except (sg.CircuitOpenError, sg.RateLimitedError, sg.ThrottledError):
                     pass
             else:
                 reg.allow()
@@ -693,6 +695,7 @@ class Torture:
         decisions += sum(s["decisions"] for s in sprints)
         t_end = svc.now_ns()
         limiter = {ep: self._rate_bound(svc, ep, t0, t_end) for ep in MAX_WAIT_NS}
+        throttle = self._throttle_sane(svc)
         keyed = _torture_keyed.report(svc, q, self.cfg["region"], k, GLOBAL, t0, t_end,
                                       self.violations)
         probes = self._probe_replay()
@@ -713,8 +716,9 @@ class Torture:
             "kills": self.kills, "respawns": self.respawns, "decisions": decisions,
             "registrations": registrations, "stale_claims_planted": self.injected,
             "breaker_samples": self.samples, "max_live_probes_sampled": self.max_probes_seen,
-            "sprints": sprints, "limiter": limiter, "keyed": keyed, "probes": probes,
-            "table": table, "stops": self.stops, "rate_changes": len(self.rate_log),
+            "sprints": sprints, "limiter": limiter, "throttle": throttle, "keyed": keyed,
+            "probes": probes, "table": table, "stops": self.stops,
+            "rate_changes": len(self.rate_log),
             "violations": self.violations,
         }
 
@@ -741,6 +745,16 @@ class Torture:
             self.violations.append(f"{who} {pid} took {took:.1f} s for {SPRINT} decisions")
         return {"who": who, "pid": pid, "decisions": self.q[b + H_SPRINT_N] if done else 0,
                 "seconds": round(took, 3)}
+
+    def _throttle_sane(self, svc: sg.ResilienceService) -> dict:
+        """Throttling of "mix" after the kills: totals consistent, window within them."""
+        t = svc.stats("mix").throttle
+        assert t is not None
+        if not (t.throttled <= t.requests_total and t.accepts_total <= t.requests_total
+                and t.requests <= t.requests_total and 0.0 <= t.throttle_probability <= 1.0):
+            self.violations.append(f"mix: inconsistent throttle counts {t}")
+        return {"requests": t.requests_total, "accepts": t.accepts_total,
+                "throttled": t.throttled}
 
     def _rate_bound(self, svc: sg.ResilienceService, ep: str, t0: int, t_end: int) -> dict:
         m = svc.stats(ep).limiter_metrics

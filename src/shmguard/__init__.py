@@ -7,7 +7,8 @@ from shmguard.errors import (CapacityError, CircuitOpenError, DeadlineExceededEr
                              InvalidNameError, PolicyConflictError,
                              PolicyError, RateLimitedError, RejectedError, SegmentCorruptError,
                              SegmentError, SegmentIncompatibleError, SegmentNotFoundError,
-                             SegmentPermissionError, ServiceClosedError, ShmguardError)
+                             SegmentPermissionError, ServiceClosedError, ShmguardError,
+                             ThrottledError)
 from shmguard.executor import ResilientExecutor
 from shmguard.fallback import AsyncFallbackChain, FallbackChain
 from shmguard.keyed import KeyedLimiter, KeyedReservation, KeyedStats
@@ -17,7 +18,8 @@ from shmguard.policy import Outcome, Policy, PolicyBuilder, PolicyPresets, Prior
 from shmguard.result import Err, Ok
 from shmguard.segment import list_segments, unlink
 from shmguard.service import ResilienceService
-from shmguard.stats import BreakerMode, BreakerState, EndpointStats, LimiterMetrics
+from shmguard.stats import (BreakerMode, BreakerState, EndpointStats, LimiterMetrics,
+                            PredictionStats, ThrottleStats)
 
 __version__ = "0.1.0"
 __all__ = [
@@ -30,4 +32,5 @@ __all__ = [
     "RateLimitedError", "RejectedError", "Reservation", "ResilienceService", "ResilientExecutor", "SegmentCorruptError",
     "SegmentError", "SegmentIncompatibleError", "SegmentNotFoundError", "SegmentPermissionError",
     "ServiceClosedError", "ShmguardError", "list_segments", "unlink",
+    "PredictionStats", "ThrottleStats", "ThrottledError",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from shmguard import overload
 from shmguard._capi import ffi, lib
 from shmguard.errors import RateLimitedError
 from shmguard.limiter import delay_of, pack, wait_ns
@@ -41,6 +42,8 @@ def admit_slow(ep: Endpoint, tok: int | None, priority: Priority, timeout: float
         raise ep.open_error()
     if rc == lib.SG_R_RATE_LIMITED:
         raise rate_limited(ep, priority)
+    if rc == lib.SG_R_THROTTLED:
+        raise overload.throttled_error(ep)
     raise ep.rc_error(rc)
 
 

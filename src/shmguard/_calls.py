@@ -218,12 +218,9 @@ class _Guard:
     def __exit__(self, et: Any, exc: Any, tb: Any) -> None:
         ep = self.svc._eps[self.endpoint]
         if exc is None:
-            outcome = Outcome.SUCCESS
-        elif isinstance(exc, Exception):
-            outcome = ep.policy.classify(exc)
-        else:
-            outcome = Outcome.IGNORE
-        ep.record_outcome(self.tok, outcome)
+            ep.record_outcome(self.tok, Outcome.SUCCESS)
+        else:  # classified as execute does (failure, ignored; overload-class or not)
+            ep.record_exception(exc, self.tok)
 
     async def __aenter__(self) -> _Guard:
         if self.key is not None:

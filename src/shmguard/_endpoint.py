@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
-from shmguard import _capi, probes
+from shmguard import _capi, overload, probes
 from shmguard._capi import ffi, lib
 from shmguard.errors import (CircuitOpenError, InvalidNameError, PolicyError, ServiceClosedError,
                              ShmguardError)
@@ -116,11 +116,15 @@ class Endpoint:
     def record_exception(self, exc: BaseException, tok: int) -> None:
         outcome = self.policy.classify(exc) if isinstance(exc, Exception) else Outcome.IGNORE
         t = self.record(self.h, tok | outcome)
+        if outcome == Outcome.FAILURE and self.policy.throttle_on:  # SG_POL_THROTTLE_ON
+            lib.sg_throttle_report(self.h, self.policy.is_overload(exc))
         if t or self.events.on_metrics_update is not None:
             self.events.after(self, t, tok)
 
     def record_outcome(self, tok: int, outcome: int) -> None:
         t = self.record(self.h, tok | outcome)
+        if outcome == Outcome.FAILURE and self.policy.throttle_on:  # no exception: overload
+            lib.sg_throttle_report(self.h, 1)
         if t or self.events.on_metrics_update is not None:
             self.events.after(self, t, tok)
 
@@ -203,12 +207,14 @@ class Endpoint:
         rate = None if pv.flags & lib.SG_POL_NO_LIMIT else NS / pv.emission_ns
         lim = self.limiter_metrics()
         v = ffi.new("struct sg_budget_view *")
-        _capi.check(lib.sg_budget_snapshot_at(self.h.slot, self.seg.now_ns(), v), "budget",
-                    self.seg.name)
+        now, seg = self.seg.now_ns(), self.seg.name
+        _capi.check(lib.sg_budget_snapshot_at(self.h.slot, now, v), "budget", seg)
         budget = RetryBudgetStats(v.window_ns / NS, v.attempts, v.retries, v.allowed) \
             if v.window_ns else None
         return EndpointStats(self.name, b.state, b.failure_rate, lim, b, rate, pv.burst,
-                             lim.accepted, v.retries_total, v.denied_total, budget)
+                             lim.accepted, v.retries_total, v.denied_total, budget,
+                             overload.throttle_stats(self.h.slot, now, seg),
+                             overload.prediction_stats(self.h.slot, now, seg))
 
     # -- errors ---------------------------------------------------------------------
     def rc_error(self, rc: int) -> ShmguardError:

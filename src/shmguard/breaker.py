@@ -175,7 +175,7 @@ class Breaker:
         self._ep.force(lib.SG_OPEN)
 
     def reset(self) -> None:
-        """Closes the breaker and forgets its window, for every process."""
+        """Closes the breaker and forgets its window and the throttling window, for every process."""
         self._ep.force(lib.SG_CLOSED)
 
     def __repr__(self) -> str:

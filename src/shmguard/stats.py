@@ -5,7 +5,7 @@ import enum
 from dataclasses import dataclass, field
 
 __all__ = ["BreakerState", "BreakerMode", "BreakerSnapshot", "LimiterMetrics", "EndpointStats",
-           "RetryBudgetStats"]
+           "RetryBudgetStats", "ThrottleStats", "PredictionStats"]
 
 
 class BreakerState(enum.IntEnum):
@@ -97,6 +97,40 @@ class RetryBudgetStats:
 
 
 @dataclass(frozen=True)
+class ThrottleStats:
+    """Adaptive throttling: host-wide counts over the window and totals since creation.
+
+    ``throttle_probability`` is the chance that the next call is refused
+    locally: max(0, (requests - k * accepts) / (requests + 1)).
+    """
+
+    enabled: bool
+    k: float
+    window_seconds: float
+    requests: int
+    accepts: int
+    throttle_probability: float
+    requests_total: int
+    accepts_total: int
+    throttled: int
+
+
+@dataclass(frozen=True)
+class PredictionStats:
+    """Predictive breaking: the Holt state of the bucket ratios and its forecasts (None: no state)."""
+
+    enabled: bool
+    horizon: float
+    failure_level: float | None
+    failure_trend: float | None  # change per bucket
+    failure_forecast: float | None
+    slow_level: float | None
+    slow_trend: float | None
+    slow_forecast: float | None
+    opens: int  # opens decided by the forecast
+
+
+@dataclass(frozen=True)
 class EndpointStats:
     endpoint: str
     breaker_state: BreakerState
@@ -109,3 +143,10 @@ class EndpointStats:
     retries: int = 0           # retries granted, ever (execute(retries=N))
     retries_denied: int = 0    # retries the retry budget refused, ever
     retry_budget: RetryBudgetStats | None = None  # None: the policy sets no budget
+    throttle: ThrottleStats | None = None
+    prediction: PredictionStats | None = None
+
+    @property
+    def throttle_probability(self) -> float:
+        """The chance that adaptive throttling refuses the next call (0 when off)."""
+        return self.throttle.throttle_probability if self.throttle else 0.0

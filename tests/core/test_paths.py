@@ -23,7 +23,8 @@ def test_the_core_suite_passes_on_the_cffi_path() -> None:
     files = [os.path.join(CORE, f) for f in ("test_service.py", "test_breaker_steps.py",
                                              "test_aio.py", "test_executor.py",
                                              "test_hardening_limits.py", "test_gcra_steps.py", "test_doors.py",
-                                             "test_deadlines.py", "test_fallback.py", "test_keyed.py")]
+                                             "test_deadlines.py", "test_fallback.py", "test_keyed.py",
+                                             "test_throttle.py")]
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                         "-p", "no:xdist", *files], env=env, capture_output=True, text=True,
                        timeout=600)

@@ -17,7 +17,9 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from shmguard import _capi
+import dataclasses
+
+from shmguard import _capi, overload
 from shmguard._capi import ffi, lib
 from shmguard.errors import SegmentCorruptError, ShmguardError
 from shmguard.segment import SHM_DIR, Segment, object_name
@@ -211,6 +213,8 @@ def _policy(pol: Any, seq: int) -> dict[str, Any]:
         "retry_budget": None if not pol.retry_window_ns else {
             "ratio": pol.retry_ratio_ppm / 1e6, "min_per_second": pol.retry_min_milli / 1e3,
             "window_seconds": pol.retry_window_ns / NS},
+        "throttle_k": pol.throttle_k_milli / 1000 if pol.throttle_k_milli else None,
+        "predict_horizon_seconds": pol.predict_horizon_ns / NS if pol.predict_horizon_ns else None,
         "fingerprint": int(pol.fingerprint),
         "seq": seq,
     }
@@ -226,6 +230,8 @@ def endpoint_snapshot(seg: Segment, index: int, name: str, now: int | None = Non
     out.update(_breaker(seg, h, now, pol))
     out["limiter"] = _limiter(seg, h, now, pol)
     out["retries"] = _retries(seg, h, now, out["limiter"]["admitted"])
+    out["throttle"] = dataclasses.asdict(overload.throttle_stats(h.slot, now, seg.name))
+    out["prediction"] = dataclasses.asdict(overload.prediction_stats(h.slot, now, seg.name))
     out["policy"] = _policy(pol, policy_seq)
     return out
 
