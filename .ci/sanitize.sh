@@ -82,9 +82,12 @@ lib.sg_segment_check(ffi.cast('char *', base) + 8, one - 8, ffi.new('struct sg_h
 echo "== sanitize: tests (fuzz examples per test: $SHMGUARD_FUZZ_EXAMPLES)"
 tests=()
 for t in tests/crash/test_fuzz.py tests/crash/test_fuzz_keyed.py tests/core/test_keyed_steps.py \
+         tests/core/test_keyed_rate.py \
          tests/core/test_gcra_steps.py tests/core/test_breaker_steps.py tests/core/test_bulkhead_steps.py \
          tests/core/test_segment.py tests/core/test_names_security.py tests/core/test_hardening_*.py \
-         tests/crash/test_torture.py tests/core/test_budget_steps.py tests/crash/test_budget_*.py; do
+         tests/core/test_breaker_trust.py tests/core/test_limiter_trust.py \
+         tests/crash/test_torture.py tests/core/test_budget_steps.py tests/crash/test_budget_*.py \
+         tests/core/test_throttle.py tests/core/test_predict.py; do
     if [ -f "$t" ]; then tests+=("$t"); fi
 done
 set +e

@@ -32,6 +32,8 @@
 #define TK_MAKE(g, l, now) ((int64_t)((((uint64_t)(g) & BW_GMASK) << 38) | ((uint64_t)(l) << 34) | \
                                       ((((now) >> 16) & 0x7fffffffULL) << 2)))
 #define LS_UNITS(ns) ((uint32_t)((ns) >> 20))
+/* judged word: | generation 25 (63:39) | bucket epoch + 1 39 | (0: none) */
+#define JG_MAKE(g, ep) ((((uint64_t)(g) & BW_GMASK) << 39) | (((ep) + 1) & ((1ULL << 39) - 1)))
 
 static uint64_t state_age(uint64_t w, uint64_t now)
 {
@@ -111,22 +113,21 @@ static int transition(struct sg_slot *s, const struct sg_policy_view *p, uint64_
     } else if (to == SG_CLOSED) {
         ST(&s->streak, 0);
         sg_window_reset(s, p, now);
+    } else if (to != SG_HALF_OPEN) {
+        sg_window_reset(s, p, now); /* a mode change starts a fresh window */
     }
     *w = nw;
     return 1;
 }
 
-int64_t sg_breaker_acquire_at(void *slot, uint64_t now, uint32_t pid)
+/* Acquire as a caller that read the breaker word `w` (maybe a while ago). */
+static int64_t acquire(struct sg_slot *s, uint64_t now, uint32_t pid, uint64_t w)
 {
-    struct sg_slot *s = slot;
-    if (!s)
-        return SG_E_ARG;
-    /* A3: pairs with R3 in transition(). */
-    uint64_t w = atomic_load_explicit(&s->bword, memory_order_acquire);
     uint64_t flag = 0;
     struct sg_policy_view p;
     int have_p = 0, trust = 0;
     for (;;) {
+    again:
         switch (BW_STATE(w)) {
         case SG_CLOSED:
         case SG_FORCED_CLOSED:
@@ -158,12 +159,26 @@ int64_t sg_breaker_acquire_at(void *slot, uint64_t now, uint32_t pid)
                     break;
                 }
                 uint64_t mine = LS_MAKE(pid, g, LS_UNITS(sg_sat_add(now, p.probe_lease_ns)));
-                /* acq_rel: the lease is ours alone; lw refreshes on failure
-                 * and we move on to the next word. */
-                if (atomic_compare_exchange_strong_explicit(&s->lease[i], &lw, mine,
-                                                            memory_order_acq_rel,
-                                                            memory_order_acquire))
+                /* seq_cst (S1): the lease CAS, the re-check below and the
+                 * transition CAS are in one total order, so a caller that
+                 * read the word before an episode ended and then won a lease
+                 * freed after that end sees the new word here. lw refreshes
+                 * on failure and we move on to the next word. */
+                if (!atomic_compare_exchange_strong_explicit(&s->lease[i], &lw, mine,
+                                                             memory_order_seq_cst,
+                                                             memory_order_acquire))
+                    continue;
+                /* Validate after winning (rule): a permit is granted only for
+                 * the episode that is current NOW, not the one we read. */
+                uint64_t nw = atomic_load_explicit(&s->bword, memory_order_seq_cst); /* S1 */
+                if (nw == w)
                     return TK_MAKE(g, i + 1, now) | (int64_t)flag;
+                /* ended meanwhile: give the lease back (only if still ours)
+                 * and decide again on the current word */
+                atomic_compare_exchange_strong_explicit(&s->lease[i], &mine, 0, memory_order_release,
+                                                        memory_order_relaxed);
+                w = nw;
+                goto again;
             }
             if (stale) {
                 /* A3 again: decide on the current word. If it has not moved,
@@ -185,6 +200,41 @@ int64_t sg_breaker_acquire_at(void *slot, uint64_t now, uint32_t pid)
 rejected:
     atomic_fetch_add_explicit(&s->b_rejected, 1, memory_order_relaxed);
     return SG_R_OPEN;
+}
+
+int64_t sg_breaker_acquire_at(void *slot, uint64_t now, uint32_t pid)
+{
+    struct sg_slot *s = slot;
+    if (!s)
+        return SG_E_ARG;
+    /* A3: pairs with R3 in transition(). */
+    return acquire(s, now, pid, atomic_load_explicit(&s->bword, memory_order_acquire));
+}
+
+int64_t sg_breaker_acquire_seen(void *slot, uint64_t now, uint32_t pid, uint64_t seen)
+{
+    if (!slot)
+        return SG_E_ARG;
+    return acquire(slot, now, pid, seen);
+}
+
+/* The newest failure's time, a hint for the success path (relaxed: a
+ * success that misses a racing failure's hint leaves the judging to that
+ * failure, which sums after its own count). Kept monotone. */
+static void note_failure(struct sg_slot *s, uint64_t now)
+{
+    uint64_t lf = LD(&s->last_fail);
+    while (lf < now && !atomic_compare_exchange_weak_explicit(&s->last_fail, &lf, now,
+                                                              memory_order_relaxed,
+                                                              memory_order_relaxed))
+        ; /* lf refreshes on failure */
+}
+
+/* Could a failure (or slow call) of the last `window` still be counted? */
+static int recent_failure(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now)
+{
+    uint64_t lf = LD(&s->last_fail); /* same cache line as the word: cheap */
+    return lf != 0 && (lf >= now || now - lf < sg_sat_mul(p->bucket_ns, (uint64_t)p->buckets + 1));
 }
 
 static void release_lease(struct sg_slot *s, uint32_t l, uint32_t gen, uint32_t pid)
@@ -211,30 +261,52 @@ static int record(void *slot, uint64_t now, int64_t token)
     atomic_fetch_add_explicit(tot, 1, memory_order_relaxed); /* statistic */
     struct sg_policy_view p;
     sg_policy_load(s, &p);
+    if (p.throttle_k_milli) /* throttle.c: whatever the generation, the call reached the dependency */
+        sg_throttle_count(s, &p, now, outcome);
     uint64_t took = (uint64_t)((((uint32_t)(now >> 16)) - TK_START(token)) & 0x7fffffffu) << 16;
-    int slow = p.slow_call_ns && outcome == SG_SUCCESS && took >= p.slow_call_ns;
+    /* a slow failure is slow too (as resilience4j counts it) */
+    int slow = p.slow_call_ns && outcome != SG_IGNORE && took >= p.slow_call_ns;
     uint64_t w = atomic_load_explicit(&s->bword, memory_order_acquire); /* A3 */
     if (BW_GEN(w) != gen)
         return SG_T_STALE;
     switch (BW_STATE(w)) {
     case SG_CLOSED:
     case SG_METRICS_ONLY: {
+        int bad = outcome == SG_FAILURE || slow;
+        if (bad)
+            note_failure(s, now);
         sg_window_add(s, &p, now, outcome, slow);
-        /* The window is judged when a failure or a slow call lands (as
-         * gobreaker's ReadyToTrip): a plain success cannot raise the ratio,
-         * and skipping the sum keeps the success path short. */
-        if (BW_STATE(w) != SG_CLOSED || outcome == SG_IGNORE || (outcome == SG_SUCCESS && !slow))
+        /* The window is judged when a failure or a slow call lands, and when
+         * a success lands while a failure is in the window: that success may
+         * bring the calls up to min_requests. Skipped, to keep the success
+         * path short: a success in a window without failures (it cannot
+         * trip), and one in the same bucket period and generation as a
+         * judgement that found min_requests and no trip (the window's
+         * buckets and floor are the same, so a success only lowers the
+         * ratios; failures judge for themselves). */
+        if (BW_STATE(w) != SG_CLOSED || outcome == SG_IGNORE)
+            return SG_T_NONE;
+        uint64_t jw = JG_MAKE(gen, now / p.bucket_ns);
+        if (!bad && (!recent_failure(s, &p, now) || LD(&s->judged) == jw))
             return SG_T_NONE;
         struct sg_window_sum sum;
         sg_window_sum(s, &p, now, state_began(w, now), &sum);
         uint64_t calls = sum.failures + sum.successes;
         if (calls < p.min_requests)
             return SG_T_NONE;
-        int trip = sum.failures * SG_PPM >= (uint64_t)sg_window_threshold(s, &p) * calls ||
+        uint32_t thr = sg_window_threshold(s, &p);
+        int trip = sum.failures * SG_PPM >= (uint64_t)thr * calls ||
                    (p.slow_ppm && sum.slow * SG_PPM >= (uint64_t)p.slow_ppm * calls);
+        /* predict.c: the trend forecasts crossing the threshold within the horizon */
+        int early = !trip && sg_predict_trips(s, &p, now, state_began(w, now), thr);
         /* If the CAS loses, someone else changed the state: nothing to do. */
-        if (trip && transition(s, &p, &w, SG_OPEN, now))
+        if ((trip || early) && transition(s, &p, &w, SG_OPEN, now)) {
+            if (early)
+                atomic_fetch_add_explicit(&s->predict.opens, 1, memory_order_relaxed);
             return SG_T_TO_OPEN;
+        }
+        if (!trip && !early)
+            ST(&s->judged, jw); /* relaxed: a hint; a stale one only costs a sum */
         return SG_T_NONE;
     }
     case SG_HALF_OPEN:
@@ -282,6 +354,7 @@ int sg_breaker_force_at(void *slot, uint64_t now, uint32_t state)
         ; /* w refreshed: retry until our transition lands */
     if (state == SG_CLOSED) {
         ST(&s->baseline_ppm, 0); /* a reset forgets the history too */
+        sg_throttle_reset(s);    /* throttle.c: and the throttling window */
         return SG_T_TO_CLOSED;
     }
     return state == SG_OPEN || state == SG_FORCED_OPEN ? SG_T_TO_OPEN : SG_T_NONE;
@@ -318,9 +391,9 @@ int sg_breaker_snapshot_at(const void *slot, uint64_t now, struct sg_breaker_vie
         out->open_remaining_ns = d > out->state_age_ns ? d - out->state_age_ns : 0;
     }
     struct sg_window_sum sum;
-    /* a counting state's window starts when the state did; OPEN and
-     * half-open show the window that tripped */
-    int counting = st == SG_CLOSED || st == SG_METRICS_ONLY;
+    /* a mode's window starts when the mode did; OPEN and half-open show
+     * the window that tripped */
+    int counting = st != SG_OPEN && st != SG_HALF_OPEN;
     sg_window_sum(s, &p, now, counting ? state_began(w, now) : 0, &sum);
     out->calls = sum.failures + sum.successes;
     out->failures = sum.failures;
@@ -357,10 +430,9 @@ int64_t sg_breaker_acquire(const struct sg_handle *h)
 
 int sg_breaker_record(const struct sg_handle *h, int64_t token)
 {
-    int t = sg_breaker_record_at(h->slot, sg_now_h(h), token);
-    /* SG_T_ECHO_HALF_OPEN: the admission of this token moved the breaker to
-     * half-open; the caller fires that callback now (one check, not two). */
-    return t >= 0 && t <= SG_T_TO_CLOSED && ((uint64_t)token & TK_HOFLAG) ? t | SG_T_ECHO_HALF_OPEN : t;
+    /* a half-open transition made by this token's admission was reported
+     * at admission (the token's to-half-open bit), never again here */
+    return sg_breaker_record_at(h->slot, sg_now_h(h), token);
 }
 
 uint64_t sg_breaker_retry_after(const struct sg_handle *h)
@@ -391,6 +463,11 @@ static int64_t admit(const struct sg_handle *h, uint64_t cp, int64_t max_wait, s
     int64_t tok = sg_breaker_acquire_at(h->slot, now, 0);
     if (tok < 0)
         return tok;
+    /* throttle.c: the soft brake after the breaker's hard stop; a half-open
+     * probe is the breaker's own question and is never throttled */
+    if (TK_LEASE(tok) == 0 && sg_throttle_enabled(h->slot) &&
+        sg_throttle_decide_at(h->slot, now) < 0)
+        return SG_R_THROTTLED;
     int rc = sg_limiter_decide_at(h->slot, now, cp >> 2, (uint32_t)(cp & 3), max_wait, d);
     if (rc != SG_OK) {
         sg_release_probe(h, tok);

@@ -10,49 +10,32 @@
  *
  * Priorities are tolerances: LOW and NORMAL see part of the burst, HIGH all
  * of it, CRITICAL a bounded extra share ("bypass when possible").
+ *
+ * Time and T are those of the rate regime (rate.c): at full rate plain
+ * nanoseconds and the policy's T (the fast path); after a rate change the
+ * TAT carries its regime's tag and a TAT one regime behind is converted in
+ * the same CAS that moves it, so the debt is kept in tokens.
  */
 #include <string.h>
 
 #include "layout.h"
 
 struct lim {
-    uint64_t T;    /* effective emission interval (after adaptive scale) */
-    uint64_t tol;  /* tolerance for the asked priority */
-    uint32_t flags;
+    struct sg_rate r;
+    uint64_t tol;  /* tolerance for the asked priority, virtual ns */
 };
 
-static uint32_t scale_now(struct sg_slot *s, uint64_t now, uint64_t recovery_ns, uint32_t *target)
+/* The common case, kept short for the hot path: a flat regime at full
+ * scale and the policy's rate (then the TAT is plain GCRA in real ns). */
+static inline __attribute__((always_inline)) int lim_fast(struct sg_slot *s, uint64_t now, uint32_t prio, struct lim *out)
 {
-    /* relaxed: the scale is a rate hint; every value of the word is valid. */
-    uint64_t w = LD(&s->scale);
-    if (w == 0) {
-        if (target) *target = SG_PPM;
-        return SG_PPM;
-    }
-    uint32_t from = RS_FROM(w), to = RS_TO(w);
-    if (from < 1) from = 1;
-    if (to < 1) to = 1;
-    if (from > SG_PPM) from = SG_PPM;
-    if (to > SG_PPM) to = SG_PPM;
-    if (target) *target = to;
-    if (to <= from)
-        return to;
-    uint64_t el = (uint64_t)((((uint32_t)(now >> RS_TSHIFT)) - RS_TIME(w)) & 0xffffffu) << RS_TSHIFT;
-    if (recovery_ns == 0 || el >= recovery_ns)
-        return to;
-    return from + (uint32_t)(((uint64_t)(to - from) * el) / recovery_ns);
-}
-
-static void lim_load(struct sg_slot *s, uint64_t now, uint32_t prio, struct lim *out)
-{
-    uint64_t T, rec;
-    uint32_t burst, share, flags;
+    uint64_t T = 1;
+    uint32_t burst = 1, share = 0, flags = 0;
     for (int tries = 0; tries < 16; tries++) {
         /* A2 (seqlock over the policy buffers, see policy.c). */
         uint64_t seq = atomic_load_explicit(&s->policy_seq, memory_order_acquire);
         struct sg_policy_raw *p = &s->policy[seq & 1];
         T = LD(&p->emission_ns);
-        rec = LD(&p->recovery_ns);
         burst = LD(&p->burst);
         share = LD(&p->share_ppm[prio & 3]);
         flags = LD(&p->flags);
@@ -60,16 +43,44 @@ static void lim_load(struct sg_slot *s, uint64_t now, uint32_t prio, struct lim 
         if (LD(&s->policy_seq) == seq)
             break;
     }
-    if (T < 1) T = 1;      /* untrusted slot: never divide by or loop on 0 */
-    if (burst < 1) burst = 1;
-    if (share > 4 * SG_PPM) share = 4 * SG_PPM;
-    uint32_t sc = scale_now(s, now, rec, NULL);
-    if (sc != SG_PPM)
-        T = sg_mul_ppm(T, (uint64_t)SG_PPM * SG_PPM / sc);
-    out->T = T;
-    uint64_t tol = sg_mul_ppm(sg_sat_mul(T, burst), share);
+    /* A6 (rate.c): the active rate record */
+    uint32_t a = RC_ACTIVE(atomic_load_explicit(&s->rchange, memory_order_acquire));
+    uint64_t w0 = atomic_load_explicit(&s->rrec[a][0], memory_order_acquire);
+    uint64_t w2 = atomic_load_explicit(&s->rrec[a][2], memory_order_acquire);
+    if ((w2 & (((1ULL << 40) - 1) << 21)) != 0 || RR_VAL(w0) != T ||
+        RR_SEQ2(w0) != (RR_SEQ(w2) & 3u) || T < 1 || burst < 1 || share > 4 * SG_PPM)
+        return 0;
+    out->r.T = T;
+    out->r.vnow = now;
+    out->r.s_now = out->r.s_to = SG_PPM;
+    out->r.tag = RR_TAG(w2);
+    out->r.active = a;
+    out->r.flags = flags;
+    out->r.burst = burst;
+    out->r.share = share;
+    return 1;
+}
+
+static inline __attribute__((always_inline)) void lim_load(struct sg_slot *s, uint64_t now, uint32_t prio, struct lim *out)
+{
+    if (!lim_fast(s, now, prio, out)) {
+        sg_rate_load(s, now, prio, &out->r);
+        if (out->r.drift && sg_limiter_retune_at(s, now) == SG_OK) /* a publish not followed */
+            sg_rate_load(s, now, prio, &out->r);
+    }
+    uint64_t T = out->r.T, tol = sg_mul_ppm(sg_sat_mul(T, out->r.burst), out->r.share);
     out->tol = tol < T ? T : tol; /* every priority may take one token */
-    out->flags = flags;
+}
+
+/* The TAT word `cur` in our regime's virtual ns; 0 if our view of the
+ * regime is older than the TAT's (the caller reloads it). */
+static int tat_value(struct sg_slot *s, const struct lim *L, uint64_t cur, uint64_t *tv)
+{
+    if (TT_TAG(cur) == (L->r.tag & 3u)) {
+        *tv = TT_NS(cur);
+        return 1;
+    }
+    return sg_rate_convert(s, &L->r, cur, tv); /* one regime behind: converted */
 }
 
 static void stat_window(struct sg_slot *s, uint64_t now, int accepted)
@@ -90,6 +101,20 @@ static void stat_window(struct sg_slot *s, uint64_t now, int accepted)
     }
 }
 
+static int reject(struct sg_slot *s, uint64_t now, uint32_t prio, int64_t delay, uint64_t cur,
+                  struct sg_decision *out)
+{
+    atomic_fetch_add_explicit(&s->rejected[prio], 1, memory_order_relaxed);
+    stat_window(s, now, 0);
+    if (out) {
+        out->delay_ns = delay;
+        out->act_ns = sg_sat_add(now, (uint64_t)delay);
+        out->tat_ns = cur;
+        out->took_ns = 0;
+    }
+    return SG_R_RATE_LIMITED;
+}
+
 static int decide(struct sg_slot *s, uint64_t now, uint64_t cost, uint32_t prio,
                   int64_t max_wait_ns, struct sg_decision *out)
 {
@@ -98,31 +123,41 @@ static int decide(struct sg_slot *s, uint64_t now, uint64_t cost, uint32_t prio,
     struct lim L;
     lim_load(s, now, prio, &L);
     int64_t delay = 0;
-    uint64_t nt = now;
-    if (!(L.flags & SG_POL_NO_LIMIT)) {
-        uint64_t inc = sg_sat_mul(cost, L.T);
+    uint64_t nt = now, took = 0;
+    if (!(L.r.flags & SG_POL_NO_LIMIT)) {
+        uint64_t inc = sg_sat_mul(cost, L.r.T);
         if (inc > L.tol)
             return SG_E_COST; /* can never conform */
-        uint64_t tat = atomic_load_explicit(&s->tat, memory_order_acquire);
-        for (;;) {
-            uint64_t base = tat > now ? tat : now;
-            nt = sg_sat_add(base, inc);
-            uint64_t ahead = nt - now;
-            uint64_t d = ahead > L.tol ? ahead - L.tol : 0;
-            delay = d > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)d;
-            if (delay > 0 && delay > max_wait_ns) {
-                atomic_fetch_add_explicit(&s->rejected[prio], 1, memory_order_relaxed);
-                stat_window(s, now, 0);
-                if (out) {
-                    out->delay_ns = delay;
-                    out->act_ns = sg_sat_add(now, (uint64_t)delay);
-                    out->tat_ns = tat;
+        uint64_t cur = atomic_load_explicit(&s->tat, memory_order_acquire), tv;
+        for (int tries = 0;; tries++) {
+            if (!tat_value(s, &L, cur, &tv)) {
+                if (tries < 8) { /* the regime changed under us: read it again */
+                    lim_load(s, now, prio, &L);
+                    inc = sg_sat_mul(cost, L.r.T);
+                    if (inc > L.tol)
+                        return SG_E_COST;
+                    cur = atomic_load_explicit(&s->tat, memory_order_acquire);
+                    continue;
                 }
-                return SG_R_RATE_LIMITED;
+                tv = TT_NS(cur); /* a tag no regime explains (corrupt): take it as ours */
             }
+            uint64_t vnow = L.r.vnow, base = tv > vnow ? tv : vnow;
+            nt = sg_sat_add(base, inc);
+            uint64_t ahead = nt - vnow;
+            uint64_t d = ahead > L.tol ? ahead - L.tol : 0;
+            if (d && L.r.s_now < L.r.s_to)
+                d = sg_rate_real_delay(&L.r, d); /* recovering: virtual ns run slower */
+            delay = d > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)d;
+            /* a TAT past the word's 2^62 ns horizon is never stored (it
+             * would saturate and lose debt): such a request waits forever */
+            if ((delay > 0 && delay > max_wait_ns) || nt > TT_NS(~0ULL))
+                return reject(s, now, prio, delay, cur, out);
+            took = nt - base;
+            nt = TT_MAKE(L.r.tag, nt);
             /* release/acquire: the TAT is the only state; the pair keeps the
-             * CAS shape of the breaker word. tat refreshes on failure. */
-            if (atomic_compare_exchange_strong_explicit(&s->tat, &tat, nt, memory_order_release,
+             * CAS shape of the breaker word. cur refreshes on failure; a TAT
+             * of another regime fails it too (the tag is in the word). */
+            if (atomic_compare_exchange_strong_explicit(&s->tat, &cur, nt, memory_order_release,
                                                         memory_order_acquire))
                 break;
         }
@@ -135,6 +170,7 @@ static int decide(struct sg_slot *s, uint64_t now, uint64_t cost, uint32_t prio,
         out->delay_ns = delay;
         out->act_ns = now + (uint64_t)delay;
         out->tat_ns = nt;
+        out->took_ns = took;
     }
     return SG_OK;
 }
@@ -162,31 +198,34 @@ int sg_reserve(const struct sg_handle *h, uint64_t cp, int64_t max_wait_ns, stru
     return decide(h->slot, sg_now_h(h), cp >> 2, (uint32_t)(cp & 3), max_wait_ns, out);
 }
 
-/* Give back a reservation not yet acted on: refund its cost minus what was
- * reserved after it (as x/time/rate does), never below "full". */
+/* Give back a reservation not yet acted on (now <= its time to act, as
+ * x/time/rate): refund what it took minus what was reserved after it, never
+ * below "full". What it took is fixed when it was granted; after a rate
+ * change (another regime) nothing is given back. */
 int sg_limiter_cancel_at(void *slot, uint64_t now, uint64_t cp, const struct sg_decision *d)
 {
     struct sg_slot *s = slot;
     uint32_t prio = (uint32_t)(cp & 3);
     if (!s || !d || (cp >> 2) == 0)
         return SG_E_ARG;
-    if (now >= d->act_ns || d->delay_ns < 0)
-        return SG_OK; /* already conforming: the caller used it */
-    struct lim L;
-    lim_load(s, now, prio, &L);
-    uint64_t inc = sg_sat_mul(cp >> 2, L.T);
-    uint64_t tat = atomic_load_explicit(&s->tat, memory_order_acquire);
+    if (now > d->act_ns || d->delay_ns < 0)
+        return SG_OK; /* past its time to act: the caller used it */
+    struct sg_rate r;
+    sg_rate_load(s, now, prio, &r);
+    uint64_t mine = TT_NS(d->tat_ns), tat = atomic_load_explicit(&s->tat, memory_order_acquire);
     for (;;) {
-        uint64_t later = tat > d->tat_ns ? tat - d->tat_ns : 0;
-        uint64_t refund = inc > later ? inc - later : 0;
+        if (TT_TAG(tat) != TT_TAG(d->tat_ns) || TT_TAG(tat) != (r.tag & 3u))
+            return SG_OK;
+        uint64_t tv = TT_NS(tat), later = tv > mine ? tv - mine : 0;
+        uint64_t refund = d->took_ns > later ? d->took_ns - later : 0;
         if (refund == 0)
             return SG_OK;
-        uint64_t nt = tat - refund;
-        if (nt > tat || nt < now)
-            nt = now; /* never below "full burst available" */
+        uint64_t nt = tv - refund;
+        if (nt > tv || nt < r.vnow)
+            nt = r.vnow; /* never below "full burst available" */
         /* same CAS shape as decide(); tat refreshes on failure */
-        if (atomic_compare_exchange_strong_explicit(&s->tat, &tat, nt, memory_order_release,
-                                                    memory_order_acquire))
+        if (atomic_compare_exchange_strong_explicit(&s->tat, &tat, TT_MAKE(r.tag, nt),
+                                                    memory_order_release, memory_order_acquire))
             break;
     }
     atomic_fetch_sub_explicit(&s->accepted[prio], 1, memory_order_relaxed);
@@ -200,52 +239,29 @@ int sg_limiter_cancel(const struct sg_handle *h, uint64_t cp, const struct sg_de
     return sg_limiter_cancel_at(h->slot, sg_now_h(h), cp, d);
 }
 
-/* Adaptive rate: drops apply at once, rises ramp over recovery_ns. */
-int sg_limiter_scale_at(void *slot, uint64_t now, uint32_t health_ppm)
-{
-    struct sg_slot *s = slot;
-    if (!s || health_ppm > SG_PPM)
-        return SG_E_ARG;
-    struct sg_policy_view p;
-    sg_policy_load(s, &p);
-    uint32_t target = health_ppm < p.rate_floor_ppm ? p.rate_floor_ppm : health_ppm;
-    if (target < 1)
-        target = 1;
-    uint64_t w = atomic_load_explicit(&s->scale, memory_order_acquire);
-    for (;;) {
-        uint32_t cur = scale_now(s, now, p.recovery_ns, NULL);
-        uint64_t nw;
-        if (target == SG_PPM && cur == SG_PPM)
-            nw = 0;
-        else if (target <= cur)
-            nw = RS_MAKE(target, target, now);
-        else
-            nw = RS_MAKE(cur, target, now);
-        /* w refreshes on failure */
-        if (atomic_compare_exchange_strong_explicit(&s->scale, &w, nw, memory_order_release,
-                                                    memory_order_acquire))
-            return SG_OK;
-    }
-}
-
 int sg_limiter_snapshot_at(const void *slot, uint64_t now, uint32_t prio, struct sg_limiter_view *out)
 {
     struct sg_slot *s = (struct sg_slot *)slot;
     if (!s || !out || prio >= SG_PRIORITIES)
         return SG_E_ARG;
     memset(out, 0, sizeof *out);
-    struct sg_policy_view p;
-    sg_policy_load(s, &p);
     struct lim L;
-    lim_load(s, now, prio, &L);
-    uint64_t tat = atomic_load_explicit(&s->tat, memory_order_acquire);
-    uint64_t ahead = tat > now ? tat - now : 0;
-    if (p.flags & SG_POL_NO_LIMIT)
-        out->tokens = (double)p.burst;
+    sg_rate_load(s, now, prio, &L.r); /* a read never changes the regime */
+    uint64_t T = L.r.T, tol = sg_mul_ppm(sg_sat_mul(T, L.r.burst), L.r.share);
+    L.tol = tol < T ? T : tol;
+    uint64_t cur = atomic_load_explicit(&s->tat, memory_order_acquire), tv;
+    if (!tat_value(s, &L, cur, &tv))
+        tv = TT_NS(cur);
+    uint64_t ahead = tv > L.r.vnow ? tv - L.r.vnow : 0;
+    int unlimited = (L.r.flags & SG_POL_NO_LIMIT) != 0;
+    if (unlimited)
+        out->tokens = (double)L.r.burst;
     else
-        out->tokens = ahead >= L.tol ? 0.0 : (double)(L.tol - ahead) / (double)L.T;
-    out->effective_rate = (p.flags & SG_POL_NO_LIMIT) ? 0.0 : 1e9 / (double)L.T; /* 0: no limit */
-    out->scale_ppm = scale_now(s, now, p.recovery_ns, &out->scale_target_ppm);
+        out->tokens = ahead >= L.tol ? 0.0 : (double)(L.tol - ahead) / (double)T;
+    /* per second at the scale of the moment (0: no limit) */
+    out->effective_rate = unlimited ? 0.0 : 1e9 * (double)L.r.s_now / SG_PPM / (double)L.r.Tb;
+    out->scale_ppm = L.r.s_now;
+    out->scale_target_ppm = L.r.s_to;
     for (int i = 0; i < SG_PRIORITIES; i++) {
         out->accepted[i] = LD(&s->accepted[i]);
         out->rejected[i] = LD(&s->rejected[i]);
@@ -262,15 +278,30 @@ int sg_limiter_snapshot_at(const void *slot, uint64_t now, uint32_t prio, struct
         out->win_rejected += LW_REJ(w);
     }
     out->win_ns = (SG_STAT_BUCKETS - 1) * LW_NS + now % LW_NS;
+    if (!unlimited) {
+        /* a cost-1 request conforms when tat + T - vnow <= tol */
+        uint64_t need = sg_sat_add(ahead, T);
+        out->wait_ns = sg_rate_real_delay(&L.r, need > L.tol ? need - L.tol : 0);
+    }
     return SG_OK;
+}
+
+/* tol for the regime and priority in L->r (read-only callers: no retune) */
+static void lim_read(struct sg_slot *s, uint64_t now, uint32_t prio, struct lim *L)
+{
+    sg_rate_load(s, now, prio, &L->r);
+    uint64_t T = L->r.T, tol = sg_mul_ppm(sg_sat_mul(T, L->r.burst), L->r.share);
+    L->tol = tol < T ? T : tol;
 }
 
 /* Hold: the server said "Retry-After": move the TAT so that no priority
  * conforms before until_ns. With tolerance tol_p a request of cost 1
- * conforms once max(TAT, now) + T - now <= tol_p, so TAT = until + tol - T
- * for the largest tolerance holds every priority. The TAT only ever moves
- * forward here (never a refund), so the rate bound is untouched; an
- * endpoint without a limit has no TAT to hold (SG_OK, nothing done). */
+ * conforms once max(TAT, v) + T - v <= tol_p (v: the regime's virtual
+ * time), so TAT = V(until) + tol - T for the largest tolerance holds every
+ * priority. The TAT only ever moves forward here (never a refund), so the
+ * rate bound is untouched; an endpoint without a limit has no TAT to hold
+ * (SG_OK, nothing done). A hold is advisory: under a storm of rate changes
+ * it gives up after a few tries. */
 int sg_limiter_hold_at(void *slot, uint64_t now, uint64_t until)
 {
     struct sg_slot *s = slot;
@@ -278,25 +309,34 @@ int sg_limiter_hold_at(void *slot, uint64_t now, uint64_t until)
         return SG_E_ARG;
     if (until <= now)
         return SG_OK;
-    uint64_t need = 0;
-    for (uint32_t prio = 0; prio < SG_PRIORITIES; prio++) {
+    for (int tries = 0; tries < 8; tries++) {
         struct lim L;
-        lim_load(s, now, prio, &L);
-        if (L.flags & SG_POL_NO_LIMIT)
+        uint64_t need = 0;
+        uint32_t tag = 0;
+        int mixed = 0;
+        for (uint32_t prio = 0; prio < SG_PRIORITIES; prio++) {
+            lim_read(s, until, prio, &L); /* virtual time at `until` */
+            if (L.r.flags & SG_POL_NO_LIMIT)
+                return SG_OK;
+            mixed |= prio && L.r.tag != tag;
+            tag = L.r.tag;
+            uint64_t v = sg_sat_add(L.r.vnow, L.tol - L.r.T); /* tol >= T */
+            if (v > need)
+                need = v;
+        }
+        if (mixed || need > TT_NS(~0ULL))
+            continue; /* a rate change between the loads: again */
+        uint64_t cur = atomic_load_explicit(&s->tat, memory_order_acquire), tv;
+        if (!tat_value(s, &L, cur, &tv))
+            continue;
+        if (tv >= need)
             return SG_OK;
-        uint64_t v = sg_sat_add(until, L.tol - L.T); /* lim_load keeps tol >= T */
-        if (v > need)
-            need = v;
+        /* same CAS shape as decide(); a TAT of another regime fails it too */
+        if (atomic_compare_exchange_strong_explicit(&s->tat, &cur, TT_MAKE(tag, need),
+                                                    memory_order_release, memory_order_acquire))
+            return SG_OK;
     }
-    uint64_t tat = atomic_load_explicit(&s->tat, memory_order_acquire);
-    for (;;) {
-        if (tat >= need)
-            return SG_OK;
-        /* same CAS shape as decide(); tat refreshes on failure */
-        if (atomic_compare_exchange_strong_explicit(&s->tat, &tat, need, memory_order_release,
-                                                    memory_order_acquire))
-            return SG_OK;
-    }
+    return SG_OK;
 }
 
 int sg_limiter_hold(const struct sg_handle *h, uint64_t until)
@@ -305,7 +345,8 @@ int sg_limiter_hold(const struct sg_handle *h, uint64_t until)
 }
 
 /* The delay decide() would report for cost_prio now, without taking or
- * counting anything (a rejection's retry-after, also after a hold). */
+ * counting anything (a rejection's retry-after: it counts the reservations
+ * already queued and any hold). */
 int sg_limiter_delay_at(const void *slot, uint64_t now, uint64_t cp, int64_t *delay_out)
 {
     struct sg_slot *s = (struct sg_slot *)slot;
@@ -313,19 +354,22 @@ int sg_limiter_delay_at(const void *slot, uint64_t now, uint64_t cp, int64_t *de
     if (!s || !delay_out || (cp >> 2) == 0)
         return SG_E_ARG;
     struct lim L;
-    lim_load(s, now, prio, &L);
+    lim_read(s, now, prio, &L);
     *delay_out = 0;
-    if (L.flags & SG_POL_NO_LIMIT)
+    if (L.r.flags & SG_POL_NO_LIMIT)
         return SG_OK;
-    uint64_t inc = sg_sat_mul(cp >> 2, L.T);
+    uint64_t inc = sg_sat_mul(cp >> 2, L.r.T);
     if (inc > L.tol) {
         *delay_out = INT64_MAX;
         return SG_E_COST;
     }
     /* acquire: pairs with the release CAS of decide() */
-    uint64_t tat = atomic_load_explicit(&s->tat, memory_order_acquire);
-    uint64_t ahead = sg_sat_add(tat > now ? tat : now, inc) - now;
-    uint64_t d = ahead > L.tol ? ahead - L.tol : 0;
+    uint64_t cur = atomic_load_explicit(&s->tat, memory_order_acquire), tv;
+    if (!tat_value(s, &L, cur, &tv))
+        tv = TT_NS(cur); /* a change under way: the nearest estimate */
+    uint64_t vnow = L.r.vnow;
+    uint64_t ahead = sg_sat_add(tv > vnow ? tv : vnow, inc) - vnow;
+    uint64_t d = sg_rate_real_delay(&L.r, ahead > L.tol ? ahead - L.tol : 0);
     *delay_out = d > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)d;
     return SG_OK;
 }

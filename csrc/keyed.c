@@ -70,6 +70,9 @@ int sg_kl_init(void *base, uint64_t len, const struct sg_kl_config *c, uint32_t 
     h->fingerprint = c->fingerprint;
     h->created_unix_ns = unix_ns;
     h->creator_pid = pid;
+    sg_kl_rate_init(&h->rate[0], c->emission_ns, c->burst, c->fingerprint, c->share_ppm);
+    ST(&h->rsel, 0);
+    ST(&h->lease, 0);
     /* R20: publishes the fields above; pairs with A20 in sg_kl_check(). */
     atomic_store_explicit(&h->init, SG_INIT_READY, memory_order_release);
     return SG_OK;
@@ -77,15 +80,34 @@ int sg_kl_init(void *base, uint64_t len, const struct sg_kl_config *c, uint32_t 
 
 static void counters(struct sg_kl_header *h, struct sg_kl_view *out)
 {
-    /* relaxed: statistics, no data depends on them */
-    out->accepted = LD(&h->accepted);
-    out->rejected = LD(&h->rejected);
-    out->waited = LD(&h->waited);
-    out->full_rejected = LD(&h->full_rejected);
-    out->full_allowed = LD(&h->full_allowed);
-    out->inserted = LD(&h->inserted);
-    out->evicted = LD(&h->evicted);
-    out->folded = LD(&h->folded);
+    /* relaxed: statistics, no data depends on them; a view sums the stripes */
+    for (int i = 0; i < SG_KL_STRIPES; i++) {
+        struct sg_kl_counters *c = &h->stripe[i];
+        out->accepted += LD(&c->accepted);
+        out->rejected += LD(&c->rejected);
+        out->waited += LD(&c->waited);
+        out->full_rejected += LD(&c->full_rejected);
+        out->full_allowed += LD(&c->full_allowed);
+        out->inserted += LD(&c->inserted);
+        out->evicted += LD(&c->evicted);
+        out->folded += LD(&c->folded);
+    }
+    out->rate_changes = LD(&h->rsel);
+    out->lease = LD(&h->lease);
+}
+
+/* The live rate record into the view (the identity fields are creation's). */
+static void live_rate(struct sg_kl_header *h, uint64_t t0, struct sg_kl_view *out)
+{
+    struct sg_kl_handle tmp;
+    struct sg_kl_now r;
+    memset(&tmp, 0, sizeof tmp);
+    tmp.table = h;
+    tmp.t0_ns = t0;
+    sg_kl_rate_now(&tmp, 0, &r);
+    out->emission_ns = r.emission_ns;
+    out->burst = r.burst > UINT32_MAX ? UINT32_MAX : r.burst ? (uint32_t)r.burst : 1;
+    out->fingerprint = r.fingerprint;
 }
 
 int sg_kl_check(const void *base, uint64_t len, struct sg_kl_view *out)
@@ -114,14 +136,12 @@ int sg_kl_check(const void *base, uint64_t len, struct sg_kl_view *out)
     memset(out, 0, sizeof *out);
     out->total_size = total;
     out->slots = slots;
-    out->emission_ns = T;
-    out->fingerprint = h->fingerprint;
     out->created_unix_ns = h->created_unix_ns;
     out->capacity = cap;
-    out->burst = h->burst;
     memcpy(out->share_ppm, h->share_ppm, sizeof out->share_ppm);
     out->flags = h->flags & SG_KL_ON_FULL_ALLOW;
     out->creator_pid = h->creator_pid;
+    live_rate(h, T, out);
     counters(h, out);
     return SG_OK;
 }
@@ -139,20 +159,17 @@ int sg_kl_handle_init(struct sg_kl_handle *kh, void *base, uint64_t len, const v
     if (rc != SG_OK)
         return rc;
     const struct sg_kl_header *h = base;
+    uint64_t t0 = h->emission_ns; /* checked above; read once more, so check again */
+    if (t0 == 0)
+        return SG_E_SIZE;
     memset(kh, 0, sizeof *kh);
     kh->table = base;
     kh->map_len = len;
     kh->slots = v.slots;
     kh->k0 = h->seed[0];
     kh->k1 = h->seed[1];
-    kh->emission_ns = v.emission_ns;
+    kh->t0_ns = t0;
     kh->flags = v.flags;
-    kh->burst = v.burst;
-    for (int i = 0; i < SG_PRIORITIES; i++) {
-        uint32_t share = v.share_ppm[i] > 4 * SG_PPM ? 4 * SG_PPM : v.share_ppm[i];
-        uint64_t tol = sg_mul_ppm(sg_sat_mul(v.emission_ns, v.burst), share);
-        kh->tol[i] = tol < v.emission_ns ? v.emission_ns : tol; /* always one token */
-    }
     if (sv.flags & SG_HDR_MANUAL_CLOCK)
         kh->clock = (void *)&((struct sg_header *)seg_base)->manual_now_ns;
     return SG_OK;
@@ -174,7 +191,7 @@ static int owned(uint64_t tag, uint64_t fp)
 /* Folds entry hi of key fp into entry lo (see the top of this file).
  * Returns 0 when hi no longer holds the key, -1 when lo stopped holding it
  * (the caller scans again). */
-static int fold(struct sg_kl_header *h, struct sg_kl_entry *lo, struct sg_kl_entry *hi,
+static int fold(struct sg_kl_counters *c, struct sg_kl_entry *lo, struct sg_kl_entry *hi,
                 uint64_t fp)
 {
     for (int tries = 0; tries < SETTLE_ROUNDS; tries++) {
@@ -191,7 +208,7 @@ static int fold(struct sg_kl_header *h, struct sg_kl_entry *lo, struct sg_kl_ent
         /* retire hi only as it was when merged; a decision on it meanwhile
          * makes this fail and the loop merges its new TAT */
         if (sg_kl_cas(hi, th, xh, KT_RETIRED, 0)) {
-            atomic_fetch_add_explicit(&h->folded, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&c->folded, 1, memory_order_relaxed);
             return 0;
         }
     }
@@ -200,7 +217,7 @@ static int fold(struct sg_kl_header *h, struct sg_kl_entry *lo, struct sg_kl_ent
 
 static int settle_once(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp)
 {
-    struct sg_kl_header *h = kh->table;
+    struct sg_kl_counters *c = sg_kl_stripe(kh);
     struct sg_kl_entry *low = NULL;
     for (uint32_t i = 0; i < SG_KL_PROBES; i++) {
         struct sg_kl_entry *e = sg_kl_at(kh, home, i);
@@ -212,7 +229,7 @@ static int settle_once(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp
             continue;
         if (!low)
             low = e;
-        else if (fold(h, low, e, fp) < 0)
+        else if (fold(c, low, e, fp) < 0)
             return -1;
     }
     if (!low)
@@ -226,9 +243,8 @@ static int settle_once(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp
     return -1;
 }
 
-void sg_kl_settle(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp, uint64_t now)
+void sg_kl_settle(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp)
 {
-    (void)now;
     /* F1: orders our insert CAS before the scan below (Dekker pair with the
      * other inserter's F1); the CAS is a full barrier on x86 already. */
     atomic_thread_fence(memory_order_seq_cst);
@@ -258,6 +274,9 @@ int sg_kl_scan_at(const struct sg_kl_handle *kh, uint64_t now, uint32_t top_max,
     if (!kh || !kh->table || !out || top_max > SG_KL_TOP_MAX || (top_max && !top))
         return SG_E_ARG;
     memset(out, 0, sizeof *out);
+    struct sg_kl_now r;
+    sg_kl_rate_now(kh, now, &r);
+    now = r.vnow; /* TATs are virtual */
     uint32_t n = 0;
     for (uint64_t i = 0; i < kh->slots; i++) {
         uint64_t t, x;
@@ -272,9 +291,14 @@ int sg_kl_scan_at(const struct sg_kl_handle *kh, uint64_t now, uint32_t top_max,
             continue;
         out->live++;
         if (top_max && (n < top_max || top[n - 1].ahead_ns < x - now)) {
-            struct sg_kl_entry_view v = {KT_FP(t), x - now, i, st, 0};
+            struct sg_kl_entry_view v = {KT_FP(t), x - now, i, 0.0, st, 0};
             top_insert(top, top_max, &n, &v);
         }
+    }
+    for (uint32_t k = 0; k < n; k++) { /* virtual debt -> tokens and clock time */
+        uint64_t tol = r.tol[2], a = top[k].ahead_ns; /* HIGH: the whole burst */
+        top[k].tokens = a >= tol ? 0.0 : (double)(tol - a) / (double)kh->t0_ns;
+        top[k].ahead_ns = sg_kl_real_ns(&r, a);
     }
     out->top_n = n;
     return SG_OK;

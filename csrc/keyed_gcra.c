@@ -7,6 +7,10 @@
  * (tag, TAT), so the decision holds only for the exact key and TAT it read
  * (no ABA with a reuse of the entry). A key without an entry has a full
  * bucket: it is inserted (keyed.c) and decided on like any other.
+ *
+ * "now" here is the table's virtual time V(now) and T its unit T0
+ * (keyed_rate.c): a rate change moves V's slope, never a TAT. Delays handed
+ * back to the caller are converted to clock ns.
  */
 #include <string.h>
 
@@ -61,49 +65,61 @@ static void look(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp, uint
     }
 }
 
-static void fill(struct sg_decision *out, int64_t delay, uint64_t now, uint64_t tat)
+/* A decision for the caller: the delay in clock ns (act_ns is a clock
+ * time), the TAT in virtual ns (for cancel). */
+static void fill(struct sg_decision *out, const struct sg_kl_now *r, uint64_t vdelay,
+                 uint64_t now, uint64_t tat)
 {
     if (out) {
-        out->delay_ns = delay;
-        out->act_ns = sg_sat_add(now, delay > 0 ? (uint64_t)delay : 0);
+        uint64_t d = sg_kl_real_ns(r, vdelay);
+        out->delay_ns = d > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)d;
+        out->act_ns = sg_sat_add(now, (uint64_t)out->delay_ns);
         out->tat_ns = tat;
     }
 }
 
-static int full(const struct sg_kl_handle *kh, uint64_t now, struct sg_decision *out)
+static int full(const struct sg_kl_handle *kh, const struct sg_kl_now *r, uint64_t now,
+                struct sg_decision *out)
 {
-    struct sg_kl_header *h = kh->table;
+    struct sg_kl_counters *c = sg_kl_stripe(kh);
     /* relaxed: counters are statistics */
     if (kh->flags & SG_KL_ON_FULL_ALLOW) {
-        atomic_fetch_add_explicit(&h->full_allowed, 1, memory_order_relaxed);
-        fill(out, 0, now, 0);
+        atomic_fetch_add_explicit(&c->full_allowed, 1, memory_order_relaxed);
+        fill(out, r, 0, now, 0);
         return SG_OK;
     }
-    atomic_fetch_add_explicit(&h->full_rejected, 1, memory_order_relaxed);
-    fill(out, (int64_t)(kh->emission_ns > INT64_MAX ? INT64_MAX : kh->emission_ns), now, 0);
+    atomic_fetch_add_explicit(&c->full_rejected, 1, memory_order_relaxed);
+    fill(out, r, kh->t0_ns, now, 0); /* entries free up as buckets refill */
     return SG_R_KL_FULL;
 }
 
+/* What one decision needs: clock and virtual now, cost and tolerance. */
+struct ask {
+    uint64_t now, v, inc, tol;
+    int64_t max_wait;
+    struct sg_kl_now r;
+};
+
 /* The GCRA step on the key's entry: 1 decided, 0 lost a race (look again). */
-static int gcra(const struct sg_kl_handle *kh, const struct look *L, uint64_t now, uint64_t inc,
-                uint64_t tol, int64_t max_wait, struct sg_decision *out, int *rc)
+static int gcra(const struct sg_kl_handle *kh, const struct look *L, const struct ask *a,
+                struct sg_decision *out, int *rc)
 {
-    struct sg_kl_header *h = kh->table;
-    uint64_t base = L->tat > now ? L->tat : now, nt = sg_sat_add(base, inc), ahead = nt - now;
-    uint64_t d = ahead > tol ? ahead - tol : 0;
-    int64_t delay = d > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)d;
-    if (delay > 0 && delay > max_wait) {
-        atomic_fetch_add_explicit(&h->rejected, 1, memory_order_relaxed);
-        fill(out, delay, now, L->tat);
+    struct sg_kl_counters *c = sg_kl_stripe(kh);
+    uint64_t v = a->v, base = L->tat > v ? L->tat : v, nt = sg_sat_add(base, a->inc);
+    uint64_t ahead = nt - v, vd = ahead > a->tol ? ahead - a->tol : 0;
+    uint64_t d = vd ? sg_kl_real_ns(&a->r, vd) : 0;
+    if (vd > 0 && (d > (uint64_t)INT64_MAX || (int64_t)d > a->max_wait)) {
+        atomic_fetch_add_explicit(&c->rejected, 1, memory_order_relaxed);
+        fill(out, &a->r, vd, a->now, L->tat);
         *rc = SG_R_RATE_LIMITED;
         return 1;
     }
     if (!sg_kl_cas(L->hit, L->tag, L->tat, L->tag, nt))
         return 0;
-    atomic_fetch_add_explicit(&h->accepted, 1, memory_order_relaxed);
-    if (delay > 0)
-        atomic_fetch_add_explicit(&h->waited, 1, memory_order_relaxed);
-    fill(out, delay, now, nt);
+    atomic_fetch_add_explicit(&c->accepted, 1, memory_order_relaxed);
+    if (vd > 0)
+        atomic_fetch_add_explicit(&c->waited, 1, memory_order_relaxed);
+    fill(out, &a->r, vd, a->now, nt);
     *rc = SG_OK;
     return 1;
 }
@@ -112,39 +128,44 @@ static int gcra(const struct sg_kl_handle *kh, const struct look *L, uint64_t no
 static void insert(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp, uint64_t now,
                    const struct look *L)
 {
-    struct sg_kl_header *h = kh->table;
+    struct sg_kl_counters *c = sg_kl_stripe(kh);
     if (!sg_kl_cas(L->spare, L->stag, L->stat, fp | KT_PENDING, now))
         return; /* someone else changed it: look again */
-    atomic_fetch_add_explicit(&h->inserted, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&c->inserted, 1, memory_order_relaxed);
     uint32_t st = KT_STATE(L->stag);
     if (st == KT_LIVE || st == KT_PENDING)
-        atomic_fetch_add_explicit(&h->evicted, 1, memory_order_relaxed);
-    sg_kl_settle(kh, home, fp, now);
+        atomic_fetch_add_explicit(&c->evicted, 1, memory_order_relaxed);
+    sg_kl_settle(kh, home, fp);
 }
 
 static int decide(const struct sg_kl_handle *kh, uint64_t now, uint64_t hash, uint64_t cp,
                   int64_t max_wait, struct sg_decision *out)
 {
     uint64_t cost = cp >> 2;
-    uint32_t prio = (uint32_t)(cp & 3);
     if (!kh || !kh->table || cost == 0)
         return SG_E_ARG;
-    uint64_t inc = sg_sat_mul(cost, kh->emission_ns), tol = kh->tol[prio];
-    if (inc > tol)
+    struct ask a;
+    sg_kl_rate_now(kh, now, &a.r);
+    a.now = now;
+    a.v = a.r.vnow;
+    a.inc = sg_sat_mul(cost, kh->t0_ns);
+    a.tol = a.r.tol[cp & 3];
+    a.max_wait = max_wait;
+    if (a.inc > a.tol)
         return SG_E_COST; /* can never conform */
     uint64_t fp = KT_FP(hash), home = home_of(kh, hash);
     struct look L;
     for (int r = 0; r < ROUNDS; r++) {
-        look(kh, home, fp, now, &L);
+        look(kh, home, fp, a.v, &L);
         int rc;
         if (L.hit && KT_STATE(L.tag) == KT_PENDING)
-            sg_kl_settle(kh, home, fp, now); /* help the insert finish, then decide */
-        else if (L.hit && gcra(kh, &L, now, inc, tol, max_wait, out, &rc))
+            sg_kl_settle(kh, home, fp); /* help the insert finish, then decide */
+        else if (L.hit && gcra(kh, &L, &a, out, &rc))
             return rc;
         else if (!L.hit && !L.spare)
-            return full(kh, now, out);
+            return full(kh, &a.r, now, out);
         else if (!L.hit)
-            insert(kh, home, fp, now, &L);
+            insert(kh, home, fp, a.v, &L);
     }
     return SG_E_BUSY;
 }
@@ -184,7 +205,10 @@ int sg_kl_cancel_at(const struct sg_kl_handle *kh, uint64_t now, const char *key
     if (now >= d->act_ns || d->delay_ns < 0)
         return SG_OK;
     uint64_t hash = hash_key(kh, key, len), fp = KT_FP(hash), home = home_of(kh, hash);
-    uint64_t inc = sg_sat_mul(cp >> 2, kh->emission_ns);
+    uint64_t inc = sg_sat_mul(cp >> 2, kh->t0_ns);
+    struct sg_kl_now rn;
+    sg_kl_rate_now(kh, now, &rn);
+    now = rn.vnow; /* TATs are virtual */
     struct look L;
     for (int r = 0; r < ROUNDS; r++) {
         look(kh, home, fp, now, &L);
@@ -198,8 +222,8 @@ int sg_kl_cancel_at(const struct sg_kl_handle *kh, uint64_t now, const char *key
         if (nt > L.tat || nt < now)
             nt = now;
         if (sg_kl_cas(L.hit, L.tag, L.tat, L.tag, nt)) {
-            struct sg_kl_header *h = kh->table;
-            atomic_fetch_sub_explicit(&h->accepted, 1, memory_order_relaxed);
+            struct sg_kl_counters *c = sg_kl_stripe(kh);
+            atomic_fetch_sub_explicit(&c->accepted, 1, memory_order_relaxed);
             return SG_OK;
         }
     }
@@ -213,13 +237,16 @@ int sg_kl_peek_at(const struct sg_kl_handle *kh, uint64_t now, const char *key, 
 {
     if (!kh || !kh->table || !tokens || !delay_ns || (cp >> 2) == 0 || (!key && len))
         return SG_E_ARG;
-    uint64_t hash = hash_key(kh, key, len), T = kh->emission_ns, tol = kh->tol[cp & 3];
+    struct sg_kl_now rn;
+    sg_kl_rate_now(kh, now, &rn);
+    now = rn.vnow; /* TATs are virtual */
+    uint64_t hash = hash_key(kh, key, len), T = kh->t0_ns, tol = rn.tol[cp & 3];
     struct look L;
     look(kh, home_of(kh, hash), KT_FP(hash), now, &L);
     uint64_t tat = L.hit ? L.tat : 0, ahead = tat > now ? tat - now : 0;
     *tokens = ahead >= tol ? 0.0 : (double)(tol - ahead) / (double)T;
     uint64_t nt = sg_sat_add(tat > now ? tat : now, sg_sat_mul(cp >> 2, T)) - now;
-    uint64_t d = nt > tol ? nt - tol : 0;
+    uint64_t d = nt > tol ? sg_kl_real_ns(&rn, nt - tol) : 0;
     *delay_ns = d > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)d;
     return SG_OK;
 }

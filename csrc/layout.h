@@ -12,11 +12,12 @@
  *   line 0      control: state word, hash, name length, policy seq + lease
  *   line 1      name bytes
  *   lines 2-7   policy[2] (double buffer; seq low bit picks the live one)
- *   line 8      breaker: word, half-open word, streak, baseline, (reserved), opens
+ *   line 8      breaker: word, half-open word, streak, baseline, last failure, opens,
+ *               newest window epoch, last judgement
  *   line 9      probe leases[8]
  *   lines 10-11 window buckets[16]   [epoch | failures | successes]
  *   lines 12-13 slow buckets[16]     [epoch | slow | ignored]
- *   line 14     limiter: TAT, rate-scale word (+ spare words)
+ *   line 14     limiter: TAT, rate-change word, rate records[2] (3 words each)
  *   line 15     limiter totals: accepted[4], rejected[4]
  *   line 16     waited[4], breaker totals (success, failure, ignored, rejected)
  *   line 17     limiter stats window[8]  [epoch | accepted | rejected]
@@ -129,17 +130,47 @@ typedef _Atomic uint32_t sg_a32;
 #define LW_ACC(w) (((w) >> 24) & 0xffffffULL)
 #define LW_REJ(w) ((w) & 0xffffffULL)
 
-/* ---- rate-scale word (adaptive rate) -------------------------------------
- * | from ppm 20 (63:44) | to ppm 20 (43:24) | ramp start (ns >> 22) 24 |
- * Drops set from = to (at once); rises ramp from -> to over recovery_ns.
- * 0 means "settled at full rate" so a fresh slot needs no initialisation.
+/* ---- limiter TAT word (rate.c, gcra.c) -----------------------------------
+ * | regime tag 2 (63:62) | TAT in the regime's virtual time, ns 62 |
+ * The tag (the record's tag, mod 4) names the rate record the TAT is
+ * expressed in; a TAT one regime behind is converted (debt kept in tokens)
+ * in the CAS that next moves it. 62 bits hold any TAT a policy allows
+ * (burst x emission <= 2^62) up to 2^62 - now; beyond, it saturates.
  */
-#define RS_TSHIFT 22
-#define RS_FROM(w) ((uint32_t)((w) >> 44))
-#define RS_TO(w) ((uint32_t)(((w) >> 24) & 0xfffffu))
-#define RS_TIME(w) ((uint32_t)((w) & 0xffffffu))
-#define RS_MAKE(f, t, now) (((uint64_t)(f) << 44) | ((uint64_t)(t) << 24) | \
-                            (((now) >> RS_TSHIFT) & 0xffffffu))
+#define TT_TAG(w) ((uint32_t)((w) >> 62))
+#define TT_NS(w) ((w) & ((1ULL << 62) - 1))
+#define TT_MAKE(tag, ns) (((uint64_t)((tag) & 3u) << 62) | ((ns) & ((1ULL << 62) - 1)))
+
+/* ---- rate-change word (rate.c) --------------------------------------------
+ * | pending 1 (63) | active record 1 (62) | seq 22 (61:40) | deadline (ns >> 20) 40 |
+ * A change claims it (pending), writes the inactive record, flips active,
+ * converts the TAT and clears it (seq + 1). A pending change past its
+ * deadline is completed by whoever finds it.
+ */
+#define RC_PENDING(w) ((uint32_t)((w) >> 63))
+#define RC_ACTIVE(w) ((uint32_t)(((w) >> 62) & 1u))
+#define RC_SEQ(w) ((uint32_t)(((w) >> 40) & 0x3fffffu))
+#define RC_DL(w) ((w) & ((1ULL << 40) - 1))
+#define RC_MAKE(p, a, seq, dl) (((uint64_t)(p) << 63) | ((uint64_t)(a) << 62) | \
+                                (((uint64_t)(seq) & 0x3fffffu) << 40) | ((dl) & ((1ULL << 40) - 1)))
+
+/* ---- rate record: 3 words, each carrying the writer's seq ------------------
+ * w0 | seq 2 | base emission ns 62 (0: the policy's) |
+ * w1 | seq 2 | regime start t0 ns 62 |
+ * w2 | tag 3 | from 20 | to 20 | seq 21 |   scale = 1e6 - field (0 = full)
+ * Virtual time runs at scale / to: flat when from == to; a rise ramps from
+ * -> to over recovery_ns. All zero: full rate, the policy's emission.
+ */
+#define RR_SEQ2(w) ((uint32_t)((w) >> 62))
+#define RR_VAL(w) ((w) & ((1ULL << 62) - 1))
+#define RR_MK(seq, v) (((uint64_t)((seq) & 3u) << 62) | ((v) & ((1ULL << 62) - 1)))
+#define RR_TAG(w) ((uint32_t)((w) >> 61))
+#define RR_FROM(w) (SG_PPM - (uint32_t)(((w) >> 41) & 0xfffffu))
+#define RR_TO(w) (SG_PPM - (uint32_t)(((w) >> 21) & 0xfffffu))
+#define RR_SEQ(w) ((uint32_t)((w) & 0x1fffffu))
+#define RR_MK2(tag, from, to, seq) (((uint64_t)((tag) & 7u) << 61) | \
+                                    ((uint64_t)(SG_PPM - (from)) << 41) | \
+                                    ((uint64_t)(SG_PPM - (to)) << 21) | ((uint64_t)(seq) & 0x1fffffu))
 
 struct sg_header {
     alignas(SG_CACHE_LINE) uint64_t magic; /**< SG_MAGIC */
@@ -223,8 +254,21 @@ struct sg_budget_area {
     sg_a64 retries_total;             /**< retries granted, ever (also without a budget) */
     sg_a64 denied_total;              /**< retries the budget refused, ever */
 };                                                         /**< line 27: budget.c */
-struct sg_throttle_area { sg_a64 w[16]; };                 /**< lines 28-29: throttle.c */
-struct sg_predict_area { sg_a64 w[8]; };                   /**< line 30: predict.c */
+struct sg_throttle_area {                                   /**< lines 28-29: throttle.c */
+    sg_a64 bucket[SG_THROTTLE_BUCKETS]; /**< [epoch 19 | overload 1 | requests 22 | accepts 22] */
+    sg_a64 requests, accepts, throttled; /**< totals, ever */
+    sg_a64 draws;                        /**< random draws made (the n-th uses n) */
+    sg_a64 last_pass;                    /**< while throttling: when a call last passed (ns) */
+    sg_a64 reserved;                     /**< zero */
+};
+/* Holt word (predict.c): | last observed bucket 23 (63:41) |
+ * trend, ppm per bucket, signed 21 (40:20) | level ppm 20 (19:0) | */
+struct sg_predict_area {                                    /**< line 30: predict.c */
+    sg_a64 fail;                         /**< Holt word of the failure ratio */
+    sg_a64 slow;                         /**< Holt word of the slow-call ratio */
+    sg_a64 opens;                        /**< opens decided by the forecast */
+    sg_a64 reserved[5];                  /**< zero */
+};
 struct sg_fleet_area { sg_a64 w[8]; };                     /**< line 31: fleet.c */
 
 struct sg_slot {
@@ -244,8 +288,10 @@ struct sg_slot {
     sg_a64 ho;                           /**< half-open successes of a gen */
     sg_a64 streak;                       /**< consecutive opens (backoff) */
     sg_a64 baseline_ppm;                 /**< long-horizon failure ratio */
-    sg_a64 reserved6;                    /**< zero (was the window floor, layout 1) */
+    sg_a64 last_fail;                    /**< time of the newest failure or slow call (hint) */
     sg_a64 opens;                        /**< transitions to OPEN, ever */
+    sg_a64 wepoch;                       /**< newest window epoch (full 64 bits; window.c) */
+    sg_a64 judged;                       /**< last judgement without a trip: gen | epoch (hint) */
     /* line 9 */
     alignas(SG_CACHE_LINE) sg_a64 lease[SG_MAX_PROBES];
     /* lines 10-13 */
@@ -253,7 +299,8 @@ struct sg_slot {
     alignas(SG_CACHE_LINE) sg_a64 slow[SG_MAX_BUCKETS];
     /* line 14: limiter */
     alignas(SG_CACHE_LINE) sg_a64 tat;   /**< GCRA theoretical arrival time */
-    sg_a64 scale;                        /**< rate-scale word (0 = full) */
+    sg_a64 rchange;                      /**< rate-change word (rate.c) */
+    sg_a64 rrec[2][3];                   /**< rate records (rate.c) */
     /* line 15 */
     alignas(SG_CACHE_LINE) sg_a64 accepted[SG_PRIORITIES];
     sg_a64 rejected[SG_PRIORITIES];
@@ -276,8 +323,10 @@ _Static_assert(offsetof(struct sg_header, agent) == 4 * 64, "fleet agent line");
 _Static_assert(sizeof(struct sg_policy_raw) == 192, "policy is 3 cache lines");
 _Static_assert(sizeof(struct sg_slot) == SG_SLOT_SIZE, "slot is 2 KiB");
 _Static_assert(offsetof(struct sg_slot, bword) == 8 * 64, "breaker line");
+_Static_assert(offsetof(struct sg_slot, judged) == 8 * 64 + 56, "breaker line is one line");
 _Static_assert(offsetof(struct sg_slot, tat) == 14 * 64, "limiter line");
 _Static_assert(offsetof(struct sg_slot, lwin) == 17 * 64, "stats line");
+_Static_assert(offsetof(struct sg_slot, accepted) == 15 * 64, "limiter line is one line");
 _Static_assert(offsetof(struct sg_slot, bulkhead) == 18 * 64, "bulkhead lines");
 _Static_assert(sizeof(struct sg_bulkhead_area) == 9 * 64, "bulkhead: 9 lines");
 _Static_assert(offsetof(struct sg_slot, bulkhead.ticket) == 19 * 64, "tickets: lines 19-26");
@@ -296,11 +345,23 @@ _Static_assert(sizeof(struct sg_fleet_area) == 64, "fleet: 1 line");
  * so its layout has its own magic and version (SG_KL_VERSION).
  *
  * Offset table (bytes)
- *   0     struct sg_kl_header      (256: 4 cache lines)
- *   256   struct sg_kl_entry[slots] (16 each; slots = 2 x capacity)
+ *   0     struct sg_kl_header      (1024: 16 cache lines)
+ *   1024  struct sg_kl_entry[slots] (16 each; slots = 2 x capacity)
  *
- * Header lines: 0-1 identity, sizes, policy, hash seed (written once by the
- *   creator before the init word); 2 counters; 3 reserved.
+ * Header lines: 0-1 identity, sizes, hash seed (written once by the
+ *   creator before the init word); 2 rate selector and writer lease; 3-6
+ *   the rate records rate[2] (double buffer, rsel picks one); 7-14 the
+ *   counters, one line per stripe (a process counts in the stripe of its
+ *   pid, so processes deciding on different keys share no written line);
+ *   15 reserved.
+ *
+ * Virtual time: TATs are not clock times but "virtual" ns in units of the
+ * emission interval at creation (T0): V(now) = v + (now - c) * T0 / T for
+ * the current interval T (rounded down: V never runs ahead). A table whose
+ * rate never changed has c = v = 0 and T = T0: V(now) = now. Changing the
+ * rate at time c starts a new record (c, V(c), new T): every key keeps
+ * its debt in tokens (V - TAT is unchanged at c), so an exhausted key stays
+ * exhausted (DESIGN: x/time/rate's SetLimit).
  *
  * Entry: two 64-bit words that change TOGETHER, by one 128-bit CAS
  * (cmpxchg16b; -mcx16 on x86-64):
@@ -337,6 +398,29 @@ struct sg_kl_entry {
     uint64_t tat;             /**< GCRA TAT, ns (accessed atomically) */
 };
 
+/* A rate record: what a decision needs, published whole (double buffer). */
+struct sg_kl_rate {
+    alignas(SG_CACHE_LINE) sg_a64 c_ns;  /**< clock time the record starts */
+    sg_a64 v_ns;                         /**< V(c_ns) */
+    sg_a64 emission_ns;                  /**< T: the current interval */
+    sg_a64 burst;                        /**< tokens */
+    sg_a64 fingerprint;                  /**< hash of (rate, burst) */
+    sg_a64 tol[SG_PRIORITIES];           /**< tolerance per priority, virtual ns */
+    sg_a64 reserved;                     /**< zero */
+};
+
+/* Counters of one stripe (relaxed: statistics only; a view sums the stripes). */
+struct sg_kl_counters {
+    alignas(SG_CACHE_LINE) sg_a64 accepted; /**< admitted decisions */
+    sg_a64 rejected;                        /**< not conforming */
+    sg_a64 waited;                          /**< admitted with a delay */
+    sg_a64 full_rejected;                   /**< no entry free: on_full=reject */
+    sg_a64 full_allowed;                    /**< no entry free: on_full=allow */
+    sg_a64 inserted;                        /**< new keys given an entry */
+    sg_a64 evicted;                         /**< ... of them in another key's expired entry */
+    sg_a64 folded;                          /**< duplicate entries folded (races) */
+};
+
 struct sg_kl_header {
     /* lines 0-1: written by the creator before init (R20) */
     alignas(SG_CACHE_LINE) uint64_t magic; /**< SG_KL_MAGIC */
@@ -346,30 +430,32 @@ struct sg_kl_header {
     uint64_t slots;                        /**< entries: 2 x capacity */
     uint32_t capacity;                     /**< live keys it is sized for */
     uint32_t entry_size;                   /**< sizeof(struct sg_kl_entry) */
-    uint64_t emission_ns;                  /**< T = 1/rate, rounded up */
-    uint32_t burst;                        /**< tokens */
+    uint64_t emission_ns;                  /**< T0: the interval at creation, unit of TATs */
+    uint32_t burst;                        /**< tokens at creation */
     uint32_t flags;                        /**< SG_KL_ON_FULL_ALLOW */
     uint32_t share_ppm[SG_PRIORITIES];     /**< burst share per priority */
     uint64_t seed[2];                      /**< SipHash key (os.urandom) */
-    uint64_t fingerprint;                  /**< hash of (rate, burst, capacity, on_full) */
+    uint64_t fingerprint;                  /**< hash of (rate, burst) at creation */
     uint64_t created_unix_ns;              /**< wall clock at creation */
     uint32_t creator_pid;                  /**< pid of the creator */
     sg_a32 init;                           /**< SG_INIT_READY, published last (R20) */
-    /* line 2: counters (relaxed: statistics only) */
-    alignas(SG_CACHE_LINE) sg_a64 accepted;  /**< admitted decisions */
-    sg_a64 rejected;                         /**< not conforming */
-    sg_a64 waited;                           /**< admitted with a delay */
-    sg_a64 full_rejected;                    /**< no entry free: on_full=reject */
-    sg_a64 full_allowed;                     /**< no entry free: on_full=allow */
-    sg_a64 inserted;                         /**< new keys given an entry */
-    sg_a64 evicted;                          /**< ... of them in another key's expired entry */
-    sg_a64 folded;                           /**< duplicate entries folded (races) */
-    alignas(SG_CACHE_LINE) uint64_t reserved[8]; /**< line 3: zero */
+    /* line 2 */
+    alignas(SG_CACHE_LINE) sg_a64 rsel;   /**< publish count; low bit = live record (R21) */
+    sg_a64 lease;                          /**< rate writer: pid 32 | start (unix s) 32; 0 free */
+    /* lines 3-6 */
+    alignas(SG_CACHE_LINE) struct sg_kl_rate rate[2];
+    /* lines 7-14 */
+    alignas(SG_CACHE_LINE) struct sg_kl_counters stripe[SG_KL_STRIPES];
+    alignas(SG_CACHE_LINE) uint64_t reserved[8]; /**< line 15: zero */
 };
 
 _Static_assert(sizeof(struct sg_kl_entry) == SG_KL_ENTRY_SIZE, "keyed entry is 16 bytes");
-_Static_assert(sizeof(struct sg_kl_header) == SG_KL_HEADER_SIZE, "keyed header is 4 lines");
-_Static_assert(offsetof(struct sg_kl_header, accepted) == 2 * 64, "keyed counters line");
+_Static_assert(sizeof(struct sg_kl_header) == SG_KL_HEADER_SIZE, "keyed header is 16 lines");
+_Static_assert(offsetof(struct sg_kl_header, rsel) == 2 * 64, "keyed rate selector line");
+_Static_assert(offsetof(struct sg_kl_header, rate) == 3 * 64, "keyed rate records");
+_Static_assert(offsetof(struct sg_kl_header, stripe) == 7 * 64, "keyed counter stripes");
+_Static_assert(sizeof(struct sg_kl_counters) == 64, "a stripe is one line");
+_Static_assert(sizeof(struct sg_kl_rate) == 2 * 64, "a rate record is 2 lines");
 
 /* One entry as one 128-bit value (the CAS unit). */
 __extension__ typedef unsigned __int128 sg_u128;
@@ -413,8 +499,23 @@ static inline int sg_kl_cas(struct sg_kl_entry *e, uint64_t tag, uint64_t tat, u
     return __sync_bool_compare_and_swap((sg_u128 *)(void *)e, o.w, n.w);
 }
 
-/* Internal, shared between keyed.c and keyed_gcra.c. */
-void sg_kl_settle(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp, uint64_t now);
+/* Internal, shared between keyed.c, keyed_gcra.c and keyed_rate.c. */
+void sg_kl_settle(const struct sg_kl_handle *kh, uint64_t home, uint64_t fp);
+struct sg_kl_now {
+    uint64_t vnow;              /* V(now), virtual ns */
+    uint64_t t0, emission_ns, burst, fingerprint;
+    uint64_t tol[SG_PRIORITIES]; /* virtual ns, >= T0 */
+};
+void sg_kl_rate_now(const struct sg_kl_handle *kh, uint64_t now, struct sg_kl_now *out);
+uint64_t sg_kl_real_ns(const struct sg_kl_now *r, uint64_t virt);
+void sg_kl_tolerances(uint64_t t0, uint64_t burst, const uint32_t share[SG_PRIORITIES],
+                      sg_a64 tol[SG_PRIORITIES]);
+void sg_kl_rate_init(struct sg_kl_rate *r, uint64_t t0, uint64_t burst, uint64_t fingerprint,
+                     const uint32_t share[SG_PRIORITIES]);
+static inline struct sg_kl_counters *sg_kl_stripe(const struct sg_kl_handle *kh)
+{
+    return &((struct sg_kl_header *)kh->table)->stripe[kh->stripe & (SG_KL_STRIPES - 1)];
+}
 static inline struct sg_kl_entry *sg_kl_at(const struct sg_kl_handle *kh, uint64_t home,
                                            uint32_t i)
 {
@@ -453,6 +554,26 @@ struct sg_slot *sg_slot_at(const void *base, uint32_t index);
 void sg_policy_load(const struct sg_slot *s, struct sg_policy_view *out);
 void sg_policy_store(struct sg_policy_raw *p, const struct sg_policy_view *v);
 
+/* rate.c: the limiter's rate regime (virtual time, conversions, changes) */
+struct sg_rate {
+    uint64_t T;        /**< emission interval in virtual ns (the regime's target rate) */
+    uint64_t vnow;     /**< virtual now */
+    uint64_t t0;       /**< regime start */
+    uint64_t R;        /**< recovery_ns */
+    uint64_t Tb;       /**< base emission interval of the regime */
+    uint32_t s_now;    /**< scale now, ppm */
+    uint32_t s_to;     /**< scale the regime ramps to */
+    uint32_t tag;      /**< regime tag (TAT words carry it) */
+    uint32_t active;   /**< record index */
+    uint32_t flags;    /**< the policy's (SG_POL_*) */
+    uint32_t burst;
+    uint32_t share;    /**< burst share of the asked priority, ppm */
+    uint32_t drift;    /**< the policy's rate is not the regime's: retune */
+};
+int sg_rate_load(struct sg_slot *s, uint64_t now, uint32_t prio, struct sg_rate *out);
+int sg_rate_convert(struct sg_slot *s, const struct sg_rate *r, uint64_t tat, uint64_t *tv);
+uint64_t sg_rate_real_delay(const struct sg_rate *r, uint64_t d_virtual);
+
 struct sg_window_sum {
     uint64_t failures, successes, slow;
 };
@@ -462,6 +583,19 @@ void sg_window_sum(const struct sg_slot *s, const struct sg_policy_view *p, uint
                    uint64_t since_ns, struct sg_window_sum *out);
 void sg_window_reset(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now);
 uint32_t sg_window_threshold(const struct sg_slot *s, const struct sg_policy_view *p);
+void sg_throttle_count(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now,
+                       int outcome);
+void sg_throttle_reset(struct sg_slot *s);
+/* Whether the live policy throttles: the admission path asks before calling
+ * throttle.c, so an endpoint without throttling pays two loads. A2: one
+ * field needs no seqlock re-check. */
+static inline int sg_throttle_enabled(struct sg_slot *s)
+{
+    uint64_t seq = atomic_load_explicit(&s->policy_seq, memory_order_acquire);
+    return LD(&s->policy[seq & 1].throttle_k_milli) != 0;
+}
+int sg_predict_trips(struct sg_slot *s, const struct sg_policy_view *p, uint64_t now,
+                     uint64_t since_ns, uint32_t threshold_ppm);
 /* bulkhead_wait.c: a ticket went back to 0; wakes one sleeper (returns how many woke) */
 int sg_bulkhead_freed(struct sg_bulkhead_area *b);
 

@@ -43,6 +43,7 @@ enum sg_rc {
     SG_R_PROBES_FULL = -3,   /**< half-open and every probe permit is leased */
     SG_R_RATE_LIMITED = -4,  /**< limiter: not conforming now */
     SG_R_BULKHEAD_FULL = -5, /**< bulkhead: every ticket is out (bulkhead.c) */
+    SG_R_THROTTLED = -7,     /**< adaptive throttling rejected the call locally */
     SG_R_RETRY_BUDGET = -8,  /**< retry budget: no retry left in the window */
     SG_E_BUSY = -10,         /**< a live claim or writer lease is in the way */
     SG_E_FULL = -11,         /**< slot table full */
@@ -67,7 +68,6 @@ enum sg_bstate {
 /* What sg_record did to the breaker (for callbacks). */
 enum sg_transition {
     SG_T_NONE = 0, SG_T_TO_OPEN = 1, SG_T_TO_HALF_OPEN = 2, SG_T_TO_CLOSED = 3,
-    SG_T_ECHO_HALF_OPEN = 8,     /* sg_breaker_record: the token's admission half-opened */
     SG_T_STALE = 16              /* sg_breaker_record: outcome of an older generation, dropped */
 };
 
@@ -179,6 +179,7 @@ struct sg_limiter_view {
     uint64_t win_accepted;       /* over the stats window */
     uint64_t win_rejected;
     uint64_t win_ns;             /* span the window covers */
+    uint64_t wait_ns;            /* until one token is free at this priority (after queued reservations) */
 };
 
 /* A limiter decision with its delay (reserve / wait paths). */
@@ -186,6 +187,7 @@ struct sg_decision {
     int64_t delay_ns;            /* >0: wait this long (reserved) or retry after */
     uint64_t act_ns;             /* clock time the reservation conforms */
     uint64_t tat_ns;             /* TAT this reservation left (for cancel) */
+    uint64_t took_ns;            /* what it added to the TAT (cancel refunds at most this) */
 };
 
 /* Per-process handle of one slot (process memory, never shared). */
@@ -223,6 +225,9 @@ int sg_policy_check(const struct sg_policy_view *pol);
 
 /* breaker.c: explicit-time core, then handle forms that read the clock */
 int64_t sg_breaker_acquire_at(void *slot, uint64_t now_ns, uint32_t pid);
+/* acquire as a caller that read the breaker word `seen` earlier (step tests
+ * replay interleavings with it); the word is only a starting point */
+int64_t sg_breaker_acquire_seen(void *slot, uint64_t now_ns, uint32_t pid, uint64_t seen);
 int sg_breaker_record_at(void *slot, uint64_t now_ns, int64_t token);
 int sg_breaker_force_at(void *slot, uint64_t now_ns, uint32_t state);
 int sg_breaker_reclaim(void *slot, uint32_t probe, uint64_t expected_word);
@@ -238,6 +243,9 @@ int sg_limiter_cancel_at(void *slot, uint64_t now_ns, uint64_t cost_prio,
                          const struct sg_decision *d);
 int sg_limiter_cancel(const struct sg_handle *h, uint64_t cost_prio, const struct sg_decision *d);
 int sg_limiter_scale_at(void *slot, uint64_t now_ns, uint32_t health_ppm);
+/* after a new policy rate: start a regime at that rate keeping the debt in
+ * tokens (SG_E_BUSY: another change is under way, retry) */
+int sg_limiter_retune_at(void *slot, uint64_t now_ns);
 int sg_limiter_snapshot_at(const void *slot, uint64_t now_ns, uint32_t priority,
                            struct sg_limiter_view *out);
 int sg_allow(const struct sg_handle *h);
@@ -309,13 +317,54 @@ int sg_budget_snapshot_at(const void *slot, uint64_t now_ns, struct sg_budget_vi
 int sg_budget_withdraw(const struct sg_handle *h);
 
 /* throttle.c: SRE adaptive throttling (lines 28-29) */
+#define SG_THROTTLE_BUCKETS 10
+#define SG_POL_THROTTLE_ON 256   /* policy flag: the caller reports failures (sg_throttle_report) */
+struct sg_throttle_view {
+    uint64_t requests;           /* in the window: calls that reached the dependency + throttled */
+    uint64_t accepts;            /* in the window: answered without an overload-class failure */
+    uint64_t requests_total;     /* ever */
+    uint64_t accepts_total;
+    uint64_t throttled_total;
+    uint64_t window_ns;          /* 0: throttling is off */
+    uint32_t probability_ppm;    /* chance that a call is throttled now */
+    uint32_t k_milli;
+    uint32_t working;            /* newest buckets in a row with accepts and no overload */
+    uint32_t pad;
+};
+/* decide: SG_OK or SG_R_THROTTLED (a throttled call is counted); sg_admit calls it.
+ * record: one outcome (SG_SUCCESS accepted, SG_FAILURE overload, SG_IGNORE neither);
+ *   sg_breaker_record counts its outcomes itself.
+ * report: one failure the caller classified (SG_POL_THROTTLE_ON): overload or answered. */
+int sg_throttle_decide_at(void *slot, uint64_t now_ns);
+int sg_throttle_record_at(void *slot, uint64_t now_ns, int outcome);
+int sg_throttle_report(const struct sg_handle *h, int overload);
+int sg_throttle_snapshot_at(const void *slot, uint64_t now_ns, struct sg_throttle_view *out);
 
 /* predict.c: predictive breaking (line 30) */
+struct sg_predict_view {
+    int32_t level_ppm;           /* failure ratio: Holt level (bucket ratio) */
+    int32_t trend_ppm;           /* failure ratio: change per bucket */
+    int32_t slow_level_ppm;      /* slow-call ratio (latency): level */
+    int32_t slow_trend_ppm;
+    uint32_t forecast_ppm;       /* failure ratio forecast at now + horizon */
+    uint32_t slow_forecast_ppm;
+    uint32_t valid;              /* bit 0: failure series, bit 1: slow series hold a state */
+    uint32_t pad;
+    uint64_t horizon_ns;         /* 0: prediction is off */
+    uint64_t opens;              /* opens decided by the forecast, ever */
+};
+/* observe: folds completed buckets since since_ns (as a landing failure does) and
+ *   returns 1 when the forecast would open the breaker, else 0.
+ * snapshot: the state as the last fold left it, read only. */
+int sg_predict_observe_at(void *slot, uint64_t now_ns, uint64_t since_ns,
+                          struct sg_predict_view *out);
+int sg_predict_snapshot_at(const void *slot, uint64_t now_ns, struct sg_predict_view *out);
 
 /* fleet.c: fleet share and breaker events written by the host's agent (line 31) */
 
 /* keyed.c: keyed limiter tables (their own shared-memory objects) */
-#define SG_KL_HEADER_SIZE 256
+#define SG_KL_HEADER_SIZE 1024
+#define SG_KL_STRIPES 8           /* counter stripes (lines) of a keyed table */
 #define SG_KL_ENTRY_SIZE 16
 #define SG_KL_PROBES 16           /* entries a key may live in: its window */
 #define SG_KL_MAX_CAPACITY 67108864
@@ -340,16 +389,18 @@ struct sg_kl_config {
 struct sg_kl_view {
     uint64_t total_size;
     uint64_t slots;
-    uint64_t emission_ns;
-    uint64_t fingerprint;
+    uint64_t emission_ns;        /* the current interval (live rate record) */
+    uint64_t fingerprint;        /* of the current rate and burst */
     uint64_t created_unix_ns;
     uint32_t capacity;
-    uint32_t burst;
+    uint32_t burst;              /* current */
     uint32_t share_ppm[4];
     uint32_t flags;
     uint32_t creator_pid;
     uint64_t accepted, rejected, waited, full_rejected, full_allowed;
     uint64_t inserted, evicted, folded;
+    uint64_t rate_changes;       /* records published after creation */
+    uint64_t lease;              /* rate writer lease word (0: free) */
 };
 
 /* Per-process handle of one table (process memory; sizes and seed are
@@ -360,17 +411,17 @@ struct sg_kl_handle {
     uint64_t map_len;
     uint64_t slots;
     uint64_t k0, k1;             /* SipHash key */
-    uint64_t emission_ns;
-    uint64_t tol[4];             /* tolerance per priority, ns */
+    uint64_t t0_ns;              /* emission interval at creation: the unit of TATs */
     uint32_t flags;
-    uint32_t burst;
+    uint32_t stripe;             /* counter stripe of this process (pid; set after fork too) */
 };
 
 /* One entry as the scan reports it (top-N hottest keys). */
 struct sg_kl_entry_view {
     uint64_t fingerprint;        /* the tag without its state bits */
-    uint64_t ahead_ns;           /* TAT - now: debt in time */
+    uint64_t ahead_ns;           /* time until its bucket is full again */
     uint64_t index;
+    double tokens;               /* free now at full-burst priority */
     uint32_t state;
     uint32_t pad;
 };
@@ -401,6 +452,9 @@ int sg_kl_cancel_at(const struct sg_kl_handle *kh, uint64_t now_ns, const char *
                     uint64_t len, uint64_t cost_prio, const struct sg_decision *d);
 int sg_kl_peek_at(const struct sg_kl_handle *kh, uint64_t now_ns, const char *key,
                   uint64_t len, uint64_t cost_prio, double *tokens, int64_t *delay_ns);
+int sg_kl_set_rate_at(const struct sg_kl_handle *kh, uint64_t now_ns, uint64_t emission_ns,
+                      uint32_t burst, uint64_t fingerprint, uint64_t lease);
+int sg_kl_takeover(const struct sg_kl_handle *kh, uint64_t lease);
 int sg_kl_scan_at(const struct sg_kl_handle *kh, uint64_t now_ns, uint32_t top_max,
                   struct sg_kl_entry_view *top, struct sg_kl_scan *out);
 /* CDEF-END */

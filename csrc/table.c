@@ -71,8 +71,10 @@ static void fill_slot(struct sg_slot *s, uint64_t hash, const char *name, uint32
     ST(&s->ho, 0);
     ST(&s->streak, 0);
     ST(&s->baseline_ppm, 0);
-    ST(&s->reserved6, 0);
+    ST(&s->last_fail, 0);
     ST(&s->opens, 0);
+    ST(&s->wepoch, 0);
+    ST(&s->judged, 0);
     for (int i = 0; i < SG_MAX_PROBES; i++)
         ST(&s->lease[i], 0);
     for (int i = 0; i < SG_MAX_BUCKETS; i++) {
@@ -80,7 +82,10 @@ static void fill_slot(struct sg_slot *s, uint64_t hash, const char *name, uint32
         ST(&s->slow[i], 0);
     }
     ST(&s->tat, 0);
-    ST(&s->scale, 0);
+    ST(&s->rchange, 0);
+    for (int i = 0; i < 6; i++)
+        ST(&s->rrec[i / 3][i % 3], 0);
+    ST(&s->rrec[0][0], RR_MK(0, pol->emission_ns)); /* the regime's rate (rate.c) */
     for (int i = 0; i < SG_PRIORITIES; i++) {
         ST(&s->accepted[i], 0);
         ST(&s->rejected[i], 0);
@@ -94,8 +99,8 @@ static void fill_slot(struct sg_slot *s, uint64_t hash, const char *name, uint32
         ST(&s->lwin[i], 0);
     zero_area(s->bulkhead.w, sizeof s->bulkhead);
     zero_area(s->budget.bucket, sizeof s->budget); /* the whole area: buckets then totals */
-    zero_area(s->throttle.w, sizeof s->throttle);
-    zero_area(s->predict.w, sizeof s->predict);
+    zero_area(s->throttle.bucket, sizeof s->throttle);
+    zero_area(&s->predict.fail, sizeof s->predict);
     zero_area(s->fleet.w, sizeof s->fleet);
 }
 

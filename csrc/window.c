@@ -9,6 +9,15 @@
  * window" are one CAS, and a closer killed right after it leaves no stale
  * window behind. On rotation the finished bucket's failure ratio feeds a
  * long-horizon baseline (EWMA, 1/16) used by the adaptive threshold.
+ *
+ * A bucket keeps only 20 bits of its epoch, so a bucket untouched for 2^20
+ * epochs would alias back into the window. The slot's `wepoch` word holds
+ * the newest epoch in full; a bump into a newer epoch first sweeps the
+ * counts of every bucket that falls out of the window (one sweep per
+ * bucket period), and only then advances `wepoch`. So a bucket with counts
+ * is never older than the window before `wepoch`, and its 20 bits name its
+ * epoch without ambiguity. A sweeper killed before the advance leaves the
+ * sweep to the next caller.
  */
 #include "layout.h"
 
@@ -29,6 +38,53 @@ static void fold_baseline(struct sg_slot *s, uint64_t old)
     }
 }
 
+/* Zero the counts of the buckets of `arr` that are out of the window at
+ * epoch ep, judged against wepoch == n (every bucket with counts was
+ * written at an epoch <= n, and after n - 2^20). Returns 0 if wepoch moved
+ * meanwhile (the caller re-reads it): a bucket newer than n is never taken
+ * for an old one. */
+static int sweep(struct sg_slot *s, sg_a64 *arr, uint32_t nb, uint64_t n, uint64_t ep, int all,
+                 int fold)
+{
+    for (uint32_t i = 0; i < nb; i++) {
+        /* acquire: pairs with the release of bump()'s CAS (R5), so a bucket
+         * written after a newer advance shows that advance below */
+        uint64_t w = atomic_load_explicit(&arr[i], memory_order_acquire);
+        if ((WB_HI(w) | WB_LO(w)) == 0)
+            continue;
+        if (atomic_load_explicit(&s->wepoch, memory_order_acquire) != n)
+            return 0;
+        uint64_t age = (n - WB_EPOCH(w)) & WB_EMASK; /* epochs since it was written */
+        if (!all && age <= n && n - age + nb > ep)
+            continue; /* still in the window at ep */
+        /* relaxed: a count; fails harmlessly if the bucket moved on */
+        if (atomic_compare_exchange_strong_explicit(&arr[i], &w, WB_MAKE(WB_EPOCH(w), 0, 0),
+                                                    memory_order_relaxed, memory_order_relaxed) &&
+            fold)
+            fold_baseline(s, w);
+    }
+    return 1;
+}
+
+/* Move wepoch on to ep, sweeping first. A jump backwards by more than a
+ * window (a policy with longer buckets) empties the window. */
+static void advance(struct sg_slot *s, const struct sg_policy_view *p, uint64_t ep, uint64_t n)
+{
+    int fold = (p->flags & SG_POL_ADAPTIVE) != 0;
+    for (;;) {
+        int all = n > ep;
+        if (sweep(s, s->bucket, p->buckets, n, ep, all, fold) &&
+            sweep(s, s->slow, p->buckets, n, ep, all, 0) &&
+            /* acq_rel: the sweep precedes the advance; n refreshes */
+            atomic_compare_exchange_strong_explicit(&s->wepoch, &n, ep, memory_order_acq_rel,
+                                                    memory_order_acquire))
+            return;
+        n = atomic_load_explicit(&s->wepoch, memory_order_acquire);
+        if (!(ep > n || n - ep > p->buckets))
+            return; /* someone else advanced far enough */
+    }
+}
+
 /* Count one outcome into the bucket of `now`. hi/lo: increments of the two
  * count fields (0 or 1). Returns nothing: statistics never fail. */
 static void bump(struct sg_slot *s, sg_a64 *arr, uint64_t abs_epoch, uint32_t nb, int hi, int lo,
@@ -46,8 +102,9 @@ static void bump(struct sg_slot *s, sg_a64 *arr, uint64_t abs_epoch, uint32_t nb
         } else {
             nw = WB_MAKE(e, hi, lo);
         }
-        /* one CAS counts and (if stale) rotates; w refreshes on failure */
-        if (atomic_compare_exchange_strong_explicit(b, &w, nw, memory_order_relaxed,
+        /* one CAS counts and (if stale) rotates; w refreshes on failure.
+         * R5: release pairs with sweep()'s acquire. */
+        if (atomic_compare_exchange_strong_explicit(b, &w, nw, memory_order_release,
                                                     memory_order_relaxed)) {
             if (rotated && fold)
                 fold_baseline(s, w);
@@ -60,6 +117,11 @@ void sg_window_add(struct sg_slot *s, const struct sg_policy_view *p, uint64_t n
                    int slow)
 {
     uint64_t ep = now / p->bucket_ns;
+    /* acquire: pairs with advance()'s CAS; same cache line as the breaker
+     * word, so this costs one compare on the hot path */
+    uint64_t n = atomic_load_explicit(&s->wepoch, memory_order_acquire);
+    if (ep > n || n - ep > p->buckets)
+        advance(s, p, ep, n);
     if (outcome == SG_IGNORE) {
         bump(s, s->slow, ep, p->buckets, 0, 1, 0);
         return;

@@ -3,19 +3,29 @@
 Each worker (a fork of this process) loops over a random mix of decisions:
 limiter allow / reserve (+ cancel) at every priority, breaker permits with
 half-open probes (held for a random while, some overrunning their lease),
-``execute`` through breaker + limiter, and registration of new endpoint
-names (several workers race for the same new name). The parent is the
-killer: at random moments it SIGKILLs a random worker, reaps it and forks a
-replacement; it also plants claims of a dead process ("stale claims") in
-empty slots that workers are about to register, and samples the breakers.
+probes of a dependency that always fails (one probe permit: the issue-10
+interleaving), ``execute`` through breaker + limiter (with adaptive
+throttling) and through a bulkhead (``bh``), and registration of new
+endpoint names (several workers race for the same new name). The parent
+is the killer: at random moments it SIGKILLs a random worker, reaps it and
+forks a replacement; it SIGSTOPs workers for random whiles (then SIGCONTs
+them); it changes the rate of ``lim`` (adjust_rate and a replaced policy)
+while workers use it; it also plants claims of a dead process ("stale
+claims") in empty slots that workers are about to register, and samples
+the breakers.
 
 Afterwards it checks, and reports as ``violations`` (must be empty):
 
 - no deadlock: every surviving worker, then a freshly started process,
   completes 10,000 decisions within SPRINT_LIMIT seconds (time reported);
 - the rate bound: the segment's own accepted counter of each limited
-  endpoint never exceeds tolerance + rate x (elapsed + max wait), where
-  tolerance is the burst scaled by the highest priority share used;
+  endpoint never exceeds tolerance + (integral of the rate) + rate x max
+  wait, where tolerance is the burst scaled by the highest priority share
+  used and the rate's integral follows the logged rate changes (each taken
+  at the worse end of the interval it happened in, recoveries as ramps);
+- no permit of an ended generation: a probe permit of ``p1`` (one permit,
+  only its holder's outcome can end its episode) must find the breaker
+  still HALF_OPEN in its generation right after admission;
 - the probe bound: replaying every probe permit's logged interval (start
   logged after the grant, end before the release, a killed holder's end at
   the moment of its kill, each clipped at its lease expiry), no generation
@@ -72,8 +82,8 @@ LEASE_UNIT = 1 << 20     # lease deadlines are kept in 2**20 ns units
 
 HDR_SLOT = lib.SG_HEADER_SIZE   # struct sg_header
 SLOT = lib.SG_SLOT_SIZE         # struct sg_slot
-BREAKER_EPS = ("brk", "lease", "mix")
-EP_ID = {"brk": 0, "lease": 1, "mix": 2, "bh": 3}
+BREAKER_EPS = ("brk", "lease", "mix", "p1")
+EP_ID = {"brk": 0, "lease": 1, "mix": 2, "p1": 3, "bh": 4}
 
 PRIOS = (sg.Priority.LOW, sg.Priority.NORMAL, sg.Priority.HIGH, sg.Priority.CRITICAL)
 POLICIES = {
@@ -88,18 +98,28 @@ POLICIES = {
                        half_open_max_calls=2, probe_lease=0.03,
                        failure_exceptions=(ConnectionError,)),
     # both, through execute(): admission = breaker + limiter in one C call
+    # (and adaptive throttling: k 1.2 refuses some calls at 35 % failures)
     "mix": sg.Policy(rate=500, burst=10, failure_threshold=0.25, min_requests=4, window=1.0,
                      open_timeout=0.004, half_open_max_calls=2, probe_lease=5.0,
-                     failure_exceptions=(ConnectionError,)),
+                     failure_exceptions=(ConnectionError,), throttle_k=1.2,
+                     throttle_window=0.5, throttle_min_requests=4),
+    # a dependency that always fails, one probe permit: only its holder ends an episode
+    "p1": sg.Policy(failure_threshold=0.5, min_requests=1, window=1.0, open_timeout=0.002,
+                    half_open_max_calls=1, probe_lease=5.0, jitter=0.0),
     # bulkhead only: at most 2 calls in flight host-wide (intervals replayed)
     "bh": sg.Policy(max_concurrent=2, max_wait=0.005),
 }
+#: rates the killer switches ``lim`` between (burst kept), and health scores it applies
+RATES = (1000.0, 2000.0, 4000.0)
+HEALTH = (0.25, 0.5, 1.0, 1.0)
+STOP_FOR = (0.001, 0.15)  # seconds a SIGSTOPped worker stays stopped
 REG_POLICY = sg.Policy(rate=1000, burst=10)
 MAX_WAIT_NS = {"lim": int(MAX_WAIT * NS), "mix": 0}
 PRIOS_USED = {"lim": PRIOS, "mix": (sg.Priority.NORMAL,)}
 
 # Shared log: an anonymous MAP_SHARED mapping made before any fork. Words.
 G_PHASE, G_INJECTED, G_T0, G_NEW_PER_S = 0, 1, 2, 3
+G_P1, G_ENDED, G_ENDED_GEN, G_ENDED_SEEN = 4, 5, 6, 7   # p1 probes checked; ended-generation admissions
 GLOBAL = 16
 H_DEC, H_NREC, H_PID, H_SPRINT_NS, H_SPRINT_N, H_DONE, H_REG = 0, 1, 2, 3, 4, 5, 6
 HWORDS = _torture_keyed.H_BASE + _torture_keyed.WORDS   # words 8..: the keyed part's counters
@@ -226,14 +246,18 @@ class _Worker:
         self.rng = random.Random(f"{cfg['seed']}-{os.getpid()}-{time.monotonic_ns()}")
         self.svc = sg.ResilienceService(cfg["name"], create=False)
         for name, pol in POLICIES.items():
-            self.svc.register_endpoint(name, pol)
+            if name != "lim":            # the killer replaces lim's policy: use what is there
+                self.svc.register_endpoint(name, pol)
         self.lim = self.svc.limiter("lim")
         self.brk = self.svc.breaker("brk")
         self.lease = self.svc.breaker("lease")
+        self.p1 = self.svc.breaker("p1")
+        self.p1_slot = self.svc._eps["p1"].h.slot
+        self.view = ffi.new("struct sg_breaker_view *")
         self.keyed = _torture_keyed.WorkerPart(self.svc, self.rng)
-        self.ops = [(0.27, self.op_allow), (0.13, self.op_reserve), (0.18, self.op_permit_brk),
-                    (0.09, self.op_permit_lease), (0.15, self.op_execute), (0.08, self.op_register),
-                    (0.10, self.op_keyed), (0.10, self.op_bulkhead)]
+        self.ops = [(0.26, self.op_allow), (0.12, self.op_reserve), (0.16, self.op_permit_brk),
+                    (0.08, self.op_permit_lease), (0.14, self.op_execute), (0.07, self.op_register),
+                    (0.10, self.op_keyed), (0.07, self.op_probe1), (0.10, self.op_bulkhead)]
 
     # -- the probe log --------------------------------------------------------------
     def log_start(self, ep: str, tok: int) -> int:
@@ -292,6 +316,23 @@ class _Worker:
         # 0.04 s overruns the 0.03 s lease: the permit must be reusable after it
         return self._permit(self.lease, "lease", (0, 0, 0.001, 0.001, 0.04))
 
+    def op_probe1(self) -> int:
+        """A probe of a dependency that always fails; its episode must still be current."""
+        permit = self.p1.allow()
+        if permit is None:
+            return 1
+        if permit.is_probe:
+            gen = (permit.token >> 38) & 0x1FFFFFF
+            lib.sg_breaker_snapshot_at(self.p1_slot, time.monotonic_ns(), self.view)
+            q = self.q
+            q[G_P1] += 1                  # a statistic (racy increments are fine)
+            if self.view.state != lib.SG_HALF_OPEN or self.view.generation != gen:
+                q[G_ENDED] += 1
+                q[G_ENDED_GEN] = gen
+                q[G_ENDED_SEEN] = (self.view.state << 32) | self.view.generation
+        permit.failure()
+        return 2
+
     def op_execute(self) -> int:
         ep = "mix" if self.rng.random() < 0.7 else "brk"
         fail = self.rng.random() < 0.35
@@ -302,7 +343,7 @@ class _Worker:
             return 1
         try:
             self.svc.execute(ep, call)
-        except (sg.CircuitOpenError, sg.RateLimitedError, ConnectionError):
+        except (sg.CircuitOpenError, sg.RateLimitedError, sg.ThrottledError, ConnectionError):
             pass
         return 1
 
@@ -380,13 +421,55 @@ class _Worker:
             elif k == 2:
                 try:
                     svc.execute("mix" if i & 4 else "bh", int)
-                except (sg.CircuitOpenError, sg.RateLimitedError, sg.BulkheadFullError):
+                except (sg.CircuitOpenError, sg.RateLimitedError, sg.ThrottledError,
+                        sg.BulkheadFullError):
                     pass
             else:
                 reg.allow()
         q[b + H_SPRINT_NS] = time.monotonic_ns() - t
         q[b + H_SPRINT_N] = SPRINT
         q[b + H_DONE] = 1
+
+
+def rate_integral(pol: sg.Policy, log: list[tuple[str, float, int, int]], t0: int,
+                  t_end: int, step: int = NS // 1000) -> float:
+    """Upper bound of the tokens the rate history lets through in [t0, t_end].
+
+    Each logged change happened somewhere in [t_before, t_after]: a new
+    policy rate counts as the larger of the two rates over that interval, a
+    drop of the health score from t_after, a rise from t_before, ramping
+    over ``recovery`` from the scale of that moment (rate.c: re-basing the
+    ramp at a later change only slows it). Integrated in 1 ms steps, each
+    at the larger end.
+    """
+    floor, rec = pol.rate_floor, pol.recovery * NS
+    events = sorted([(ta if k == "health" else tb, k, v, tb, ta) for k, v, tb, ta in log])
+    base, scale = [(t0, pol.rate)], (1.0, 1.0, t0)   # (from, to, start)
+
+    def s_at(t: int, sc: tuple[float, float, int]) -> float:
+        f, to, start = sc
+        if to <= f or rec == 0 or t >= start + rec:
+            return to
+        return f + (to - f) * max(0, t - start) / rec
+
+    total, t, i = 0.0, t0, 0
+    while t < t_end:
+        t2 = min(t + step, t_end)
+        hi_base = base[-1][1]
+        while i < len(events) and events[i][0] <= t2:
+            at, k, v, tb, ta = events[i]
+            if k == "rate":
+                hi_base = max(hi_base, v)
+                base.append((ta, v))
+            else:
+                target = max(v, floor)
+                cur = s_at(tb, scale)
+                scale = (target, target, ta) if target <= cur else (cur, target, tb)
+            i += 1
+        hi_base = max(hi_base, base[-1][1])
+        total += hi_base * max(s_at(t, scale), s_at(t2, scale)) * (t2 - t) / NS
+        t = t2
+    return total
 
 
 def _die_with_parent() -> None:
@@ -438,9 +521,12 @@ class Torture:
         self.q = memoryview(self.mm).cast("q")
         self.procs: dict[int, int] = {}
         self.violations: list[str] = []
-        self.kills = self.respawns = self.injected = self.samples = self.stops = 0
+        self.kills = self.respawns = self.injected = self.samples = 0
         self.max_probes_seen = {ep: 0 for ep in BREAKER_EPS}
         self.corpse = 0
+        self.stopped: dict[int, float] = {}     # worker slot -> when to SIGCONT it
+        self.stops = 0
+        self.rate_log: list[tuple[str, float, int, int]] = []  # (kind, value, t_before, t_after)
 
     # -- processes -------------------------------------------------------------------
     def spawn(self, slot: int, fresh: bool = False) -> None:
@@ -465,7 +551,39 @@ class Torture:
             if q[r + 3] == 0:
                 q[r + 3] = t_kill   # its holder was alive until at least now
 
+    def stop_some(self) -> None:
+        """SIGCONTs workers whose stop is over; SIGSTOPs another one now and then."""
+        now = time.monotonic()
+        for slot, until in list(self.stopped.items()):
+            if now >= until:
+                os.kill(self.procs[slot], signal.SIGCONT)
+                del self.stopped[slot]
+        if self.rng.random() < 0.3:
+            slot = self.rng.randrange(self.k)
+            if slot not in self.stopped:
+                os.kill(self.procs[slot], signal.SIGSTOP)
+                self.stopped[slot] = now + self.rng.uniform(*STOP_FOR)
+                self.stops += 1
+
+    def resume_all(self) -> None:
+        for slot in list(self.stopped):
+            os.kill(self.procs[slot], signal.SIGCONT)
+        self.stopped.clear()
+
+    def change_rate(self, svc: sg.ResilienceService) -> None:
+        """Changes lim's rate while workers use it: a new policy rate, or a health score."""
+        if self.rng.random() < 0.5:
+            kind, value = "rate", self.rng.choice(RATES)
+            t = time.monotonic_ns()
+            svc.register_endpoint("lim", POLICIES["lim"].replace(rate=value), replace=True)
+        else:
+            kind, value = "health", self.rng.choice(HEALTH)
+            t = time.monotonic_ns()
+            svc.adjust_rate("lim", value)
+        self.rate_log.append((kind, value, t, time.monotonic_ns()))
+
     def kill(self, slot: int) -> None:
+        self.stopped.pop(slot, None)      # SIGKILL ends a stopped process too
         pid = self.procs.pop(slot)
         t_kill = time.monotonic_ns()
         os.kill(pid, signal.SIGKILL)
@@ -475,14 +593,6 @@ class Torture:
         else:
             self._exited(slot, pid, status)
         self._close_open_record(slot, t_kill)
-
-    def stall(self, slot: int) -> None:
-        """SIGSTOPs a worker for a moment: a stalled holder keeps its tickets and permits."""
-        pid = self.procs[slot]
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(self.rng.uniform(0.001, 0.02))
-        os.kill(pid, signal.SIGCONT)
-        self.stops += 1
 
     def _exited(self, slot: int, pid: int, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
@@ -570,12 +680,16 @@ class Torture:
         region = self.cfg["region"]
         last_dec = {s: (0, time.monotonic()) for s in range(k)}
         deadline = time.monotonic() + self.seconds
-        next_inject = next_table = time.monotonic()
+        next_inject = next_table = next_rate = time.monotonic()
         while time.monotonic() < deadline:
             time.sleep(self.rng.uniform(*self.kill_every))
             self.reap_dead()
             self.sample(svc)
+            self.stop_some()
             now = time.monotonic()
+            if now >= next_rate:
+                self.change_rate(svc)
+                next_rate = now + self.rng.uniform(0.1, 0.5)
             if now >= next_inject:
                 self.inject(svc)
                 next_inject = now + 0.25
@@ -590,8 +704,6 @@ class Torture:
                 elif now - last_dec[s][1] > STALL_LIMIT:
                     self.violations.append(f"worker slot {s} made no decision for {STALL_LIMIT} s")
                     last_dec[s] = (d, now)
-            if self.rng.random() < 0.5:
-                self.stall(self.rng.randrange(k))
             victim = self.rng.randrange(k)
             self.kill(victim)
             self.spawn(victim)
@@ -599,6 +711,7 @@ class Torture:
         decisions = sum(q[GLOBAL + s * region + H_DEC] for s in range(k))
         registrations = sum(q[GLOBAL + s * region + H_REG] for s in range(k))
         # -- end: survivors, then a fresh process, must each complete SPRINT decisions
+        self.resume_all()
         q[G_PHASE] = 1
         sprints = [self._await_sprint(s, "survivor") for s in range(k)]
         self.spawn(k, fresh=True)
@@ -606,9 +719,17 @@ class Torture:
         decisions += sum(s["decisions"] for s in sprints)
         t_end = svc.now_ns()
         limiter = {ep: self._rate_bound(svc, ep, t0, t_end) for ep in MAX_WAIT_NS}
+        throttle = self._throttle_sane(svc)
         keyed = _torture_keyed.report(svc, q, self.cfg["region"], k, GLOBAL, t0, t_end,
                                       self.violations)
         probes = self._probe_replay()
+        if q[G_ENDED]:
+            seen = q[G_ENDED_SEEN]
+            self.violations.append(f"p1: {q[G_ENDED]} probe permits granted in an ended generation "
+                                   f"(e.g. generation {q[G_ENDED_GEN]}; the breaker was in state "
+                                   f"{seen >> 32}, generation {seen & 0xFFFFFFFF})")
+        probes["p1_checked"] = q[G_P1]
+        probes["p1_ended_generation"] = q[G_ENDED]
         expected = set(POLICIES) | {f"reg-{i}" for i in range(self.cfg["nreg"])} | {
             f"inj-{i}" for i in range(q[G_INJECTED])}
         table, bad = table_report(svc, expected)
@@ -617,12 +738,13 @@ class Torture:
         bulkhead = self._tickets_back(svc)
         return {
             "seconds": round(time.monotonic() - t_start, 1), "workers": k, "seed": self.seed,
-            "kills": self.kills, "stops": self.stops, "respawns": self.respawns,
+            "kills": self.kills, "respawns": self.respawns,
             "decisions": decisions, "bulkhead": bulkhead,
             "registrations": registrations, "stale_claims_planted": self.injected,
             "breaker_samples": self.samples, "max_live_probes_sampled": self.max_probes_seen,
-            "sprints": sprints, "limiter": limiter, "keyed": keyed, "probes": probes,
-            "table": table,
+            "sprints": sprints, "limiter": limiter, "throttle": throttle, "keyed": keyed,
+            "probes": probes, "table": table, "stops": self.stops,
+            "rate_changes": len(self.rate_log),
             "violations": self.violations,
         }
 
@@ -650,21 +772,32 @@ class Torture:
         return {"who": who, "pid": pid, "decisions": self.q[b + H_SPRINT_N] if done else 0,
                 "seconds": round(took, 3)}
 
+    def _throttle_sane(self, svc: sg.ResilienceService) -> dict:
+        """Throttling of "mix" after the kills: totals consistent, window within them."""
+        t = svc.stats("mix").throttle
+        assert t is not None
+        if not (t.throttled <= t.requests_total and t.accepts_total <= t.requests_total
+                and t.requests <= t.requests_total and 0.0 <= t.throttle_probability <= 1.0):
+            self.violations.append(f"mix: inconsistent throttle counts {t}")
+        return {"requests": t.requests_total, "accepts": t.accepts_total,
+                "throttled": t.throttled}
+
     def _rate_bound(self, svc: sg.ResilienceService, ep: str, t0: int, t_end: int) -> dict:
         m = svc.stats(ep).limiter_metrics
-        pv = ffi.new("struct sg_policy_view *")
-        lib.sg_policy_read(svc._eps[ep].h, pv)
-        T = pv.emission_ns
-        tol = max(max(T * pv.burst * pv.share_ppm[int(p)] // 1_000_000, T)
-                  for p in PRIOS_USED[ep])
+        pol = POLICIES[ep]
+        tol = pol.burst * max(pol.priority_shares[int(p)] for p in PRIOS_USED[ep])
+        log = self.rate_log if ep == "lim" else []
+        r_max = max([pol.rate] + [v for k, v, _, _ in log if k == "rate"])
+        integral = rate_integral(pol, log, t0, t_end)
+        bound = int(tol + integral + r_max * MAX_WAIT_NS[ep] / NS) + 1
         elapsed = t_end - t0
-        bound = (elapsed + MAX_WAIT_NS[ep] + tol) // T
         if m.accepted > bound:
-            self.violations.append(f"{ep}: accepted {m.accepted} > bound {bound} "
-                                   f"(tolerance {tol / T:g} + rate x {elapsed / NS:.3f} s)")
+            self.violations.append(f"{ep}: accepted {m.accepted} > bound {bound} (tolerance "
+                                   f"{tol:g} + {integral:.1f} by the rate history over "
+                                   f"{elapsed / NS:.3f} s, {len(log)} rate changes)")
         return {"accepted": m.accepted, "rejected": m.rejected, "bound": bound,
-                "rate": NS / T, "burst": pv.burst, "elapsed_s": round(elapsed / NS, 3),
-                "fill": round(m.accepted / bound, 3) if bound else 0.0}
+                "rate": pol.rate, "burst": pol.burst, "elapsed_s": round(elapsed / NS, 3),
+                "rate_changes": len(log), "fill": round(m.accepted / bound, 3) if bound else 0.0}
 
     def _tickets_back(self, svc: sg.ResilienceService) -> dict:
         """Every worker is gone: every ticket must come back (dead holders' reclaimed)."""
@@ -766,15 +899,19 @@ def summary(rep: dict) -> str:
     kd = rep["keyed"]
     lines.append(f"  keyed: most admitted per hot key {kd['most_admitted']} <= bound "
                  f"{kd['bound_per_key']} (fill {kd['fill']}); inserted {kd['inserted']}, reused "
-                 f"{kd['evicted']}, folded {kd['folded']}, full {kd['full_rejections']}")
+                 f"{kd['evicted']}, folded {kd['folded']}, full {kd['full_rejections']}, "
+                 f"rate changes {kd['rate_changes']}")
     p = rep["probes"]
     lines.append(f"  probes: {p['permits_logged']} permits in {p['generations']} half-open "
                  f"generations; most at once {p['max_at_once']} (max {p['half_open_max']})")
     b = rep["bulkhead"]
     lines.append(f"  bulkhead bh: {b['acquired']} tickets ({b['waited']} after waiting, "
-                 f"{b['rejected']} refused, {b['reclaimed']} reclaimed from killed holders), "
-                 f"{rep['stops']} SIGSTOPs; most calls at once {rep['probes']['max_at_once']['bh']} "
+                 f"{b['rejected']} refused, {b['reclaimed']} reclaimed from killed holders); "
+                 f"most calls at once {rep['probes']['max_at_once']['bh']} "
                  f"(max {b['max_concurrent']})")
+    lines.append(f"  p1: {p['p1_checked']} probe permits checked at admission, "
+                 f"{p['p1_ended_generation']} in an ended generation; SIGSTOPs: {rep['stops']}; "
+                 f"rate changes of lim: {rep['rate_changes']}")
     lines.append(f"  table: {rep['table']}")
     lines.append(f"  violations: {len(rep['violations'])}")
     lines += [f"    - {v}" for v in rep["violations"][:20]]

@@ -8,7 +8,8 @@ from shmguard.errors import (BulkheadFullError, CapacityError, CircuitOpenError,
                              DeadlineExceededError, InvalidNameError, PolicyConflictError,
                              PolicyError, RateLimitedError, RejectedError, SegmentCorruptError,
                              SegmentError, SegmentIncompatibleError, SegmentNotFoundError,
-                             SegmentPermissionError, ServiceClosedError, ShmguardError)
+                             SegmentPermissionError, ServiceClosedError, ShmguardError,
+                             ThrottledError)
 from shmguard.executor import ResilientExecutor
 from shmguard.fallback import AsyncFallbackChain, FallbackChain
 from shmguard.keyed import KeyedLimiter, KeyedReservation, KeyedStats
@@ -19,7 +20,7 @@ from shmguard.result import Err, Ok
 from shmguard.segment import list_segments, unlink
 from shmguard.service import ResilienceService
 from shmguard.stats import (BreakerMode, BreakerState, BulkheadStats, EndpointStats,
-                            LimiterMetrics)
+                            LimiterMetrics, PredictionStats, ThrottleStats)
 
 __version__ = "0.1.0"
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "RateLimitedError", "RejectedError", "Reservation", "ResilienceService", "ResilientExecutor", "SegmentCorruptError",
     "SegmentError", "SegmentIncompatibleError", "SegmentNotFoundError", "SegmentPermissionError",
     "ServiceClosedError", "ShmguardError", "Ticket", "list_segments", "unlink",
+    "PredictionStats", "ThrottleStats", "ThrottledError",
 ]

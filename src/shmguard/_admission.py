@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from shmguard import overload
 from shmguard._capi import ffi, lib
 from shmguard.errors import RateLimitedError
 from shmguard.limiter import delay_of, pack, wait_ns
@@ -42,13 +43,15 @@ def admit_slow(ep: Endpoint, tok: int | None, priority: Priority, timeout: float
         raise ep.open_error()
     if rc == lib.SG_R_RATE_LIMITED:
         raise rate_limited(ep, priority)
+    if rc == lib.SG_R_THROTTLED:
+        raise overload.throttled_error(ep)
     raise ep.rc_error(rc)
 
 
 def rate_limited(ep: Endpoint, priority: Priority) -> RateLimitedError:
     """Returns the error for a rate-limited call, with the time until a token is free."""
     m = ep.limiter_metrics(priority)
-    wait = delay_of(ep, pack(1, priority))  # exact, also after a Retry-After hold
+    wait = delay_of(ep, pack(1, priority))  # exact: counts queued reservations and holds
     return RateLimitedError(ep.name, wait, f"endpoint {ep.name!r} is rate limited "
                                            f"({m.effective_rate:g}/s); retry after {wait:.3f}s")
 
@@ -56,10 +59,12 @@ def rate_limited(ep: Endpoint, priority: Priority) -> RateLimitedError:
 def admit_once(ep: Endpoint, cp: int, timeout: float | None) -> int:
     """One admission (breaker + limiter); with a timeout, sleeps the reserved delay."""
     if timeout is None:
-        return int(ep.admit(ep.h, cp))
+        return ep.admitted(int(ep.admit(ep.h, cp)))
     ep.seg.base  # raises ServiceClosedError once closed
     d = ffi.new("struct sg_decision *")
     tok = int(lib.sg_admit_wait(ep.h, cp, wait_ns(timeout), d))
+    if tok >= 0:
+        ep.admitted(tok)
     if tok >= 0 and d.delay_ns > 0:
         try:
             time.sleep(d.delay_ns / NS)

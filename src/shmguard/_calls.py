@@ -60,9 +60,9 @@ class Calls(Registry):
                 key: str | bytes | None = None, **kwargs: Any) -> T:
         """Runs ``fn(*args, **kwargs)`` if the endpoint admits it, and records the outcome.
 
-        Admission order: breaker, limiter, then the bulkhead (if the policy has
-        one: a ticket, waited for up to the policy's ``max_wait``, given back
-        as soon as ``fn`` returns or raises).
+        Admission order: breaker, throttle, limiter, then the bulkhead (if the
+        policy has one: a ticket, waited for up to the policy's ``max_wait``,
+        given back as soon as ``fn`` returns or raises).
 
         Keywords ``retries=0, backoff=0.05, max_backoff=2.0, retry_on=None,
         fallback=None`` are execute's own (taken out of ``kwargs``: a named
@@ -106,6 +106,8 @@ class Calls(Registry):
             tok = ep.admit(ep.h, cp)
             if tok < 0:
                 tok = _admission.admit_slow(ep, tok, priority, None)
+            elif tok & LEASE_BITS:
+                ep.admitted(tok)
         else:
             tok = _admission.admit_slow(ep, None, priority, timeout)
         if tok & LEASE_BITS and ep.probe is not None:
@@ -148,7 +150,7 @@ class Calls(Registry):
             return Err(exc)
 
     def admit(self, endpoint: str, priority: Priority = Priority.NORMAL,
-              timeout: float | None = None) -> int:
+              timeout: float | None = None, key: str | bytes | None = None) -> int:
         """Returns an admission token (breaker + limiter) or raises a rejection.
 
         The low-level half of :meth:`execute`; finish with :meth:`record`.
@@ -157,6 +159,8 @@ class Calls(Registry):
         ep = self._eps.get(endpoint) or self._endpoint(endpoint)
         if not _NO_DEADLINES:
             timeout = _check_deadline(timeout, endpoint)
+        if key is not None:
+            _keyed_calls.keyed_admit(self, ep, key, priority, timeout)
         return _admission.admit_slow(ep, None, priority, timeout)
 
     def record(self, endpoint: str, token: int, outcome: Outcome) -> None:
@@ -191,7 +195,7 @@ class Calls(Registry):
         return make_chain(self, steps, last, name)
 
     def guard(self, endpoint: str, *, priority: Priority = Priority.NORMAL,
-              timeout: float | None = None) -> Any:
+              timeout: float | None = None, key: str | bytes | None = None) -> Any:
         """Context manager: admits on entry, records the block's outcome on exit.
 
         ``async with`` works too (it awaits the rate limit when ``timeout`` is set).
@@ -202,9 +206,9 @@ class Calls(Registry):
         if not _NO_DEADLINES:
             timeout = _check_deadline(timeout, endpoint)
         if (_HotGuard is not None and timeout is None and ep.probe is None
-                and self._events.on_metrics_update is None):
+                and self._events.on_metrics_update is None and key is None):
             return _HotGuard(ep, 5 if priority is _NORMAL else pack(1, priority))
-        return _Guard(self, endpoint, priority, timeout)
+        return _Guard(self, endpoint, priority, timeout, key)
 
 
 def _release(h: Any, bt: int) -> None:
@@ -213,16 +217,17 @@ def _release(h: Any, bt: int) -> None:
 
 
 class _Guard:
-    __slots__ = ("svc", "endpoint", "priority", "timeout", "tok", "bt")
+    __slots__ = ("svc", "endpoint", "priority", "timeout", "key", "tok", "bt")
 
     def __init__(self, svc: Calls, endpoint: str, priority: Priority,
-                 timeout: float | None) -> None:
+                 timeout: float | None, key: str | bytes | None = None) -> None:
         self.svc, self.endpoint, self.priority, self.timeout = svc, endpoint, priority, timeout
+        self.key = key
         self.tok = -1
         self.bt = 0
 
     def __enter__(self) -> _Guard:
-        self.tok = self.svc.admit(self.endpoint, self.priority, self.timeout)
+        self.tok = self.svc.admit(self.endpoint, self.priority, self.timeout, self.key)
         self.bt = _admission.enter_bulkhead(self.svc._eps[self.endpoint], self.tok, self.priority)
         return self
 
@@ -231,14 +236,15 @@ class _Guard:
         bt, self.bt = self.bt, 0
         _release(ep.h, bt)
         if exc is None:
-            outcome = Outcome.SUCCESS
-        elif isinstance(exc, Exception):
-            outcome = ep.policy.classify(exc)
-        else:
-            outcome = Outcome.IGNORE
-        ep.record_outcome(self.tok, outcome)
+            ep.record_outcome(self.tok, Outcome.SUCCESS)
+        else:  # classified as execute does (failure, ignored; overload-class or not)
+            ep.record_exception(exc, self.tok)
 
     async def __aenter__(self) -> _Guard:
+        if self.key is not None:
+            svc = self.svc
+            ep = svc._eps.get(self.endpoint) or svc._endpoint(self.endpoint)
+            await _keyed_calls.keyed_admit_async(svc, ep, self.key, self.priority, self.timeout)
         self.tok = await aio.admit_async(self.svc, self.endpoint, self.priority, self.timeout)
         self.bt = await aio.enter_bulkhead_async(self.svc._eps[self.endpoint], self.tok,
                                                  self.priority)

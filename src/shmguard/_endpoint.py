@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
-from shmguard import _capi, probes
+from shmguard import _capi, overload, probes
 from shmguard._capi import ffi, lib
 from shmguard.errors import (CircuitOpenError, InvalidNameError, PolicyError, ServiceClosedError,
                              ShmguardError)
@@ -24,10 +24,11 @@ if TYPE_CHECKING:
     from shmguard._events import Events
     from shmguard.segment import Segment
 
-__all__ = ["Endpoint", "validate_endpoint", "LEASE_BITS", "NS", "STATES"]
+__all__ = ["Endpoint", "validate_endpoint", "HO_FLAG", "LEASE_BITS", "NS", "STATES"]
 
 NS = 1_000_000_000
 LEASE_BITS = 0xF << 34  # token bits naming a half-open probe lease
+HO_FLAG = 1 << 33       # token bit: this admission moved the breaker to half-open
 RECLAIM_EVERY = 0.05    # seconds between two scans for dead probe holders
 STATES = {0: (BreakerState.CLOSED, BreakerMode.NORMAL), 1: (BreakerState.OPEN, BreakerMode.NORMAL),
           2: (BreakerState.HALF_OPEN, BreakerMode.NORMAL),
@@ -97,8 +98,16 @@ class Endpoint:
         priority = Priority(cp & 3)
         if tok < 0:
             tok = _admission.admit_slow(self, tok, priority, None)
+        else:
+            self.admitted(tok)
         if tok & LEASE_BITS and self.probe is not None:
             tok = _admission.probe_instead(self, tok, priority, None)
+        return tok
+
+    def admitted(self, tok: int) -> int:
+        """Reports OPEN -> HALF_OPEN if admitting ``tok`` made it (once, at admission)."""
+        if tok & HO_FLAG:
+            self.events.transition(self, lib.SG_T_TO_HALF_OPEN, False)
         return tok
 
     def slow_bulkhead(self, bt: int, tok: int, cp: int) -> int:
@@ -141,11 +150,15 @@ class Endpoint:
     def record_exception(self, exc: BaseException, tok: int) -> None:
         outcome = self.policy.classify(exc) if isinstance(exc, Exception) else Outcome.IGNORE
         t = self.record(self.h, tok | outcome)
+        if outcome == Outcome.FAILURE and self.policy.throttle_on:  # SG_POL_THROTTLE_ON
+            lib.sg_throttle_report(self.h, self.policy.is_overload(exc))
         if t or self.events.on_metrics_update is not None:
             self.events.after(self, t, tok)
 
     def record_outcome(self, tok: int, outcome: int) -> None:
         t = self.record(self.h, tok | outcome)
+        if outcome == Outcome.FAILURE and self.policy.throttle_on:  # no exception: overload
+            lib.sg_throttle_report(self.h, 1)
         if t or self.events.on_metrics_update is not None:
             self.events.after(self, t, tok)
 
@@ -219,7 +232,7 @@ class Endpoint:
               for p in Priority}
         return LimiterMetrics(sum(v.accepted), sum(v.rejected), sum(v.waited), by,
                               v.win_accepted, v.win_rejected, v.win_ns / NS, v.tokens,
-                              v.effective_rate, v.scale_ppm / 1e6)
+                              v.effective_rate, v.scale_ppm / 1e6, v.wait_ns / NS)
 
     def bulkhead_stats(self) -> BulkheadStats | None:
         self.seg.base  # raises once closed
@@ -233,13 +246,15 @@ class Endpoint:
         rate = None if pv.flags & lib.SG_POL_NO_LIMIT else NS / pv.emission_ns
         lim = self.limiter_metrics()
         v = ffi.new("struct sg_budget_view *")
-        _capi.check(lib.sg_budget_snapshot_at(self.h.slot, self.seg.now_ns(), v), "budget",
-                    self.seg.name)
+        now, seg = self.seg.now_ns(), self.seg.name
+        _capi.check(lib.sg_budget_snapshot_at(self.h.slot, now, v), "budget", seg)
         budget = RetryBudgetStats(v.window_ns / NS, v.attempts, v.retries, v.allowed) \
             if v.window_ns else None
         return EndpointStats(self.name, b.state, b.failure_rate, lim, b, rate, pv.burst,
                              lim.accepted, v.retries_total, v.denied_total, budget,
-                             self.bulkhead_stats())
+                             bulkhead=self.bulkhead_stats(),
+                             throttle=overload.throttle_stats(self.h.slot, now, seg),
+                             prediction=overload.prediction_stats(self.h.slot, now, seg))
 
     # -- errors ---------------------------------------------------------------------
     def rc_error(self, rc: int) -> ShmguardError:

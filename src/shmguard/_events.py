@@ -2,8 +2,10 @@
 
 ``on_state_change(endpoint, old, new)`` and ``on_metrics_update(endpoint,
 state, stats)`` run in the process, and thread, whose call made the
-transition, never under a lock; an exception in a callback propagates to
-that call.
+transition, when it made it, never under a lock: OPEN -> HALF_OPEN when
+that call was admitted (before it runs), HALF_OPEN -> CLOSED / OPEN and
+CLOSED -> OPEN when its outcome was recorded. Each transition is reported
+once. An exception in a callback propagates to that call.
 """
 from __future__ import annotations
 
@@ -35,8 +37,6 @@ class Events:
         """Fires callbacks for what sg_breaker_record reported (``t``)."""
         if t < 0:
             raise ep.rc_error(t)  # a bad token: never decode it as a transition
-        if t & lib.SG_T_ECHO_HALF_OPEN:
-            self.transition(ep, lib.SG_T_TO_HALF_OPEN, False)
         t &= 7
         if t in _NEW:
             self.transition(ep, t, bool((tok >> 34) & 0xF))

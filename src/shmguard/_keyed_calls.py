@@ -44,9 +44,10 @@ def limiter_of(svc: Any, ep: Endpoint) -> KeyedLimiter:
 def _refused(kl: KeyedLimiter, ep: Endpoint, key: Key, priority: Priority) -> RateLimitedError:
     wait = kl.retry_after(key, 1, priority)
     if wait == 0:  # the key has a full bucket: it found no free entry
-        return RateLimitedError(ep.name, kl.retry_after(key, 1, priority) or 1.0 / kl._t.kh.burst,
-                                f"keyed limiter {kl.name!r} is full: no free entry for key "
-                                f"{key!r:.40} of endpoint {ep.name!r}")
+        hint = kl._t.refresh().emission_ns / 1e9   # entries free up as buckets refill
+        return RateLimitedError(ep.name, hint, f"keyed limiter {kl.name!r} is full: no free "
+                                               f"entry for key {key!r:.40} of endpoint "
+                                               f"{ep.name!r}")
     return RateLimitedError(ep.name, wait, f"key {key!r:.40} of endpoint {ep.name!r} is rate "
                                            f"limited by keyed limiter {kl.name!r}; retry after "
                                            f"{wait:.3f}s")

@@ -18,14 +18,16 @@ import os
 import re
 import stat
 import time
+import weakref
 from typing import Any
 
 import posix_ipc
 
-from shmguard import _capi
+from shmguard import _capi, probes
 from shmguard._capi import ffi, lib
 from shmguard.errors import (InvalidNameError, PolicyError, SegmentCorruptError,
-                             SegmentNotFoundError, SegmentPermissionError)
+                             SegmentIncompatibleError, SegmentNotFoundError,
+                             SegmentPermissionError, ShmguardError)
 from shmguard.segment import KEYED_SEP, Segment, object_name
 
 __all__ = ["KeyedTable", "validate_keyed_name", "table_object_name", "keyed_config", "describe",
@@ -80,7 +82,7 @@ def keyed_config(rate: float, burst: int, capacity: int, on_full: str) -> Any:
         c.share_ppm[i] = max(1, round(share * 1_000_000))
     seed = os.urandom(16)  # per table: clients cannot aim keys at one window
     c.seed0, c.seed1 = int.from_bytes(seed[:8], "little"), int.from_bytes(seed[8:], "little")
-    text = f"{c.emission_ns};{burst};{capacity};{on_full};{list(c.share_ppm)}"
+    text = f"{c.emission_ns};{burst};{list(c.share_ppm)}"  # capacity, on_full: compared apart
     c.fingerprint = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(),
                                    "little") & (2**63 - 1)
     return c
@@ -94,6 +96,15 @@ def describe(v: Any) -> str:
 
 
 NS_PER_S = 1_000_000_000
+
+
+_ERRORS = {
+    lib.SG_E_NOT_READY: (SegmentCorruptError, "was never initialised (its creator died?)"),
+    lib.SG_E_MAGIC: (SegmentCorruptError, "is not a keyed limiter table (bad magic)"),
+    lib.SG_E_VERSION: (SegmentIncompatibleError, "has another table version"),
+    lib.SG_E_SIZE: (SegmentCorruptError, "has a corrupt header (sizes disagree)"),
+    lib.SG_E_TRUNCATED: (SegmentCorruptError, "is shorter than its header claims"),
+}
 
 
 class KeyedTable:
@@ -189,13 +200,32 @@ class KeyedTable:
             rc = lib.sg_kl_handle_init(self.kh, base, size, seg.base, seg.size)
         if rc != lib.SG_OK:
             self._raise(rc)
+        self.kh.stripe = os.getpid() % lib.SG_KL_STRIPES  # this process's counter line
+        _LIVE.add(self)
 
     def _raise(self, rc: int) -> None:
-        try:
-            _capi.raise_segment(rc, self.segment.name)
-        except Exception as exc:
-            text = str(exc).replace(f"segment {self.segment.name!r}", self.what)
-            raise type(exc)(text.replace("slot", "entry")) from None
+        cls, what = _ERRORS.get(rc, (SegmentCorruptError, f"failed validation with code {rc}"))
+        raise cls(f"{self.what} {what}")
+
+    def set_rate(self, config: Any, now_ns: int) -> None:
+        """Publishes ``config``'s rate and burst to every process, keeping each key's debt in tokens.
+
+        Waits (bounded) for another writer; a writer lease whose holder died
+        (pid + start time) is taken over.
+        """
+        lease = (os.getpid() << 32) | (int(time.time()) & 0xFFFFFFFF)
+        deadline = time.monotonic() + 5.0
+        while (rc := lib.sg_kl_set_rate_at(self.kh, now_ns, config.emission_ns, config.burst,
+                                           config.fingerprint, lease)) == lib.SG_E_BUSY:
+            cur = int(self.refresh().lease)
+            if cur and not probes.holder_alive(cur >> 32, started_before=cur & 0xFFFFFFFF):
+                lib.sg_kl_takeover(self.kh, cur)   # its holder is dead: it can never resume
+                continue
+            if time.monotonic() > deadline:
+                raise ShmguardError(f"{self.what}: the rate writer lease of pid {cur >> 32} "
+                                    "stayed busy")
+            time.sleep(0.001)
+        _capi.check(rc, f"set the rate of {self.what}", self.segment.name)
 
     def refresh(self) -> Any:
         """Returns a fresh, validated ``struct sg_kl_view *`` (sizes, policy, counters)."""
@@ -227,3 +257,16 @@ class KeyedTable:
             return True
         except posix_ipc.ExistentialError:
             return False
+
+
+_LIVE: weakref.WeakSet[KeyedTable] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # a fork child counts in its own stripe, not in its parent's line
+    for t in list(_LIVE):
+        if not t.closed:
+            t.kh.stripe = os.getpid() % lib.SG_KL_STRIPES
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -28,10 +28,8 @@ def _scan(t: KeyedTable, now: int, top: int) -> tuple[Any, list[Any]]:
     return out, [arr[i] for i in range(out.top_n)]
 
 
-def _hot(t: KeyedTable, rows: list[Any]) -> list[dict[str, Any]]:
-    T, tol = t.kh.emission_ns, t.kh.tol[2]  # Priority.HIGH: the whole burst
-    return [{"fingerprint": f"{r.fingerprint >> 2:016x}",
-             "tokens": 0.0 if r.ahead_ns >= tol else (tol - r.ahead_ns) / T,
+def _hot(rows: list[Any]) -> list[dict[str, Any]]:
+    return [{"fingerprint": f"{r.fingerprint >> 2:016x}", "tokens": float(r.tokens),
              "refill_seconds": r.ahead_ns / NS, "index": int(r.index)} for r in rows]
 
 
@@ -47,7 +45,7 @@ def table_dict(t: KeyedTable, now: int, top: int = 0) -> dict[str, Any]:
         "accepted": int(v.accepted), "rejected": int(v.rejected), "waited": int(v.waited),
         "inserted": int(v.inserted), "evicted": int(v.evicted),
         "full_rejections": int(v.full_rejected), "full_allowed": int(v.full_allowed),
-        "folded": int(v.folded), "hot": _hot(t, rows),
+        "folded": int(v.folded), "rate_changes": int(v.rate_changes), "hot": _hot(rows),
     }
 
 

@@ -18,6 +18,7 @@ from shmguard._endpoint import NS, Endpoint, validate_endpoint
 from shmguard._events import Events
 from shmguard.errors import (CapacityError, PolicyConflictError, PolicyError, SegmentError,
                              ServiceClosedError, ShmguardError)
+from shmguard.limiter import change_rate
 from shmguard.policy import Policy, PolicyPresets
 from shmguard.segment import Segment, validate_name
 from shmguard.segment import unlink as unlink_segment
@@ -185,6 +186,8 @@ class Registry:
                 raise ShmguardError(f"endpoint {name!r}: policy writer lease stayed busy")
             time.sleep(0.001)
         _capi.check(rc, f"publish policy of {name!r}", self.name)
+        change_rate(lambda: lib.sg_limiter_retune_at(ep.h.slot, self.segment.now_ns()),
+                    f"new rate of {name!r}", self.name)   # the debt is kept in tokens
         ep.sync_bulkhead()
         ep.policy = policy
         if on_conflict is None:

@@ -54,13 +54,14 @@ async def _admit(svc: ResilienceService, endpoint: str, priority: Priority,
     cp = pack(1, priority)
     if timeout is None:
         tok = ep.admit(ep.h, cp)
-        return ep, tok if tok >= 0 else admit_slow(ep, tok, priority, None)
+        return ep, ep.admitted(tok) if tok >= 0 else admit_slow(ep, tok, priority, None)
     budget = wait_ns(timeout)
     ep.seg.base  # raises ServiceClosedError once closed
     for attempt in range(2):
         d = ffi.new("struct sg_decision *")
         tok = lib.sg_admit_wait(ep.h, cp, budget, d)
         if tok >= 0:
+            ep.admitted(tok)
             if d.delay_ns > 0:
                 try:
                     await asyncio.sleep(d.delay_ns / NS)
@@ -116,6 +117,8 @@ async def execute_async(svc: ResilienceService, endpoint: str,
         tok = ep.admit(ep.h, 5 if priority is _NORMAL else pack(1, priority))
         if tok < 0:
             tok = admit_slow(ep, tok, priority, None)
+        elif tok & _LEASE:  # a probe permit: OPEN -> HALF_OPEN is reported now
+            ep.admitted(tok)
     else:
         ep, tok = await _admit(svc, endpoint, priority, timeout)
     if tok & _LEASE and ep.probe is not None:

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from shmguard._endpoint import Endpoint
 
 T = TypeVar("T")
-HO_FLAG = 1 << 33
 __all__ = ["Breaker", "Permit", "PyPermit"]
 
 
@@ -59,7 +58,6 @@ class PyPermit:
         if self._done:
             raise RuntimeError("permit already used: report an outcome once")
         self._done = True
-        # allow() already reported a half-open transition: drop its echo
         t = self._ep.record(self._ep.h, self._tok | outcome)
         if t < 0 or t & 7 in (1, 2, 3):
             self._ep.permit_after(t, self._tok)
@@ -96,9 +94,7 @@ def after_acquire(ep: Endpoint, tok: int) -> Any:
         if tok in (lib.SG_R_OPEN, lib.SG_R_PROBES_FULL):
             return None
         raise ep.rc_error(tok)
-    if tok & HO_FLAG:
-        ep.events.transition(ep, lib.SG_T_TO_HALF_OPEN, False)
-    return Permit(ep, tok)
+    return Permit(ep, ep.admitted(tok))
 
 
 def _allow(ep: Endpoint) -> Any:
@@ -179,7 +175,7 @@ class Breaker:
         self._ep.force(lib.SG_OPEN)
 
     def reset(self) -> None:
-        """Closes the breaker and forgets its window, for every process."""
+        """Closes the breaker and forgets its window and the throttling window, for every process."""
         self._ep.force(lib.SG_CLOSED)
 
     def __repr__(self) -> str:

@@ -77,3 +77,23 @@ class RateLimitedError(RejectedError):
 
 class BulkheadFullError(RejectedError):
     """Every ticket of the endpoint's bulkhead stayed out for as long as the call could wait."""
+
+
+class ThrottledError(ShmguardError):
+    """Adaptive throttling refused the call locally (the dependency is overloaded).
+
+    ``retry_after`` is None: the refusal is a random draw, so an immediate
+    retry may pass; ``probability`` is the chance of refusal when it was drawn.
+    """
+
+    #: the process that refused the call (set by ResilientExecutor workers)
+    worker_pid: int | None = None
+    retry_after: None = None
+
+    def __init__(self, endpoint: str, probability: float, message: str) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.probability = probability
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.endpoint, self.probability, str(self)), self.__dict__)

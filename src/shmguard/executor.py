@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, TypeVar
 
 from shmguard.deadline import deadline_ns as _deadline_ns
 from shmguard.deadline import until
-from shmguard.errors import DeadlineExceededError, RejectedError, SegmentError
+from shmguard.errors import (DeadlineExceededError, RejectedError, SegmentError,
+                             ThrottledError)
 from shmguard.limiter import pack, wait_ns
 from shmguard.policy import Policy, Priority
 from shmguard._endpoint import validate_endpoint
@@ -127,7 +128,7 @@ def _run(ticket: _Ticket, endpoint: str, fn: Callable[..., T], args: tuple[Any, 
             return svc.execute(endpoint, fn, *args, priority=priority, timeout=timeout, **kwargs)
         with until(deadline_ns):
             return svc.execute(endpoint, fn, *args, priority=priority, timeout=timeout, **kwargs)
-    except RejectedError as exc:
+    except (RejectedError, ThrottledError) as exc:
         exc.worker_pid = os.getpid()
         raise
 
@@ -138,11 +139,11 @@ class ResilientExecutor:
     Creates the segment (or attaches to it) in this process and registers
     endpoints on first use with ``policy`` (default: the service's standard
     policy); the workers attach by name. Rejections arrive as the future's
-    :class:`CircuitOpenError` or :class:`RateLimitedError`, with
-    ``worker_pid`` set to the process that decided. Arguments that cannot be
-    pickled fail with the executor's own error. Thread safe; ``shutdown()``
-    and the context manager pass through to the wrapped executor, then close
-    the service this wrapper opened.
+    :class:`CircuitOpenError`, :class:`RateLimitedError`, :class:`ThrottledError`
+    or :class:`BulkheadFullError`, with ``worker_pid`` set to the process that
+    decided. Arguments that cannot be pickled fail with the executor's own
+    error. Thread safe; ``shutdown()`` and the context manager pass through to
+    the wrapped executor, then close the service this wrapper opened.
 
     :param executor: the pool to wrap (kept; see :attr:`executor`).
     :param segment: the segment name (default: env ``SHMGUARD_SEGMENT``, else

@@ -15,6 +15,10 @@ key finds no free entry in its probe window, ``on_full`` decides: "reject"
 (the key is refused, counted in ``full_rejections``) or "allow" (admitted
 without a limit, counted in ``full_allowed``); known keys are unaffected.
 
+Changing the rate or burst (``svc.keyed_limiter(name, rate, burst,
+replace=True)``, ``shmguard set-rate --keyed``) keeps each key's debt in
+tokens: TATs are virtual time (csrc/keyed_rate.c).
+
 Thread safe and process safe; no lock. Verbs as :class:`~shmguard.Limiter`:
 
 >>> kl = svc.keyed_limiter("api", rate=10, burst=20)       # doctest: +SKIP
@@ -78,7 +82,7 @@ def _error(t: KeyedTable, rc: int, verb: str, cost: int, priority: Priority) -> 
     if t.closed:
         return ShmguardError(f"{t.what} is closed in this process")
     if rc == lib.SG_E_COST:
-        return PolicyError(f"{verb}(cost={cost}) exceeds burst {t.kh.burst} of {t.what} at "
+        return PolicyError(f"{verb}(cost={cost}) exceeds burst {t.refresh().burst} of {t.what} at "
                            f"priority {Priority(priority)}")
     if rc == lib.SG_E_BUSY:
         return ShmguardError(f"{t.what}: the key's entry stayed contended")
@@ -116,6 +120,7 @@ class KeyedStats:
     full_rejections: int   # new keys refused: no free entry (on_full="reject")
     full_allowed: int      # new keys admitted unlimited: no free entry (on_full="allow")
     folded: int            # duplicate entries of one key merged (concurrent inserts)
+    rate_changes: int      # rate or burst changed since creation (replace=True)
     hot: tuple[HotKey, ...] = ()
 
     def acceptance_rate(self) -> float:

@@ -12,20 +12,22 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
+from shmguard import _capi
 from shmguard._capi import ffi, hot, lib
-from shmguard.errors import PolicyError
+from shmguard.errors import PolicyError, ShmguardError
 from shmguard.policy import Priority
 from shmguard.stats import LimiterMetrics
 
 if TYPE_CHECKING:
     from shmguard._endpoint import Endpoint
 
-__all__ = ["Limiter", "Reservation", "pack", "delay_of"]
+__all__ = ["Limiter", "Reservation", "pack", "change_rate", "delay_of"]
 
 NS = 1_000_000_000
 FOREVER_NS = 2**63 - 1
+CHANGE_WAIT = 5.0        # seconds a rate change waits for another one under way
 _NORMAL = Priority.NORMAL
 _ONE = 1  # `cost is _ONE` holds for the int 1 only (not True, not 1.0): small ints are cached
 
@@ -39,6 +41,22 @@ def pack(cost: int, priority: int) -> int:
             priority.upper() in Priority.__members__ else ""
         raise PolicyError(f"priority must be a shmguard.Priority, got {priority!r}{hint}")
     return (cost << 2) | int(priority)
+
+
+def change_rate(call: Callable[[], int], what: str, segment: str = "") -> None:
+    """Runs a C rate change, retrying while another process's change is under way.
+
+    Every rate change (``adjust_rate``, a new policy rate) starts a new rate
+    regime that keeps the limiter's debt in tokens; changes of one endpoint
+    run one at a time (a change takes microseconds; one left by a dead
+    process is completed after 1 s).
+    """
+    deadline = time.monotonic() + CHANGE_WAIT
+    while (rc := call()) == lib.SG_E_BUSY:
+        if time.monotonic() > deadline:
+            raise ShmguardError(f"{what}: another rate change stayed under way")
+        time.sleep(0.0005)
+    _capi.check(rc, what, segment)
 
 
 def wait_ns(seconds: float | None) -> int:
@@ -75,7 +93,11 @@ class Reservation:
         self._cancelled = not ok
 
     def cancel(self) -> None:
-        """Gives the reserved tokens back if the reservation has not come due."""
+        """Gives back what this reservation took, less what was reserved after it.
+
+        Accepted up to and including its time to act (x/time/rate's rule);
+        after a rate change nothing is given back.
+        """
         if self._cancelled or self._ep.seg.closed:
             return
         self._cancelled = True

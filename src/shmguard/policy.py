@@ -69,7 +69,9 @@ class Policy:
     calls) open the breaker for 30 s; half-open lets 1 probe through (lease
     10 s) and 1 success closes it; the limiter is off (``rate=None``); no
     retry budget (``retry_budget=None``; 0.2 lets retries be 20 % of first
-    attempts over ``retry_budget_window``, plus ``retry_budget_min_per_second``).
+    attempts over ``retry_budget_window``, plus ``retry_budget_min_per_second``);
+    adaptive throttling (``throttle_k=None``) and predictive breaking
+    (``predict_horizon=None``) are off.
 
     :raises PolicyError: when any field is invalid; the message names it.
 
@@ -110,6 +112,11 @@ class Policy:
     retry_budget: float | None = None
     retry_budget_min_per_second: float = 10.0
     retry_budget_window: float = 10.0
+    throttle_k: float | None = None
+    throttle_window: float = 120.0
+    throttle_min_requests: int = 10
+    throttle_on: tuple[type[BaseException], ...] = ()
+    predict_horizon: float | None = None
     keyed_limit: str | None = None  # name of a keyed limiter execute(..., key=) applies
     _fingerprint: int = field(default=0, init=False, repr=False, compare=False)
 
@@ -153,7 +160,8 @@ class Policy:
         _num("recovery", self.recovery, lo=0, hi=86400)
         self._check_bulkhead()
         self._check_retry_budget()
-        for fname in ("failure_exceptions", "ignored_exceptions"):
+        self._check_overload()
+        for fname in ("failure_exceptions", "ignored_exceptions", "throttle_on"):
             value = getattr(self, fname)
             if not isinstance(value, tuple) or not all(
                     isinstance(c, type) and issubclass(c, BaseException) for c in value):
@@ -191,6 +199,21 @@ class Policy:
         _num("retry_budget_min_per_second", self.retry_budget_min_per_second, lo=0, hi=10**6)
         _num("retry_budget_window", self.retry_budget_window, lo=0.01, hi=3600)
 
+    def _check_overload(self) -> None:
+        if self.throttle_k is not None:
+            _num("throttle_k", self.throttle_k, lo=1, hi=1000)
+        _num("throttle_window", self.throttle_window, lo=0.012, hi=10**6)
+        _num("throttle_min_requests", self.throttle_min_requests, lo=1, hi=2**31, integer=True)
+        if self.predict_horizon is not None:
+            _num("predict_horizon", self.predict_horizon, lo=0, lo_open=True, hi=86400)
+
+    def is_overload(self, exc: BaseException) -> bool:
+        """Reports whether failure ``exc`` tells the throttle the dependency is overloaded.
+
+        Every failure does, unless ``throttle_on`` narrows it to those classes.
+        """
+        return not self.throttle_on or isinstance(exc, self.throttle_on)
+
     # -- derived values ---------------------------------------------------
     @property
     def effective_burst(self) -> int:
@@ -209,7 +232,7 @@ class Policy:
             if f.name.startswith("_"):
                 continue
             v = getattr(self, f.name)
-            if f.name.endswith("_exceptions"):
+            if f.name.endswith("_exceptions") or f.name == "throttle_on":
                 v = tuple(f"{c.__module__}.{c.__qualname__}" for c in v)
             parts.append(f"{f.name}={v!r}")
         digest = hashlib.blake2b(";".join(parts).encode(), digest_size=8).digest()
@@ -262,6 +285,13 @@ class Policy:
             v.retry_window_ns = int(self.retry_budget_window * NS)
             v.retry_ratio_ppm = round(self.retry_budget * ppm)
             v.retry_min_milli = round(self.retry_budget_min_per_second * 1000)
+        if self.throttle_k is not None:
+            v.throttle_k_milli = round(self.throttle_k * 1000)
+            v.throttle_window_ns = int(self.throttle_window * NS)
+            v.throttle_min_requests = int(self.throttle_min_requests)
+            if self.throttle_on:
+                v.flags |= 256  # SG_POL_THROTTLE_ON: failures are reported by the caller
+        v.predict_horizon_ns = 0 if self.predict_horizon is None else int(self.predict_horizon * NS)
         return v
 
     def replace(self, **changes: Any) -> Policy:
@@ -385,6 +415,22 @@ class PolicyBuilder:
         plus ``min_per_second`` x ``window`` (Finagle's RetryBudget, for all processes)."""
         return self._set(retry_budget=ratio, retry_budget_min_per_second=min_per_second,
                          retry_budget_window=window)
+
+    def with_adaptive_throttling(self, k: float = 2.0, window: float = 120.0,
+                                 min_requests: int = 10,
+                                 throttle_on: tuple[type[BaseException], ...] | None = None
+                                 ) -> PolicyBuilder:
+        """Refuses calls locally with probability max(0, (requests - k*accepts) / (requests + 1)).
+
+        Counts are host-wide over ``window`` seconds; nothing is refused below
+        ``min_requests``; ``throttle_on`` narrows which failures mean overload.
+        """
+        return self._set(throttle_k=k, throttle_window=window, throttle_min_requests=min_requests,
+                         throttle_on=tuple(throttle_on or ()))
+
+    def with_prediction(self, horizon: float = 2.0) -> PolicyBuilder:
+        """Opens the breaker early when the trend forecasts the threshold within ``horizon`` s."""
+        return self._set(predict_horizon=horizon)
 
     def with_keyed_limit(self, name: str | None) -> PolicyBuilder:
         """Names the keyed limiter ``execute(..., key=)`` applies (made by ``svc.keyed_limiter``)."""

@@ -128,6 +128,8 @@ def _admit(ep: Endpoint, priority: Priority, timeout: float | None) -> int:
         tok = int(ep.admit(ep.h, 5 if priority is _NORMAL else pack(1, priority)))
         if tok < 0:
             tok = _admission.admit_slow(ep, tok, priority, None)
+        elif tok & LEASE_BITS:  # a probe permit: OPEN -> HALF_OPEN is reported now
+            ep.admitted(tok)
     else:
         tok = _admission.admit_slow(ep, None, priority, timeout)
     if tok & LEASE_BITS and ep.probe is not None:

@@ -23,7 +23,7 @@ from shmguard.bulkhead import Bulkhead
 from shmguard.errors import PolicyError, ShmguardError
 from shmguard.errors import PolicyConflictError, PolicyError, ShmguardError
 from shmguard.keyed import KeyedLimiter
-from shmguard.limiter import Limiter
+from shmguard.limiter import Limiter, change_rate
 from shmguard.policy import Policy
 from shmguard.stats import BreakerState, EndpointStats
 
@@ -95,11 +95,14 @@ class ResilienceService(Calls):
         """Returns the bulkhead handle of ``endpoint`` (registering it if new)."""
         return Bulkhead(self._endpoint(endpoint))
     def keyed_limiter(self, name: str, rate: float, burst: int, *, capacity: int = 100_000,
-                      on_full: str = "reject") -> KeyedLimiter:
+                      on_full: str = "reject", replace: bool = False) -> KeyedLimiter:
         """Returns the keyed limiter ``name`` (a rate limit per key), creating it if missing.
 
-        Every process asking for ``name`` shares one table. Another process's
-        table with other numbers raises :class:`PolicyConflictError`.
+        Every process asking for ``name`` shares one table. Another rate or
+        burst raises :class:`PolicyConflictError` unless ``replace=True``,
+        which publishes them to every process at once, keeping each key's
+        debt in tokens (an exhausted key stays exhausted). ``capacity`` and
+        ``on_full`` are fixed when the table is made.
 
         :param rate: tokens per second of each key; ``burst``: tokens of each key's bucket.
         :param capacity: keys not at a full bucket the table holds at once
@@ -115,10 +118,15 @@ class ResilienceService(Calls):
             with self._lock:
                 self._keyed[name] = kl
         view = kl._t.refresh()
-        if view.fingerprint != cfg.fingerprint:
+        fixed = view.capacity != cfg.capacity or view.flags != cfg.flags
+        if fixed or (view.fingerprint != cfg.fingerprint and not replace):
+            why = ("capacity and on_full are fixed when it is made" if fixed else
+                   "pass replace=True to change its rate and burst for every process")
             raise PolicyConflictError(
                 f"keyed limiter {name!r} already exists in segment {self.name!r} with "
-                f"{_keyed_shm.describe(view)}, not {_keyed_shm.describe(cfg)}")
+                f"{_keyed_shm.describe(view)}, not {_keyed_shm.describe(cfg)} ({why})")
+        if view.fingerprint != cfg.fingerprint:
+            kl._t.set_rate(cfg, self.now_ns())
         return kl
 
     def probe(self, endpoint: str) -> bool | None:
@@ -133,7 +141,7 @@ class ResilienceService(Calls):
         tok = ep.acquire_permit()
         if tok < 0 or not tok & LEASE_BITS:
             return None  # nothing due; a closed-state token needs no record
-        return run_probe(ep, tok)
+        return run_probe(ep, ep.admitted(tok))
 
     # -- state and statistics --------------------------------------------------------------
     def breaker_state(self, endpoint: str) -> BreakerState:
@@ -153,8 +161,9 @@ class ResilienceService(Calls):
         if isinstance(health, bool) or not isinstance(health, (int, float)) or not 0 <= health <= 1:
             raise PolicyError(f"health must be in [0, 1], got {health!r}")
         ep = self._endpoint(endpoint)
-        _capi.check(lib.sg_limiter_scale_at(ep.h.slot, self.now_ns(), round(health * 1e6)),
-                    "adjust_rate", self.name)
+        ppm = round(health * 1e6)
+        change_rate(lambda: lib.sg_limiter_scale_at(ep.h.slot, self.now_ns(), ppm),
+                    f"adjust_rate({endpoint!r})", self.name)
 
 
 _LIVE: weakref.WeakSet[ResilienceService] = weakref.WeakSet()

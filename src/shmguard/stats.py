@@ -5,7 +5,7 @@ import enum
 from dataclasses import dataclass, field
 
 __all__ = ["BreakerState", "BreakerMode", "BreakerSnapshot", "LimiterMetrics", "EndpointStats",
-           "BulkheadStats", "TicketHolder", "RetryBudgetStats"]
+           "BulkheadStats", "TicketHolder", "RetryBudgetStats", "ThrottleStats", "PredictionStats"]
 
 
 class BreakerState(enum.IntEnum):
@@ -78,6 +78,7 @@ class LimiterMetrics:
     tokens: float = 0.0
     effective_rate: float = 0.0
     rate_scale: float = 1.0
+    retry_after: float = 0.0     #: seconds until one token is free (after queued reservations)
 
     def acceptance_rate(self, *, window: bool = True) -> float:
         """Reports accepted / decided, over the sliding window (default) or all time."""
@@ -127,6 +128,40 @@ class RetryBudgetStats:
 
 
 @dataclass(frozen=True)
+class ThrottleStats:
+    """Adaptive throttling: host-wide counts over the window and totals since creation.
+
+    ``throttle_probability`` is the chance that the next call is refused
+    locally: max(0, (requests - k * accepts) / (requests + 1)).
+    """
+
+    enabled: bool
+    k: float
+    window_seconds: float
+    requests: int
+    accepts: int
+    throttle_probability: float
+    requests_total: int
+    accepts_total: int
+    throttled: int
+
+
+@dataclass(frozen=True)
+class PredictionStats:
+    """Predictive breaking: the Holt state of the bucket ratios and its forecasts (None: no state)."""
+
+    enabled: bool
+    horizon: float
+    failure_level: float | None
+    failure_trend: float | None  # change per bucket
+    failure_forecast: float | None
+    slow_level: float | None
+    slow_trend: float | None
+    slow_forecast: float | None
+    opens: int  # opens decided by the forecast
+
+
+@dataclass(frozen=True)
 class EndpointStats:
     endpoint: str
     breaker_state: BreakerState
@@ -140,3 +175,10 @@ class EndpointStats:
     retries_denied: int = 0    # retries the retry budget refused, ever
     retry_budget: RetryBudgetStats | None = None  # None: the policy sets no budget
     bulkhead: BulkheadStats | None = None
+    throttle: ThrottleStats | None = None
+    prediction: PredictionStats | None = None
+
+    @property
+    def throttle_probability(self) -> float:
+        """The chance that adaptive throttling refuses the next call (0 when off)."""
+        return self.throttle.throttle_probability if self.throttle else 0.0

@@ -99,9 +99,10 @@ def test_huge_cost_saturates_instead_of_wrapping(svc):
     assert lib.sg_limiter_decide_at(slot, t0, 4, 2, -1, d) == lib.SG_OK       # 4e18 ns
     assert lib.sg_limiter_decide_at(slot, t0, 1, 2, 0, d) == lib.SG_R_RATE_LIMITED
     assert d.delay_ns == 10**18                                                # exactly 1 T
-    assert lib.sg_limiter_decide_at(slot, t0, 1, 2, 2**63 - 1, d) == lib.SG_OK
+    # a TAT of t0 + 5e18 ns is past the limiter's 2^62 ns horizon: never stored, refused
+    assert lib.sg_limiter_decide_at(slot, t0, 1, 2, 2**63 - 1, d) == lib.SG_R_RATE_LIMITED
     assert (d.delay_ns, d.act_ns) == (10**18, t0 + 10**18)
-    assert svc.stats("slow").limiter_metrics.accepted == 2
+    assert svc.stats("slow").limiter_metrics.accepted == 1
 
 
 def test_breaker_numbers_at_their_limits(svc):

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import pytest
 
 import shmguard as sg
+from shmguard._capi import ffi
 from shmguard.segment import SHM_DIR
 
 NS = 1_000_000_000
@@ -45,14 +47,15 @@ def test_verbs_per_key(svc):
         kl.allow("u3", 0)
 
 
-def test_wait_sleeps_the_computed_delay(realsvc):
-    kl = realsvc.keyed_limiter("w", rate=100, burst=1)
+def test_wait_sleeps_the_computed_delay(svc):
+    kl = svc.keyed_limiter("w", rate=100, burst=1)      # the manual clock: delays are exact
     assert kl.wait("k", priority=sg.Priority.HIGH)
     assert not kl.wait("k", timeout=0.001, priority=sg.Priority.HIGH)   # needs 10 ms
-    assert kl.wait("k", timeout=1.0, priority=sg.Priority.HIGH)
-    assert asyncio.run(kl.wait_async("k", timeout=1.0, priority=sg.Priority.HIGH))
+    assert kl.wait("k", timeout=1.0, priority=sg.Priority.HIGH)        # reserved 10 ms ahead
+    assert asyncio.run(kl.wait_async("k", timeout=1.0, priority=sg.Priority.HIGH))  # 20 ms
     assert not asyncio.run(kl.wait_async("k", timeout=0.0, priority=sg.Priority.HIGH))
-    assert kl.stats().waited >= 2
+    s = kl.stats()
+    assert (s.accepted, s.waited, s.rejected) == (3, 2, 2)
 
 
 def test_attach_by_name_and_conflicting_numbers(svc, segname):
@@ -95,7 +98,7 @@ def test_a_1000_entry_table_serves_20000_keys_over_time(svc):
             svc.advance(0.01)
         admitted += kl.allow(f"tenant-{i}", priority=sg.Priority.HIGH)
     s = kl.stats()
-    assert s.entries == 1000 and s.memory_bytes == 256 + 16_000
+    assert s.entries == 1000 and s.memory_bytes == 1024 + 16_000
     assert admitted == 20_000 and s.accepted == 20_000
     assert (s.inserted, s.full_rejections, s.folded) == (20_000, 0, 0)
     assert s.evicted >= 19_000                 # expired entries taken over, without loss
@@ -199,3 +202,74 @@ def test_executor_passes_the_key(svc):
         assert ex.submit("api", lambda: 7, key="dora", priority=sg.Priority.HIGH).result() == 7
         with pytest.raises(sg.RateLimitedError, match="key 'dora'"):
             ex.submit("api", lambda: 7, key="dora", priority=sg.Priority.HIGH).result()
+
+
+def test_execute_when_the_table_is_full(svc):
+    svc.keyed_limiter("small", rate=10, burst=1, capacity=8)      # 16 entries, one window
+    svc.register_endpoint("api", sg.Policy(keyed_limit="small"))
+    for i in range(16):
+        svc.execute("api", int, key=f"k{i}", priority=sg.Priority.HIGH)
+    with pytest.raises(sg.RateLimitedError, match="keyed limiter 'small' is full") as ei:
+        svc.execute("api", int, key="late")
+    assert ei.value.retry_after == pytest.approx(0.1)
+
+
+def test_guard_and_admit_take_a_key(svc):
+    svc.keyed_limiter("per-user", rate=1, burst=1)
+    svc.register_endpoint("api", sg.Policy(keyed_limit="per-user"))
+    with svc.guard("api", key="erin", priority=sg.Priority.HIGH):
+        pass
+    with pytest.raises(sg.RateLimitedError, match="key 'erin'"):
+        with svc.guard("api", key="erin", priority=sg.Priority.HIGH):
+            pass
+    tok = svc.admit("api", sg.Priority.HIGH, key="finn")
+    svc.record("api", tok, sg.Outcome.SUCCESS)
+    with pytest.raises(sg.RateLimitedError, match="key 'finn'"):
+        svc.admit("api", sg.Priority.HIGH, key="finn")
+
+    async def go():
+        async with svc.guard("api", key="gus", priority=sg.Priority.HIGH):
+            pass
+        with pytest.raises(sg.RateLimitedError, match="key 'gus'"):
+            async with svc.guard("api", key="gus", priority=sg.Priority.HIGH):
+                pass
+    asyncio.run(go())
+
+
+def test_replace_changes_rate_and_burst_for_every_process(svc, segname):
+    kl = svc.keyed_limiter("r", rate=10, burst=3)
+    assert sum(kl.allow("k", priority=sg.Priority.HIGH) for _ in range(4)) == 3
+    other = sg.ResilienceService(segname, create=False)
+    try:
+        seen = other.keyed_limiter("r", rate=10, burst=3)
+        with pytest.raises(sg.PolicyConflictError, match="pass replace=True"):
+            other.keyed_limiter("r", rate=1, burst=3)
+        with pytest.raises(sg.PolicyConflictError, match="capacity and on_full are fixed"):
+            other.keyed_limiter("r", rate=1, burst=3, capacity=10, replace=True)
+        other.keyed_limiter("r", rate=1, burst=3, replace=True)
+        assert kl.tokens("k") == 0.0                       # still exhausted: debt in tokens
+        svc.advance(0.5)
+        assert seen.tokens("k") == pytest.approx(0.5)      # at the new rate, seen by both
+        s = kl.stats()
+        assert (s.rate, s.burst, s.rate_changes) == (1.0, 3, 1)
+        assert svc.keyed_limiter("r", rate=1, burst=3) is kl   # the new numbers now match
+    finally:
+        other.close()
+
+
+def test_a_dead_rate_writers_lease_is_taken_over(svc):
+    import subprocess
+    import sys
+
+    import psutil
+    kl = svc.keyed_limiter("r", rate=10, burst=3)
+    p = subprocess.Popen([sys.executable, "-c", "pass"])    # a pid that is dead (a zombie)
+    while psutil.Process(p.pid).status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.005)
+    try:
+        words = ffi.cast("uint64_t *", kl._t.kh.table)
+        words[2 * 8 + 1] = (p.pid << 32) | int(time.time())   # its lease, left mid-change
+        svc.keyed_limiter("r", rate=5, burst=3, replace=True)
+        assert kl.stats().rate == 5.0 and kl._t.refresh().lease == 0
+    finally:
+        p.wait()

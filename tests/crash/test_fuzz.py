@@ -196,10 +196,12 @@ def test_fuzz_random_bytes_as_segment(n, seed):
 OPS = ["acquire", "record", "force", "reclaim", "snapshot", "decide", "cancel", "scale", "lsnap",
        "policy", "publish", "admit", "admit_wait", "release", "retry", "allow", "allow_cp",
        "reserve", "h_acquire", "h_record", "h_cancel"]
+OVERLOAD_OPS = ["t_decide", "t_record", "t_report", "t_snap", "p_observe", "p_snap"]
+OPS += OVERLOAD_OPS
 ops = st.lists(st.tuples(st.sampled_from(OPS), words, words, i64), min_size=1, max_size=25)
 
 ADMIT_NEG = {lib.SG_R_OPEN, lib.SG_R_PROBES_FULL, lib.SG_R_RATE_LIMITED, lib.SG_E_ARG,
-             lib.SG_E_COST, lib.SG_E_CORRUPT}
+             lib.SG_E_COST, lib.SG_E_CORRUPT, lib.SG_R_THROTTLED}
 DECIDE_RCS = {lib.SG_OK, lib.SG_R_RATE_LIMITED, lib.SG_E_ARG, lib.SG_E_COST}
 
 
@@ -240,8 +242,9 @@ def _slot_ops(b: Buf, h, seq) -> None:
             d.act_ns, d.tat_ns, d.delay_ns = a, c, x
             assert lib.sg_limiter_cancel_at(slot, now ^ c, c, d) in (lib.SG_OK, lib.SG_E_ARG)
         elif op == "scale":
+            # SG_E_BUSY: the scribbled rate-change word holds a claim not yet due
             assert lib.sg_limiter_scale_at(slot, now, u32 % 1_200_000 if c & 1 else u32) in (
-                lib.SG_OK, lib.SG_E_ARG)
+                lib.SG_OK, lib.SG_E_ARG, lib.SG_E_BUSY)
         elif op == "lsnap":
             rc = lib.sg_limiter_snapshot_at(slot, now, u32 % 6, lv)
             assert rc in (lib.SG_OK, lib.SG_E_ARG)
@@ -280,6 +283,30 @@ def _slot_ops(b: Buf, h, seq) -> None:
             lib.sg_breaker_record(h, x)
         elif op == "h_cancel":
             assert lib.sg_limiter_cancel(h, c, d) in (lib.SG_OK, lib.SG_E_ARG)
+        elif op in OVERLOAD_OPS:
+            _overload_op(h, op, now, c, x)
+
+
+def _overload_op(h, op: str, now: int, c: int, x: int) -> None:
+    """Throttling and prediction calls (csrc/throttle.c, csrc/predict.c) on any slot."""
+    if op == "t_decide":
+        assert lib.sg_throttle_decide_at(h.slot, now) in (lib.SG_OK, lib.SG_R_THROTTLED)
+    elif op == "t_record":
+        assert lib.sg_throttle_record_at(h.slot, now, x % 5) in (lib.SG_OK, lib.SG_E_ARG)
+    elif op == "t_report":
+        assert lib.sg_throttle_report(h, c & 1) == lib.SG_OK
+    elif op == "t_snap":
+        v = ffi.new("struct sg_throttle_view *")
+        assert lib.sg_throttle_snapshot_at(h.slot, now, v) == lib.SG_OK
+        assert v.probability_ppm <= 10**6 and v.working <= lib.SG_THROTTLE_BUCKETS
+    else:
+        v = ffi.new("struct sg_predict_view *")
+        rc = (lib.sg_predict_observe_at(h.slot, now, c, v) if op == "p_observe"
+              else lib.sg_predict_snapshot_at(h.slot, now, v))
+        assert rc in (0, 1) and v.valid <= 3
+        assert v.forecast_ppm <= 10**6 and v.slow_forecast_ppm <= 10**6
+        assert 0 <= v.level_ppm <= 10**6 and 0 <= v.slow_level_ppm <= 10**6
+        assert -10**6 <= v.trend_ppm <= 10**6 and -10**6 <= v.slow_trend_ppm <= 10**6
 
 
 @FUZZ
@@ -318,7 +345,8 @@ def test_fuzz_sane_slot_any_calls(seq):
     ["emission_ns", "bucket_ns", "open_ns", "open_max_ns", "probe_lease_ns", "slow_call_ns",
      "recovery_ns", "failure_ppm", "slow_ppm", "adaptive_max_ppm", "min_requests", "buckets",
      "half_open_max", "success_threshold", "flags", "rate_floor_ppm", "jitter_ppm",
-     "backoff_milli", "burst", "share0", "share3"]), words), max_size=8), seq=ops)
+     "backoff_milli", "burst", "share0", "share3", "throttle_window_ns", "throttle_k_milli",
+     "throttle_min_requests", "predict_horizon_ns"]), words), max_size=8), seq=ops)
 def test_fuzz_policy_views(fields, seq):
     """Any policy view either fails sg_policy_check or runs every call safely."""
     pv = ffi.new("struct sg_policy_view *")

@@ -30,7 +30,8 @@ STALE = shmguard.service.CLAIM_STALE_NS
 
 
 def test_torture_quick():
-    """4 workers hammer one segment for 10 s while a killer SIGKILLs them; 0 violations."""
+    """4 workers hammer one segment for 10 s while a killer SIGKILLs and SIGSTOPs them and
+    changes a rate; 0 violations."""
     # not a "t-" name: a concurrent pytest session's end-of-run sweep must not remove it
     segname = f"torture-{uuid.uuid4().hex[:12]}"
     seed = random.randrange(2**32)
@@ -55,8 +56,11 @@ def test_torture_quick():
     kd = rep["keyed"]   # keyed inserts and reuse under SIGKILL (tests/_torture_keyed.py)
     assert 0 < kd["most_admitted"] <= kd["bound_per_key"] and kd["evicted"] > 0
     assert rep["probes"]["max_at_once"]["brk"] <= 3
-    assert rep["probes"]["max_at_once"]["bh"] <= 2 and rep["stops"] > 0   # bulkhead bound
+    assert rep["probes"]["max_at_once"]["bh"] <= 2   # bulkhead bound
     assert rep["bulkhead"]["acquired"] > 0
+    assert rep["probes"]["p1_checked"] > 0 and rep["probes"]["p1_ended_generation"] == 0
+    assert rep["stops"] > 0 and rep["rate_changes"] > 0
+    assert rep["limiter"]["lim"]["rate_changes"] == rep["rate_changes"]
     assert rep["table"]["claims_live"] == 0
     assert not os.path.exists(f"/dev/shm/shmguard.{os.geteuid()}.{segname}")
 

@@ -54,8 +54,8 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 def test_schedule() -> None:
     s = Schedule.for_duration(20)
     assert (s.sick_from, s.sick_until) == (5.0, 11.0)
-    assert [s.phase(t) for t in (0, 4.9, 5, 10.9, 11)] == [
-        "healthy", "healthy", "unhealthy", "unhealthy", "recovered"]
+    assert [s.phase(t) for t in (0, 2.9, 3, 4.9, 5, 10.9, 11)] == [
+        "healthy", "healthy", "strained", "strained", "unhealthy", "unhealthy", "recovered"]
     assert Schedule.for_duration(5).sick_until - Schedule.for_duration(5).sick_from == 1.5
 
 

@@ -7,7 +7,7 @@
                                                  one row per endpoint and keyed limiter
     shmguard watch NAME [--interval S] [--iterations N|--once]
     shmguard force-open|force-closed|metrics-only|reset NAME ENDPOINT
-    shmguard set-rate NAME ENDPOINT RATE [--burst N]
+    shmguard set-rate NAME ENDPOINT RATE [--burst N] [--keyed]
     shmguard rm NAME [--force]
     shmguard gc [PATTERN...] [--dry-run] [--min-age S]
     shmguard serve-metrics [NAME...] [--port 9464] [--host 127.0.0.1]
@@ -82,9 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("set-rate", parents=[common], help="replace an endpoint's rate limit")
     s.add_argument("name", metavar="NAME", help=_NAME)
-    s.add_argument("endpoint", metavar="ENDPOINT", help=_ENDPOINT)
+    s.add_argument("endpoint", metavar="ENDPOINT",
+                   help=_ENDPOINT + " (with --keyed: a keyed limiter)")
     s.add_argument("rate", metavar="RATE", help="requests per second, or 'off'")
     s.add_argument("--burst", type=_count, default=None, help="new burst (default: keep)")
+    s.add_argument("--keyed", action="store_true",
+                   help="ENDPOINT names a keyed limiter (each key keeps its debt in tokens)")
 
     s = sub.add_parser("rm", parents=[common], help="remove a segment")
     s.add_argument("name", metavar="NAME", help=_NAME)
@@ -193,7 +196,10 @@ def _run(args: argparse.Namespace) -> int:
         from shmguard.cli import control as ctl
         from shmguard.cli.inspector import open_segment
         with open_segment(args.name) as seg:
-            if cmd == "set-rate":
+            if cmd == "set-rate" and args.keyed:
+                print(ctl.set_keyed_rate(seg, args.endpoint, ctl.parse_rate(args.rate),
+                                         args.burst))
+            elif cmd == "set-rate":
                 print(ctl.set_rate(seg, args.endpoint, ctl.parse_rate(args.rate), args.burst))
             else:
                 print(ctl.force(seg, args.endpoint, cmd))

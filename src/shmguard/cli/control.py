@@ -15,6 +15,7 @@ from shmguard import _capi
 from shmguard._capi import ffi, lib
 from shmguard.cli.render import count, rate
 from shmguard.errors import PolicyError, ShmguardError
+from shmguard.limiter import change_rate
 from shmguard.cli.inspector import STATES, find_endpoint, policy_view, slot_handle
 from shmguard.policy import MAX_RATE
 from shmguard.segment import Segment
@@ -106,4 +107,27 @@ def set_rate(seg: Segment, endpoint: str, new_rate: float | None, burst: int | N
     if rc == lib.SG_E_ARG:
         raise PolicyError(f"endpoint {endpoint!r}: the resulting policy is invalid")
     _capi.check(rc, f"publish policy of {endpoint!r}", seg.name)
+    change_rate(lambda: lib.sg_limiter_retune_at(h.slot, lib.sg_clock_now(seg.base)),
+                f"new rate of {endpoint!r}", seg.name)   # the debt is kept in tokens
     return f"{endpoint}: {before} -> {_describe(policy_view(h))}"
+
+
+def set_keyed_rate(seg: Segment, name: str, new_rate: float | None, burst: int | None) -> str:
+    """Changes keyed limiter ``name``'s rate (and burst) for every process, keeping each key's
+    debt in tokens (see ``ResilienceService.keyed_limiter(..., replace=True)``)."""
+    from shmguard import _keyed_shm
+    if new_rate is None:
+        raise PolicyError(f"keyed limiter {name!r}: a keyed limiter always has a rate ('off' "
+                          "is for endpoints)")
+    t = _keyed_shm.KeyedTable(seg, _keyed_shm.validate_keyed_name(name), None)
+    try:
+        v = t.refresh()
+        before = _keyed_shm.describe(v)
+        on_full = "allow" if v.flags & lib.SG_KL_ON_FULL_ALLOW else "reject"
+        cfg = _keyed_shm.keyed_config(new_rate, int(v.burst) if burst is None else burst,
+                                      int(v.capacity), on_full)
+        t.set_rate(cfg, seg.now_ns())
+        return f"keyed {name}: {before} -> {_keyed_shm.describe(t.refresh())}"
+    finally:
+        t.close()
+

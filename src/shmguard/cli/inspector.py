@@ -17,7 +17,9 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from shmguard import _capi
+import dataclasses
+
+from shmguard import _capi, overload
 from shmguard._capi import ffi, lib
 from shmguard.errors import SegmentCorruptError, ShmguardError
 from shmguard.segment import SHM_DIR, Segment, object_name
@@ -176,6 +178,7 @@ def _limiter(seg: Segment, h: Any, now: int, pol: Any) -> dict[str, Any]:
         "scale": v.scale_ppm / 1e6,
         "scale_target": v.scale_target_ppm / 1e6,
         "tokens": float(v.tokens) if limited else None,
+        "retry_after": v.wait_ns / NS if limited else None,
         "acceptance_rate": wa / (wa + wr) if wa + wr else 1.0,
         "window_accepted": wa,
         "window_rejected": wr,
@@ -234,6 +237,8 @@ def _policy(pol: Any, seq: int) -> dict[str, Any]:
         "retry_budget": None if not pol.retry_window_ns else {
             "ratio": pol.retry_ratio_ppm / 1e6, "min_per_second": pol.retry_min_milli / 1e3,
             "window_seconds": pol.retry_window_ns / NS},
+        "throttle_k": pol.throttle_k_milli / 1000 if pol.throttle_k_milli else None,
+        "predict_horizon_seconds": pol.predict_horizon_ns / NS if pol.predict_horizon_ns else None,
         "fingerprint": int(pol.fingerprint),
         "seq": seq,
     }
@@ -250,6 +255,8 @@ def endpoint_snapshot(seg: Segment, index: int, name: str, now: int | None = Non
     out["limiter"] = _limiter(seg, h, now, pol)
     out["bulkhead"] = _bulkhead(seg, h, now)
     out["retries"] = _retries(seg, h, now, out["limiter"]["admitted"])
+    out["throttle"] = dataclasses.asdict(overload.throttle_stats(h.slot, now, seg.name))
+    out["prediction"] = dataclasses.asdict(overload.prediction_stats(h.slot, now, seg.name))
     out["policy"] = _policy(pol, policy_seq)
     return out
 

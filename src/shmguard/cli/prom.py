@@ -63,6 +63,24 @@ _SIMPLE: list[tuple[str, str, str, Getter]] = [
      lambda e: e["limiter"]["acceptance_rate"]),
     ("policy_overridden", "gauge", "1 while shmguard set-rate overrides the registered policy.",
      lambda e: int(e["policy"].get("overridden", False))),
+    ("throttle_probability", "gauge", "Chance that adaptive throttling refuses the next call.",
+     lambda e: _on(e["throttle"], "throttle_probability")),
+    ("throttle_window_requests", "gauge", "Requests (reached + throttled) in the throttle window.",
+     lambda e: _on(e["throttle"], "requests")),
+    ("throttle_window_accepts", "gauge", "Accepts (answered, not overloaded) in the throttle window.",
+     lambda e: _on(e["throttle"], "accepts")),
+    ("throttle_requests_total", "counter", "Requests counted by adaptive throttling.",
+     lambda e: _on(e["throttle"], "requests_total")),
+    ("throttle_accepts_total", "counter", "Accepts counted by adaptive throttling.",
+     lambda e: _on(e["throttle"], "accepts_total")),
+    ("throttled_total", "counter", "Calls refused locally by adaptive throttling.",
+     lambda e: _on(e["throttle"], "throttled")),
+    ("predict_failure_forecast_ratio", "gauge", "Forecast failure ratio at now + horizon.",
+     lambda e: _on(e["prediction"], "failure_forecast")),
+    ("predict_slow_forecast_ratio", "gauge", "Forecast slow-call ratio at now + horizon.",
+     lambda e: _on(e["prediction"], "slow_forecast")),
+    ("predict_opens_total", "counter", "Breaker opens decided by the forecast.",
+     lambda e: _on(e["prediction"], "opens")),
     # bulkhead (endpoints whose policy has one)
     ("bulkhead_max_concurrent", "gauge",
      "Bulkhead tickets now (max_concurrent, or the quota's share).",
@@ -83,6 +101,13 @@ _SIMPLE: list[tuple[str, str, str, Getter]] = [
      "Tickets taken back from dead (or lease-expired) holders.",
      lambda e: _bh(e, "reclaimed")),
 ]
+
+
+def _on(area: dict[str, Any], key: str) -> Any:
+    """The value when the feature is enabled (no sample otherwise)."""
+    return area[key] if area["enabled"] else None
+
+
 _PER_PRIORITY = [
     ("limiter_admitted_total", "Calls the rate limiter admitted, by priority.", "admitted"),
     ("limiter_rejected_total", "Calls the rate limiter rejected, by priority.", "rejected"),

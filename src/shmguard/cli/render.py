@@ -152,6 +152,14 @@ def _detail(ep: dict[str, Any]) -> list[str]:
         parts.append(f"retries {count(rt['retries'])} denied {count(rt['denied'])}" +
                      (f" budget {count(b['retries'])}/{count(b['allowed'])}"
                       f" per {duration(b['window_seconds'])}" if b else ""))
+    thr, pred = ep["throttle"], ep["prediction"]
+    if thr["enabled"]:
+        parts.append(f"throttle p {thr['throttle_probability'] * 100:.0f}% "
+                     f"req {count(thr['requests'])} acc {count(thr['accepts'])} "
+                     f"thr {count(thr['throttled'])}")
+    if pred["enabled"] and pred["failure_forecast"] is not None:
+        parts.append(f"forecast {pred['failure_forecast'] * 100:.0f}% in "
+                     f"{duration(pred['horizon'])} early-opens {count(pred['opens'])}")
     if ep["breaker_state"] == "half-open":
         ho = ep["half_open"]
         parts.append(f"probes {ep['probes_in_flight']}/{ho['max']} ok {ho['successes']}/"

@@ -19,7 +19,8 @@ def keyed_lines(snap: dict[str, Any], style: Style) -> list[str]:
     out = [style(HEAD, "bold")]
     for k in tables:
         if "error" in k:
-            out.append(f"{clip(k['name'], 20):<20} " + style(clip(k["error"], 59), "red"))
+            out.append(clip(k["name"], 20))
+            out.append(style(f"   ! {clip(k['error'], 75)}", "red"))
             continue
         full = k["full_rejections"] + k["full_allowed"]
         live = f"{count(k['live_keys'])}/{count(k['capacity'])}"

@@ -8,6 +8,7 @@ but not zero: run ``gc`` when the pool is quiet.
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 import time
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from shmguard.cli.procs import SegmentFile, attached, segment_files
 from shmguard.errors import SegmentNotFoundError, ShmguardError
 from shmguard.cli.inspector import open_segment, process_command, segment_info
-from shmguard.segment import KEYED_SEP, keyed_files, unlink, validate_name
+from shmguard.segment import KEYED_SEP, SHM_DIR, keyed_files, unlink, validate_name
 
 __all__ = ["list_rows", "remove", "collect"]
 
@@ -119,4 +120,38 @@ def collect(patterns: list[str] | None, min_age: float, dry_run: bool) -> list[d
             _remove_keyed(f.name)  # its keyed limiter tables go with it
             out.append({"name": f.name, "action": "removed",
                         "reason": "no live process attached", "pids": []})
+    out += _orphans(patterns, dry_run)
     return sorted(out, key=lambda r: r["name"])
+
+
+def _orphans(patterns: list[str] | None, dry_run: bool) -> list[dict[str, Any]]:
+    """Keyed limiter tables whose segment is gone (removed by other means) and that no
+    live process maps: removed like dead segments."""
+    prefix = f"shmguard.{os.geteuid()}."
+    try:
+        names = sorted(e[len(prefix):] for e in os.listdir(SHM_DIR)
+                       if e.startswith(prefix) and KEYED_SEP in e)
+    except OSError:
+        return []
+    files = []
+    for n in names:
+        seg = n.split(KEYED_SEP, 1)[0]
+        if os.path.exists(os.path.join(SHM_DIR, prefix + seg)):
+            continue  # its segment exists: it goes with it
+        if patterns and not any(fnmatch.fnmatchcase(seg, p) for p in patterns):
+            continue
+        path = os.path.join(SHM_DIR, prefix + n)
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        files.append(SegmentFile(n, path, st.st_size, st.st_ino, st.st_ctime))
+    out: list[dict[str, Any]] = []
+    for f in attached(files):
+        if f.pids:
+            out.append({"name": f.name, "action": "kept", "pids": f.pids,
+                        "reason": f"{len(f.pids)} live process(es) attached"})
+        elif dry_run or _unlink_file(f.path):
+            out.append({"name": f.name, "action": "would remove" if dry_run else "removed",
+                        "reason": "keyed limiter table of a segment that is gone", "pids": []})
+    return out

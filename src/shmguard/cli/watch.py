@@ -55,9 +55,11 @@ class History:
 
     @staticmethod
     def totals(ep: dict[str, Any]) -> tuple[int, int]:
-        """Returns (admitted, rejected): limiter admissions; limiter, breaker and bulkhead rejections."""
+        """Returns (admitted, rejected): limiter, breaker, throttle and bulkhead refusals."""
         lim, bh = ep["limiter"], ep.get("bulkhead") or {}
-        return lim["admitted"], lim["rejected"] + ep["totals"]["rejected"] + bh.get("rejected", 0)
+        throttled = ep.get("throttle", {}).get("throttled", 0)
+        return lim["admitted"], (lim["rejected"] + ep["totals"]["rejected"] + throttled
+                                 + bh.get("rejected", 0))
 
     def update(self, snap: dict[str, Any], now: float) -> None:
         dt = None if self.t_prev is None else now - self.t_prev
@@ -118,6 +120,9 @@ def frame(snap: dict[str, Any], hist: History, style: Style, blocks: str = BLOCK
         if own_line:
             out.append(own_line)
         colour = "magenta" if ep["mode"] != "normal" else STATE_COLOUR[ep["breaker_state"]]
+        p = ep["throttle"]["throttle_probability"]
+        if p > 0 and ep["breaker_state"] == "closed":  # the soft brake is on
+            label, colour = f"throttle {min(99, round(p * 100)):>2}%", "yellow"
         tokens = ep["limiter"]["tokens"]
         tok = "-" if tokens is None else clip(f"{tokens:.1f}", 6)
         a_now = count(round(adm[-1])) if adm else "-"

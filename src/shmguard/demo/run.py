@@ -1,7 +1,8 @@
 """``shmguard demo``: see a pool share one breaker and one rate limit, live, in ~20 s.
 
-A loopback HTTP "remote cache" serves well, falls ill (503s and slow
-answers), then recovers. N worker processes fetch from it through one
+A loopback HTTP "remote cache" serves well, strains (it serves only part of
+the load: adaptive throttling sheds the rest before it is sent), falls ill
+(503s and slow answers), then recovers. N worker processes fetch from it through one
 endpoint of a :class:`~shmguard.executor.ResilientExecutor`; when a fetch is
 refused or fails they "build locally" instead. The live view shows the
 endpoint as every process sees it; the summary then checks, from the
@@ -30,7 +31,7 @@ from shmguard.demo.checks import DbEvidence, Evidence, check_all
 from shmguard.demo.server import FlakyCache, Schedule
 from shmguard.demo.view import Sample, Tally, make_view
 from shmguard.errors import (BulkheadFullError, CircuitOpenError, InvalidNameError,
-                             RateLimitedError)
+                             RateLimitedError, ThrottledError)
 from shmguard.executor import ResilientExecutor
 from shmguard.limiter import NS
 from shmguard.policy import NETWORK_ERRORS, Policy
@@ -50,12 +51,17 @@ MIN_DURATION, MAX_DURATION = 4.0, 3600.0
 
 
 def demo_policy(rate: float) -> Policy:
-    """Returns the demo's policy: 50% of >= 5 calls in a short window opens it for 1 s.
+    """Returns the demo's policy: 75% of >= 5 calls in a short window opens it for 1 s.
 
-    The window (1 s, longer below 10 req/s) holds about ten calls.
+    The window (1 s, longer below 10 req/s) holds about ten calls. Adaptive
+    throttling (k = 2 over the same window) is the soft brake before it: an
+    overloaded cache that answers a part of the calls is sent about twice
+    what it answers, and the breaker stays closed.
     """
-    return Policy(failure_threshold=0.5, min_requests=5, window=max(1.0, 10 / rate),
-                  window_buckets=10,
+    window = max(1.0, 10 / rate)
+    return Policy(failure_threshold=0.75, min_requests=5, window=window,
+                  window_buckets=10, throttle_k=2.0, throttle_window=window,
+                  throttle_min_requests=10,
                   open_timeout=1.0, half_open_max_calls=1, probe_lease=2.0, rate=rate,
                   burst=max(1, round(rate / 5)),
                   failure_exceptions=NETWORK_ERRORS + (worker.CacheDown,))
@@ -128,6 +134,8 @@ def _lane(i: int, ex: ResilientExecutor, url: str, tally: Tally, stop: threading
             tally.add(getattr(exc, "worker_pid", 0), "open")
         except RateLimitedError as exc:
             tally.add(getattr(exc, "worker_pid", 0), "limited")
+        except ThrottledError as exc:
+            tally.add(getattr(exc, "worker_pid", 0), "throttled")
         except worker.CacheDown as exc:
             tally.add(exc.pid, "failed")
         except BaseException as exc:  # a broken pool, say: stop the run
@@ -152,7 +160,8 @@ def _sample(svc: ResilienceService, cache: FlakyCache, db: _DbTally) -> Sample:
     b, m = st.breaker, st.limiter_metrics
     assert b is not None
     return Sample(cache.now(), cache.phase(), b.state, b.failure_rate, m.accepted, m.rejected,
-                  b.rejected, len(cache.hits()), cache.db()[0], db.refused)
+                  b.rejected, len(cache.hits()), db_in_flight=cache.db()[0],
+                  db_refused=db.refused, throttle_p=st.throttle_probability)
 
 
 def _watch(svc: ResilienceService, cache: FlakyCache, tally: Tally, db: _DbTally, view: Any,
@@ -198,12 +207,14 @@ def _run(args: argparse.Namespace, segment: str) -> int:
             # start every worker before any thread of ours exists (fork safety)
             for f in [pool.submit(worker.warm_up, segment, 0.1) for _ in range(args.workers)]:
                 f.result()
-            cache = FlakyCache(schedule, lambda: svc.breaker_state(ENDPOINT))
+            cache = FlakyCache(schedule, lambda: svc.breaker_state(ENDPOINT),
+                               capacity=max(1.0, 0.4 * args.rate))
             view = make_view(args.plain)
             view.start(f"shmguard demo: {args.workers} workers -> endpoint {ENDPOINT!r} "
                        f"(limit {args.rate:g}/s, burst {policy.effective_burst}) -> flaky cache "
-                       f"{cache.url}; ill from {schedule.sick_from:.1f}s to "
-                       f"{schedule.sick_until:.1f}s; {tickets + 1} lanes -> slow dependency "
+                       f"{cache.url}; strained (serves {cache.capacity:g}/s) from "
+                       f"{schedule.strained_from or 0:.1f}s, ill from {schedule.sick_from:.1f}s "
+                       f"to {schedule.sick_until:.1f}s; {tickets + 1} lanes -> slow dependency "
                        f"{DB!r} through a bulkhead of {tickets} ticket(s)")
             t0 = svc.now_ns()
             cache.begin()
@@ -242,10 +253,11 @@ def _report(ev: Evidence, segment: str) -> int:
     w = [c for _, _, c in ev.workers]
     print(f"\nSummary, from the counters of segment {segment!r} (endpoint {ENDPOINT!r}):")
     print(f"  calls: {sum(c.ok for c in w)} served, {sum(c.failed for c in w)} failed, "
-          f"{sum(c.open + c.limited for c in w)} rejected; the cache saw {len(ev.hits)} "
-          f"requests in {ev.elapsed:.1f}s")
+          f"{sum(c.open + c.limited + c.throttled for c in w)} rejected; the cache saw "
+          f"{len(ev.hits)} requests in {ev.elapsed:.1f}s")
     print(f"  rejections by cause: breaker open {sum(c.open for c in w)}, "
-          f"rate limit {sum(c.limited for c in w)}")
+          f"rate limit {sum(c.limited for c in w)}, adaptive throttling (soft brake) "
+          f"{sum(c.throttled for c in w)}")
     for c in checks:
         print(c.line())
     bad = [c.label for c in checks if not c.ok]

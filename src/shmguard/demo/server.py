@@ -1,6 +1,8 @@
-"""The demo's flaky "remote cache": a loopback HTTP server that falls ill, then recovers.
+"""The demo's flaky "remote cache": a loopback HTTP server that strains, falls ill, then recovers.
 
-Healthy, it answers ``GET /cache/<key>`` with 200 at once. Unhealthy, it
+Healthy, it answers ``GET /cache/<key>`` with 200 at once. Strained, it
+serves at most ``capacity`` requests a second and answers 503 beyond that
+(overload: the fewer it is sent, the more of them it serves). Unhealthy, it
 answers 503, and every fourth request only after a delay longer than the
 clients' timeout. ``GET /db/<key>`` is a second, slow dependency: always
 200 after DB_QUERY s, counting how many requests it serves at once. For each
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -27,21 +30,24 @@ DB_QUERY = 0.03      # seconds: the slow dependency ("db") answers after this, a
 
 @dataclass(frozen=True)
 class Schedule:
-    """When the cache is ill, in seconds from the start of the run."""
+    """When the cache is strained and ill, in seconds from the start of the run."""
 
     sick_from: float
     sick_until: float
+    strained_from: float | None = None  # None: healthy until sick_from
 
     @classmethod
     def for_duration(cls, duration: float) -> Schedule:
-        """Returns healthy for the first quarter, then ill for 30% (1.5..6 s), then well."""
+        """Returns healthy for 15%, strained until the first quarter, then ill for 30%
+        (1.5..6 s), then well."""
         start = 0.25 * duration
-        return cls(start, start + min(6.0, max(1.5, 0.3 * duration)))
+        return cls(start, start + min(6.0, max(1.5, 0.3 * duration)), 0.15 * duration)
 
     def phase(self, t: float) -> str:
-        """Reports "healthy", "unhealthy" or "recovered" at ``t`` seconds."""
+        """Reports "healthy", "strained", "unhealthy" or "recovered" at ``t`` seconds."""
         if t < self.sick_from:
-            return "healthy"
+            strained = self.strained_from is not None and t >= self.strained_from
+            return "strained" if strained else "healthy"
         return "unhealthy" if t < self.sick_until else "recovered"
 
 
@@ -71,9 +77,12 @@ class FlakyCache:
     :param state_of: returns the endpoint's breaker state (from the segment).
     """
 
-    def __init__(self, schedule: Schedule, state_of: Callable[[], BreakerState]) -> None:
+    def __init__(self, schedule: Schedule, state_of: Callable[[], BreakerState],
+                 capacity: float = 20.0) -> None:
         self.schedule = schedule
         self.state_of = state_of
+        self.capacity = capacity  # requests served per second while strained
+        self._served: deque[float] = deque()
         self.start = time.monotonic()
         self._tally = _Tally()
         self._sick_count = 0
@@ -112,16 +121,25 @@ class FlakyCache:
         """Records a request; returns (status, delay before answering)."""
         t = self.now()
         state = self.state_of()
-        sick = self.schedule.phase(t) == "unhealthy"
+        phase = self.schedule.phase(t)
+        sick = phase == "unhealthy"
         slow = False
         with self._tally.lock:
-            status = 503 if sick else 200
+            status = 503 if sick or (phase == "strained" and self._over_capacity(t)) else 200
             self._tally.hits.append(Hit(t, pid, state, status))
             if sick:
                 self._sick_count += 1
                 slow = self._sick_count % SLOW_EVERY == 0
         return status, SLOW_RESPONSE if sick and slow else 0.0
 
+    def _over_capacity(self, t: float) -> bool:
+        """Strained: serves ``capacity`` requests in any second, refuses the rest (lock held)."""
+        while self._served and self._served[0] <= t - 1.0:
+            self._served.popleft()
+        if len(self._served) >= self.capacity:
+            return True
+        self._served.append(t)
+        return False
 
     def query(self) -> None:
         """Serves one request of the slow dependency: counts it in flight for DB_QUERY s."""

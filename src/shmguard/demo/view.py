@@ -10,7 +10,7 @@ from shmguard.stats import BreakerState
 
 __all__ = ["Counts", "Sample", "Tally", "PlainView", "RichView", "make_view"]
 
-KINDS = ("ok", "failed", "open", "limited")
+KINDS = ("ok", "failed", "open", "limited", "throttled")
 
 
 @dataclass
@@ -21,6 +21,7 @@ class Counts:
     failed: int = 0
     open: int = 0
     limited: int = 0
+    throttled: int = 0
 
     def cells(self) -> list[str]:
         return [str(getattr(self, k)) for k in KINDS]
@@ -66,6 +67,7 @@ class Sample:
     hits: int
     db_in_flight: int = 0   # the slow dependency: requests it serves now
     db_refused: int = 0     # calls its bulkhead refused so far
+    throttle_p: float = 0.0  # adaptive throttling's refusal chance now
 
 
 def _per_second(new: Sample, old: Sample | None) -> tuple[float, float, float]:
@@ -88,7 +90,8 @@ class PlainView:
 
     def start(self, title: str) -> None:
         print(title, file=self.out)
-        print("per worker: ok/failed/rejected-open/rate-limited", file=self.out, flush=True)
+        print("per worker: ok/failed/rejected-open/rate-limited/throttled", file=self.out,
+              flush=True)
 
     def event(self, t: float, text: str) -> None:
         print(f"  -> {t:5.2f}s {text}", file=self.out, flush=True)
@@ -99,8 +102,8 @@ class PlainView:
         ws = " ".join(f"{label} {'/'.join(c.cells())}" for label, _, c in workers)
         print(f"[{s.t:5.1f}s] cache={s.phase:<9} breaker={str(s.state):<9} "
               f"fail={s.failure_rate:4.0%} admitted/s={adm:5.0f} rejected/s={rej:5.0f} "
-              f"hits/s={hits:4.0f} db={s.db_in_flight} ({s.db_refused} refused) | {ws}",
-              file=self.out, flush=True)
+              f"hits/s={hits:4.0f} throttle={s.throttle_p:4.0%} db={s.db_in_flight} "
+              f"({s.db_refused} refused) | {ws}", file=self.out, flush=True)
 
     def stop(self) -> None:
         pass
@@ -108,7 +111,8 @@ class PlainView:
 
 _STATE_STYLE = {BreakerState.CLOSED: "bold green", BreakerState.OPEN: "bold red",
                 BreakerState.HALF_OPEN: "bold yellow"}
-_PHASE_STYLE = {"healthy": "green", "unhealthy": "red", "recovered": "green"}
+_PHASE_STYLE = {"healthy": "green", "strained": "yellow", "unhealthy": "red",
+                "recovered": "green"}
 
 
 class RichView:
@@ -139,15 +143,17 @@ class RichView:
         adm, rej, hits = _per_second(s, self._last)
         self._last = s
         ep = Table(box=None, show_header=True, header_style="bold")
-        for col in ("time", "cache", "breaker", "window fail", "admitted/s", "rejected/s",
-                    "cache hits/s", "db in flight", "db refused"):
+        for col in ("time", "cache", "breaker", "window fail", "throttle p", "admitted/s",
+                    "rejected/s", "cache hits/s", "db in flight", "db refused"):
             ep.add_column(col, justify="right")
         ep.add_row(f"{s.t:.1f}s", Text(s.phase, _PHASE_STYLE.get(s.phase, "")),
                    Text(str(s.state), _STATE_STYLE[s.state]), f"{s.failure_rate:.0%}",
+                   Text(f"{s.throttle_p:.0%}", "yellow" if s.throttle_p else ""),
                    f"{adm:.0f}", f"{rej:.0f}", f"{hits:.0f}", str(s.db_in_flight),
                    str(s.db_refused))
         wt = Table(box=None, header_style="bold")
-        for col in ("worker", "pid", "ok", "failed", "rejected (open)", "rate-limited"):
+        for col in ("worker", "pid", "ok", "failed", "rejected (open)", "rate-limited",
+                    "throttled"):
             wt.add_column(col, justify="right")
         for label, pid, c in workers:
             wt.add_row(label, str(pid), *c.cells())
