@@ -118,6 +118,7 @@ class Policy:
     throttle_on: tuple[type[BaseException], ...] = ()
     predict_horizon: float | None = None
     keyed_limit: str | None = None  # name of a keyed limiter execute(..., key=) applies
+    fleet_rate: bool = False  # shmguard.fleet: rate and burst are fleet-wide (see with_fleet)
     _fingerprint: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -157,6 +158,9 @@ class Policy:
             _num("adaptive_max_threshold", self.adaptive_max_threshold,
                  lo=self.failure_threshold, hi=1)
         _num("rate_floor", self.rate_floor, lo=0, hi=1)
+        if self.fleet_rate is not False and (self.fleet_rate is not True or self.rate is None):
+            raise PolicyError(f"fleet_rate needs a rate (with_rate_limit) and must be a bool, "
+                              f"got fleet_rate={self.fleet_rate!r} with rate={self.rate!r}")
         _num("recovery", self.recovery, lo=0, hi=86400)
         self._check_bulkhead()
         self._check_retry_budget()
@@ -292,7 +296,21 @@ class Policy:
             if self.throttle_on:
                 v.flags |= 256  # SG_POL_THROTTLE_ON: failures are reported by the caller
         v.predict_horizon_ns = 0 if self.predict_horizon is None else int(self.predict_horizon * NS)
+        if self.fleet_rate:
+            v.flags |= 4  # SG_POL_FLEET_RATE: the burst scales with the host's share (rate.c)
         return v
+
+    def with_fleet(self, rate: bool = True, breaker: bool = False) -> Policy:
+        """Returns a copy whose ``rate`` and ``burst`` are shared by every host of the fleet.
+
+        Each host enforces its share (leased from the service's ``fleet=``
+        Redis, max-min fair on demand) in its own segment. ``breaker=True``
+        (fleet-wide breaker state) is not available yet and raises.
+        """
+        if breaker:
+            raise PolicyError("with_fleet(breaker=True): fleet-wide breaker state is not "
+                              "implemented yet; breakers stay host-local")
+        return self.replace(fleet_rate=bool(rate))
 
     def replace(self, **changes: Any) -> Policy:
         """Returns a copy with ``changes`` applied (validated again)."""
