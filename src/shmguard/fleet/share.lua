@@ -37,8 +37,8 @@ for i = 1, #all, 2 do
     if not (g and e and d and ep) or g ~= g or d ~= d or g < 0 or g > cap or d < 0 then
       -- hostile or corrupt: drop it and hold every host to what it has for a lease
       redis.call('HDEL', key, f)
-      grace = now + lease
-      redis.call('HSET', key, '_grace', grace)
+      grace, want = now + lease, 1e9  -- only the lease's end lifts this grace
+      redis.call('HSET', key, '_grace', grace, '_want', want)
     elseif e > now then
       local name = string.sub(f, 3)
       if name == host then mine = ep
