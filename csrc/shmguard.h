@@ -491,6 +491,9 @@ int sg_fleet_apply_at(void *base, uint64_t len, void *slot, uint64_t now_ns, uin
 int sg_fleet_error(void *slot);
 int sg_fleet_snapshot(const void *slot, struct sg_fleet_view *out);
 int sg_limiter_share_at(void *slot, uint64_t now_ns, uint32_t share_ppm);
+/* breaker.c, for the fleet agent: OPEN (for remaining_ns) or CLOSED, only from generation gen */
+int sg_breaker_fleet_at(void *slot, uint64_t now_ns, uint32_t gen, uint32_t state,
+                        uint64_t remaining_ns);
 /* CDEF-END */
 
 #endif /* SHMGUARD_H */

@@ -119,6 +119,7 @@ class Policy:
     predict_horizon: float | None = None
     keyed_limit: str | None = None  # name of a keyed limiter execute(..., key=) applies
     fleet_rate: bool = False  # shmguard.fleet: rate and burst are fleet-wide (see with_fleet)
+    fleet_breaker: bool = False  # shmguard.fleet: breaker opens and closes shared across hosts
     _fingerprint: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -161,6 +162,8 @@ class Policy:
         if self.fleet_rate is not False and (self.fleet_rate is not True or self.rate is None):
             raise PolicyError(f"fleet_rate needs a rate (with_rate_limit) and must be a bool, "
                               f"got fleet_rate={self.fleet_rate!r} with rate={self.rate!r}")
+        if not isinstance(self.fleet_breaker, bool):
+            raise PolicyError(f"fleet_breaker must be a bool, got {self.fleet_breaker!r}")
         _num("recovery", self.recovery, lo=0, hi=86400)
         self._check_bulkhead()
         self._check_retry_budget()
@@ -298,19 +301,20 @@ class Policy:
         v.predict_horizon_ns = 0 if self.predict_horizon is None else int(self.predict_horizon * NS)
         if self.fleet_rate:
             v.flags |= 4  # SG_POL_FLEET_RATE: the burst scales with the host's share (rate.c)
+        if self.fleet_breaker:
+            v.flags |= 8  # SG_POL_FLEET_BREAKER: the fleet agent shares opens and closes
         return v
 
-    def with_fleet(self, rate: bool = True, breaker: bool = False) -> Policy:
-        """Returns a copy whose ``rate`` and ``burst`` are shared by every host of the fleet.
+    def with_fleet(self, rate: bool = True, breaker: bool = True) -> Policy:
+        """Returns a copy whose limits are shared by every host of the service's ``fleet=``.
 
-        Each host enforces its share (leased from the service's ``fleet=``
-        Redis, max-min fair on demand) in its own segment. ``breaker=True``
-        (fleet-wide breaker state) is not available yet and raises.
+        ``rate``: the policy's ``rate`` and ``burst`` are fleet-wide; each host
+        enforces its share (max-min fair on demand) in its own segment (needs
+        a rate). ``breaker``: an open or close on one host moves the other
+        hosts' breakers within a refresh, and one host at a time probes.
         """
-        if breaker:
-            raise PolicyError("with_fleet(breaker=True): fleet-wide breaker state is not "
-                              "implemented yet; breakers stay host-local")
-        return self.replace(fleet_rate=bool(rate))
+        return self.replace(fleet_rate=bool(rate) and self.rate is not None,
+                            fleet_breaker=bool(breaker))
 
     def replace(self, **changes: Any) -> Policy:
         """Returns a copy with ``changes`` applied (validated again)."""

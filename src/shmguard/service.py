@@ -82,8 +82,8 @@ class ResilienceService(Calls):
 
     def _register(self, name: str, policy: Policy) -> tuple[Any, bool]:
         ep, created = super()._register(name, policy)
-        if self._fleet is not None and policy.fleet_rate:
-            self._fleet.attach(ep.h.slot)  # fleet/: held to ~0 until the first grant
+        if self._fleet is not None and (policy.fleet_rate or policy.fleet_breaker):
+            self._fleet.attach(ep.h.slot, policy.fleet_rate)  # rate: ~0 until the first grant
         return ep, created
 
     def close(self) -> None:

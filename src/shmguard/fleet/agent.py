@@ -18,6 +18,7 @@ import psutil
 
 from shmguard._capi import ffi, lib
 from shmguard.fleet.config import RedisFleet
+from shmguard.fleet.breakers import BreakerSync
 from shmguard.fleet.sync import EndpointSync, start_share
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class Agent:
         self.syncs = 0
         self._coord: Coordinator | None = None
         self._eps: dict[int, EndpointSync] = {}
+        self._brk: dict[int, BreakerSync] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -71,9 +73,10 @@ class Agent:
                                             daemon=True)
             self._thread.start()
 
-    def attach(self, slot: Any) -> None:
-        """A fleet endpoint was registered here: hold it to ~0 until its first grant, sync soon."""
-        start_share(slot, self.seg.now_ns())
+    def attach(self, slot: Any, rate: bool) -> None:
+        """A fleet endpoint was registered here: a fleet rate is ~0 until its first grant; sync soon."""
+        if rate:
+            start_share(slot, self.seg.now_ns())
         self.start()
         self._wake.set()
 
@@ -107,6 +110,7 @@ class Agent:
         if rc == lib.SG_OK:
             if w[0] >> 32 != self.word >> 32:
                 self._eps.clear()  # a new term (pid, epoch): measure demand afresh
+                self._brk.clear()
             self.word = w[0]
             return True
         self.word = 0
@@ -127,10 +131,17 @@ class Agent:
     def tick(self) -> None:
         """Syncs every fleet endpoint of the segment once (the lease holder only)."""
         for idx, name, h, pv in self._fleet_endpoints():
-            ep = self._eps.get(idx)
-            if ep is None or ep.name != name:
-                ep = self._eps[idx] = EndpointSync(name, idx, h)
-            ep.sync(self, NS / pv.emission_ns)
+            if pv.flags & lib.SG_POL_FLEET_RATE and not pv.flags & lib.SG_POL_NO_LIMIT \
+                    and pv.emission_ns > 0:
+                ep = self._eps.get(idx)
+                if ep is None or ep.name != name:
+                    ep = self._eps[idx] = EndpointSync(name, idx, h)
+                ep.sync(self, NS / pv.emission_ns)
+            if pv.flags & lib.SG_POL_FLEET_BREAKER:
+                br = self._brk.get(idx)
+                if br is None or br.name != name:
+                    br = self._brk[idx] = BreakerSync(name, h)
+                br.sync(self, pv)
             if self._stop.is_set() or not self.holds():
                 return
         self.syncs += 1
@@ -147,7 +158,6 @@ class Agent:
                 continue
             pv = ffi.new("struct sg_policy_view *")
             lib.sg_policy_read(h, pv)
-            if pv.flags & lib.SG_POL_FLEET_RATE and not pv.flags & lib.SG_POL_NO_LIMIT \
-                    and pv.emission_ns > 0:
+            if pv.flags & (lib.SG_POL_FLEET_RATE | lib.SG_POL_FLEET_BREAKER):
                 out.append((i, ffi.unpack(sv.name, sv.name_len).decode("ascii", "replace"), h, pv))
         return out

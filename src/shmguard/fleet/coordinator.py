@@ -15,7 +15,7 @@ from typing import Any
 from shmguard.errors import ShmguardError
 from shmguard.fleet.config import RedisFleet
 
-__all__ = ["Coordinator", "FleetError", "Grant", "parse_grant"]
+__all__ = ["Coordinator", "FleetError", "Grant", "Episode", "parse_grant", "parse_episode"]
 
 
 class FleetError(ShmguardError):
@@ -28,6 +28,15 @@ class Grant:
     remaining: float     # seconds the grant lasts from when it was asked for
     hosts: int           # live hosts in the fleet, this one included
     grace: bool          # Redis lost its state: shares are being rebuilt
+
+
+@dataclass(frozen=True)
+class Episode:
+    born: int            # ms (Redis time) the breaker record was made: a restart makes a new one
+    seq: int             # episode number: +1 per fleet-wide open and per close
+    open: bool           # an open episode is running
+    remaining: float     # seconds it stays open
+    origin: str          # host that opened or closed it
 
 
 def _int(v: Any, what: str, lo: int, hi: int) -> int:
@@ -61,6 +70,19 @@ def parse_grant(reply: Any, rate: float, lease_ms: int) -> Grant:
     return Grant(min(g, rate), left / 1000, hosts, bool(grace))
 
 
+def parse_episode(reply: Any) -> Episode:
+    """Returns the breaker script's reply as an :class:`Episode`; raises :class:`FleetError`."""
+    if not isinstance(reply, (list, tuple)) or len(reply) != 5:
+        raise FleetError(f"fleet breaker reply must be a list of 5 values, got {reply!r:.200}")
+    origin = reply[4]
+    if not isinstance(origin, bytes) or len(origin) > 128:
+        raise FleetError(f"fleet breaker reply: origin must be a host id, got {origin!r:.80}")
+    return Episode(_int(reply[0], "born", 0, 2**53), _int(reply[1], "seq", 0, 2**53),
+                   bool(_int(reply[2], "state", 0, 1)),
+                   _int(reply[3], "remaining", 0, 86_400_000) / 1000,
+                   origin.decode("utf-8", "replace"))
+
+
 class Coordinator:
     """A Redis client and the share script (one per agent; not thread safe)."""
 
@@ -70,8 +92,9 @@ class Coordinator:
         timeout = cfg.timeout or max(cfg.refresh, 0.05)
         self.client = redis.Redis.from_url(cfg.url, socket_timeout=timeout,
                                            socket_connect_timeout=timeout)
-        src = resources.files("shmguard.fleet").joinpath("share.lua").read_text("utf-8")
-        self.script = self.client.register_script(src)
+        here = resources.files("shmguard.fleet")
+        self.script = self.client.register_script(here.joinpath("share.lua").read_text("utf-8"))
+        self.bscript = self.client.register_script(here.joinpath("breaker.lua").read_text("utf-8"))
         self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
     def share(self, endpoint: str, host: str, epoch: int, demand: float, rate: float,
@@ -85,6 +108,25 @@ class Coordinator:
         except self.errors as exc:
             raise FleetError(f"fleet: Redis at {self.cfg.url!r}: {exc}") from exc
         return parse_grant(reply, rate, lease_ms)
+
+    def breaker(self, endpoint: str, host: str, op: str, remaining: float) -> Episode:
+        """Publishes "open" (for ``remaining`` s) or "close", or reads ("read") the episode."""
+        args = [host, op, max(0, round(remaining * 1000)), max(1, round(self.cfg.lease * 40_000))]
+        try:
+            reply = self.bscript(keys=[f"{self.cfg.prefix}:breaker:{endpoint}"], args=args)
+        except self.errors as exc:
+            raise FleetError(f"fleet: Redis at {self.cfg.url!r}: {exc}") from exc
+        return parse_episode(reply)
+
+    def probe_gate(self, endpoint: str, host: str, seconds: float) -> bool:
+        """Takes (or keeps) the fleet's half-open probe lease: SET NX PX; reports whether this host holds it."""
+        key, px = f"{self.cfg.prefix}:probe:{endpoint}", max(1, round(seconds * 1000))
+        try:
+            if self.client.set(key, host, nx=True, px=px):
+                return True
+            return bool(self.client.get(key) == host.encode())
+        except self.errors as exc:
+            raise FleetError(f"fleet: Redis at {self.cfg.url!r}: {exc}") from exc
 
     def hosts(self, endpoint: str) -> dict[str, dict[str, float]]:
         """Returns the hosts recorded for ``endpoint`` (grant, expiry, demand); for the CLI."""
