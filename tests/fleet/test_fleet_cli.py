@@ -27,6 +27,12 @@ def test_fleet_command_lists_hosts_and_shares(redis_server, segnames, capsys) ->
         assert set(row["hosts"]) == {"alpha"} and abs(row["hosts"]["alpha"]["grant"] - 300) < 1e-3
         assert main(["fleet", segnames[0], "--redis", redis_server.url]) == 0
         assert "alpha" in capsys.readouterr().out
+        assert main(["inspect", segnames[0], "--json"]) == 0
+        eps = {e["name"]: e for e in json.loads(capsys.readouterr().out)["endpoints"]}
+        assert eps["store"]["fleet"]["mode"] == "granted" and eps["local"]["fleet"] is None
+        assert main(["inspect", segnames[0], "--prometheus"]) == 0
+        prom = capsys.readouterr().out
+        assert 'shmguard_fleet_hosts{segment="' in prom and "shmguard_fleet_safe_share" in prom
     finally:
         svc.close()
 
