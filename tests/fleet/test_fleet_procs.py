@@ -117,10 +117,11 @@ def test_agent_sigkilled_another_process_of_the_host_takes_over(redis_server, se
         os.kill(holder, signal.SIGKILL)
         survivor = spare_pid if holder == procs[0].pid else procs[0].pid
         deadline = time.monotonic() + 10  # generous; the agent lease is 0.5 s
-        while time.monotonic() < deadline and _fleet(segnames[0]).agent_pid != survivor:
+        while time.monotonic() < deadline and ((st := _fleet(segnames[0])).agent_pid != survivor
+                                               or st.sync_age is None or st.sync_age > 0.3):
             time.sleep(0.02)
-        st = _fleet(segnames[0])
-        assert st.agent_pid == survivor and st.mode == "granted", st
+        # the survivor synced (the holder's last sync was >= 0.5 s before it took over)
+        assert st.agent_pid == survivor and st.mode == "granted" and st.sync_age <= 0.3, st
         hosts = redis_server.client().hgetall(f"shmguard:rate:{ENDPOINT}")
         assert b"h:host0" in hosts
         got = _collect([p for p in procs if p.pid != holder], out)
@@ -129,4 +130,36 @@ def test_agent_sigkilled_another_process_of_the_host_takes_over(redis_server, se
         for p in [spare, *procs]:
             if p.is_alive():
                 p.kill()
+            p.join(timeout=10)
+
+
+def test_agent_sigstopped_is_replaced_and_stays_out_when_resumed(redis_server, segnames) -> None:
+    _make(segnames[:1])
+    ready = CTX.Queue()
+    procs = [CTX.Process(target=idle, args=(segnames[0], "host0", redis_server.url, ready))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    pids = {ready.get(timeout=30) for _ in procs}
+    try:
+        deadline = time.monotonic() + 10
+        while (st := _fleet(segnames[0])).agent_pid not in pids or st.mode != "granted":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        holder = st.agent_pid
+        os.kill(holder, signal.SIGSTOP)
+        other = (pids - {holder}).pop()
+        # the other takes over after the lease (0.5 s) and syncs
+        while (st := _fleet(segnames[0])).agent_pid != other or st.sync_age is None \
+                or st.sync_age > 0.3:
+            assert time.monotonic() < deadline + 10
+            time.sleep(0.02)
+        os.kill(holder, signal.SIGCONT)
+        for _ in range(20):  # the resumed agent finds the lease taken and stays out
+            st = _fleet(segnames[0])
+            assert st.agent_pid == other and st.mode == "granted", st
+            time.sleep(0.05)
+    finally:
+        for p in procs:
+            p.kill()
             p.join(timeout=10)
