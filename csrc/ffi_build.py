@@ -14,7 +14,7 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ["segment.c", "table.c", "policy.c", "window.c", "breaker.c", "rate.c", "gcra.c",
            "siphash.c", "keyed.c", "keyed_gcra.c", "keyed_rate.c", "budget.c", "throttle.c",
-           "predict.c", "bulkhead.c", "bulkhead_wait.c", "fleet.c"]
+           "predict.c", "bulkhead.c", "bulkhead_wait.c"]
 
 
 def _cdef() -> str:
@@ -35,6 +35,8 @@ def flags() -> list[str]:
         flags += extra.split()
     return flags
 
+
+SOURCES += ["fleet.c"]  # fleet/: the agent lease and a slot's fleet share
 
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef())

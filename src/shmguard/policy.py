@@ -239,6 +239,8 @@ class Policy:
             if f.name.startswith("_"):
                 continue
             v = getattr(self, f.name)
+            if f.name.startswith("fleet_") and v is False:
+                continue  # a host-local policy keeps the fingerprint it had before fleet/
             if f.name.endswith("_exceptions") or f.name == "throttle_on":
                 v = tuple(f"{c.__module__}.{c.__qualname__}" for c in v)
             parts.append(f"{f.name}={v!r}")
