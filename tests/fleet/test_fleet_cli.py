@@ -30,6 +30,8 @@ def test_fleet_command_lists_hosts_and_shares(redis_server, segnames, capsys) ->
         assert main(["inspect", segnames[0], "--json"]) == 0
         eps = {e["name"]: e for e in json.loads(capsys.readouterr().out)["endpoints"]}
         assert eps["store"]["fleet"]["mode"] == "granted" and eps["local"]["fleet"] is None
+        assert main(["inspect", segnames[0], "--color", "never"]) == 0
+        assert "fleet granted 300/s burst 30 hosts 1" in capsys.readouterr().out
         assert main(["inspect", segnames[0], "--prometheus"]) == 0
         prom = capsys.readouterr().out
         assert 'shmguard_fleet_hosts{segment="' in prom and "shmguard_fleet_safe_share" in prom
