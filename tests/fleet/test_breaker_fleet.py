@@ -84,3 +84,12 @@ def test_malformed_breaker_record_starts_afresh(hosts, redis_server) -> None:
     r.hset("shmguard:breaker:db", mapping={"born": "x", "seq": "-1", "state": "7"})
     _fail(hosts[0])
     _wait(lambda: all(s.breaker_state("db") == OPEN for s in hosts), "fleet open", 2.0, hosts)
+
+
+def test_without_redis_a_breaker_still_opens_on_its_own_evidence(hosts, redis_server) -> None:
+    redis_server.kill()
+    _fail(hosts[0])
+    assert hosts[0].breaker_state("db") == OPEN  # decided in the segment, no Redis involved
+    time.sleep(0.3)  # several refreshes against a dead Redis: errors, no crash, no propagation
+    assert [s.breaker_state("db") for s in hosts[1:]] == [CLOSED, CLOSED]
+    assert all(s._fleet.last_error.startswith("fleet: Redis") for s in hosts)
