@@ -163,9 +163,18 @@ class Calls(Registry):
             _keyed_calls.keyed_admit(self, ep, key, priority, timeout)
         return _admission.admit_slow(ep, None, priority, timeout)
 
-    def record(self, endpoint: str, token: int, outcome: Outcome) -> None:
-        """Records the outcome of a call admitted by :meth:`admit`."""
-        self._eps[endpoint].record_outcome(token, int(outcome))
+    def record(self, endpoint: str, token: int, outcome: Outcome, *,
+               overload: bool | None = None) -> None:
+        """Records the outcome of a call admitted by :meth:`admit`.
+
+        :param overload: for adaptive throttling, whether the dependency
+            refused the call for overload (an HTTP 429 or 503). None: the
+            policy decides (every failure, or those of ``throttle_on``).
+            ``True`` with ``Outcome.IGNORE`` counts a refusal that is no
+            breaker failure; ``False`` with a failure counts an accept when
+            the policy sets ``throttle_on``.
+        """
+        self._eps[endpoint].record_outcome(token, int(outcome), overload)
 
     def protect(self, endpoint: str, *, priority: Priority = Priority.NORMAL,
                 timeout: float | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:

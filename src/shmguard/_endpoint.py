@@ -155,9 +155,11 @@ class Endpoint:
         if t or self.events.on_metrics_update is not None:
             self.events.after(self, t, tok)
 
-    def record_outcome(self, tok: int, outcome: int) -> None:
+    def record_outcome(self, tok: int, outcome: int, overload: bool | None = None) -> None:
         t = self.record(self.h, tok | outcome)
         if outcome == Outcome.FAILURE and self.policy.throttle_on:  # no exception: overload
+            lib.sg_throttle_report(self.h, 1 if overload is None else int(overload))
+        elif outcome == Outcome.IGNORE and overload:  # a refusal that is no breaker failure
             lib.sg_throttle_report(self.h, 1)
         if t or self.events.on_metrics_update is not None:
             self.events.after(self, t, tok)

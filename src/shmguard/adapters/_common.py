@@ -120,13 +120,16 @@ class HttpGuard:
             seconds = retry_after(headers)
             if seconds is not None:
                 self.svc.limiter(name).hold(min(seconds, self.max_retry_after))
+        # 429 and 503 are refusals for overload: adaptive throttling counts
+        # them as requests without an accept, whatever the breaker makes of them
+        refused = status in HOLD_STATUS
         if status in self.failure_status:
             outcome = Outcome.FAILURE
-        elif status == 429:
+        elif refused:
             outcome = Outcome.IGNORE  # "slow down" says nothing about the dependency's health
         else:
             outcome = Outcome.SUCCESS
-        self.svc.record(name, token, outcome)
+        self.svc.record(name, token, outcome, overload=refused)
 
     def raised(self, name: str, token: int, exc: BaseException) -> None:
         """Records an exception of the transport (connection errors, timeouts: failures)."""
