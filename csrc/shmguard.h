@@ -362,6 +362,24 @@ int sg_predict_snapshot_at(const void *slot, uint64_t now_ns, struct sg_predict_
 
 /* fleet.c: fleet share and breaker events written by the host's agent (line 31) */
 
+/* chain.c: counters of a named fallback chain (its own shared-memory object) */
+#define SG_FC_SIZE 1024
+#define SG_FC_MAX_STEPS 8
+#define SG_FC_LAST 8              /* counter index: `last` served */
+#define SG_FC_FAILED 9            /* counter index: every step failed, no `last` */
+struct sg_fc_view {
+    uint64_t created_unix_ns;
+    uint32_t creator_pid;
+    uint32_t steps;
+    uint32_t name_len[8];
+    char name[8][64];            /* step endpoint names (not NUL-terminated at 64) */
+    uint64_t count[10];          /* served by step i (0..steps-1), then last, failed */
+};
+int sg_fc_init(void *base, uint64_t len, uint32_t steps, const char *names,
+               const uint32_t *name_len, uint32_t pid, uint64_t unix_ns);
+int sg_fc_check(const void *base, uint64_t len, struct sg_fc_view *out);
+int sg_fc_count(void *base, uint64_t len, uint32_t which);
+
 /* keyed.c: keyed limiter tables (their own shared-memory objects) */
 #define SG_KL_HEADER_SIZE 1024
 #define SG_KL_STRIPES 8           /* counter stripes (lines) of a keyed table */

@@ -98,6 +98,18 @@ def describe(v: Any) -> str:
 NS_PER_S = 1_000_000_000
 
 
+def check_owner(what: str, segment: Segment, st: os.stat_result) -> None:
+    """Refuses an object beside ``segment`` that another uid owns or others may write."""
+    if segment.allow_foreign:
+        return
+    if st.st_uid != os.geteuid():
+        raise SegmentPermissionError(f"{what} belongs to uid {st.st_uid}, not "
+                                     f"{os.geteuid()} (pass allow_foreign=True)")
+    if st.st_mode & 0o077:
+        raise SegmentPermissionError(f"{what} has mode {stat.S_IMODE(st.st_mode):o}; "
+                                     "group/world-accessible objects are refused")
+
+
 _ERRORS = {
     lib.SG_E_NOT_READY: (SegmentCorruptError, "was never initialised (its creator died?)"),
     lib.SG_E_MAGIC: (SegmentCorruptError, "is not a keyed limiter table (bad magic)"),
@@ -165,14 +177,7 @@ class KeyedTable:
             shm.close_fd()
 
     def _owner_check(self, st: os.stat_result) -> None:
-        if self.segment.allow_foreign:
-            return
-        if st.st_uid != os.geteuid():
-            raise SegmentPermissionError(f"{self.what} belongs to uid {st.st_uid}, not "
-                                         f"{os.geteuid()} (pass allow_foreign=True)")
-        if st.st_mode & 0o077:
-            raise SegmentPermissionError(f"{self.what} has mode {stat.S_IMODE(st.st_mode):o}; "
-                                         "group/world-accessible tables are refused")
+        check_owner(self.what, self.segment, st)
 
     def _map(self, shm: Any, config: Any | None) -> None:
         st = os.fstat(shm.fd)

@@ -24,7 +24,7 @@ from shmguard.errors import (InvalidNameError, ServiceClosedError, SegmentCorrup
                              SegmentNotFoundError, SegmentPermissionError)
 
 __all__ = ["Segment", "object_name", "validate_name", "unlink", "list_segments", "SHM_DIR",
-           "KEYED_SEP", "keyed_files"]
+           "KEYED_SEP", "CHAIN_SEP", "SIDE_SEP", "keyed_files", "side_files"]
 
 SHM_DIR = "/dev/shm"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -33,6 +33,10 @@ ATTACH_WAIT = 2.0
 #: Joins a segment's name and a keyed limiter's in the table's object name
 #: (``/shmguard.<uid>.<segment>~kl~<name>``): '~' is never in a segment name.
 KEYED_SEP = "~kl~"
+#: ... and a named fallback chain's counters (``/shmguard.<uid>.<segment>~fc~<name>``)
+CHAIN_SEP = "~fc~"
+#: every object that belongs to a segment has '~' after the segment's name
+SIDE_SEP = "~"
 
 
 def validate_name(name: object, what: str = "segment name") -> str:
@@ -58,7 +62,7 @@ def object_name(name: str, uid: int | None = None) -> str:
 
 def unlink(name: str) -> bool:
     """Removes segment ``name`` of this user and its keyed limiter tables; reports whether it existed."""
-    for path in keyed_files(name):
+    for path in side_files(name):
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -70,14 +74,19 @@ def unlink(name: str) -> bool:
         return False
 
 
-def keyed_files(name: str, uid: int | None = None) -> list[str]:
-    """Returns the files of segment ``name``'s keyed limiter tables."""
-    prefix = object_name(name, uid).lstrip("/") + KEYED_SEP
+def keyed_files(name: str, uid: int | None = None, sep: str = KEYED_SEP) -> list[str]:
+    """Returns the files of segment ``name``'s keyed limiter tables (or of ``sep``'s objects)."""
+    prefix = object_name(name, uid).lstrip("/") + sep
     try:
         entries = os.listdir(SHM_DIR)
     except OSError:
         return []
     return sorted(os.path.join(SHM_DIR, e) for e in entries if e.startswith(prefix))
+
+
+def side_files(name: str, uid: int | None = None) -> list[str]:
+    """Returns every object beside segment ``name``: keyed tables and chain counters."""
+    return keyed_files(name, uid, SIDE_SEP)
 
 
 def list_segments(uid: int | None = None) -> list[str]:
@@ -88,7 +97,7 @@ def list_segments(uid: int | None = None) -> list[str]:
     except OSError:
         return []
     return sorted(e[len(prefix):] for e in entries
-                  if e.startswith(prefix) and KEYED_SEP not in e)  # keyed tables are not segments
+                  if e.startswith(prefix) and SIDE_SEP not in e)  # keyed tables, chains: no segments
 
 
 class Segment:
