@@ -136,6 +136,12 @@ class Calls(Registry):
         if key is not None:
             return _keyed_calls.execute_async(self, endpoint, key, coro_fn, args, priority,
                                               timeout, kwargs)
+        if not kwargs and timeout is None and _HotGuard is not None and _NO_DEADLINES:
+            ep = self._eps.get(endpoint)
+            if ep is not None and ep.probe is None and self._events.on_metrics_update is None:
+                # the C guard: admission, bulkhead and record in two crossings
+                return _guarded(_HotGuard(ep, 5 if priority is _NORMAL else pack(1, priority)),
+                                coro_fn, args)
         return aio.execute_async(self, endpoint, coro_fn, *args, priority=priority,
                                  timeout=timeout, **kwargs)
 
@@ -218,6 +224,11 @@ class Calls(Registry):
                 and self._events.on_metrics_update is None and key is None):
             return _HotGuard(ep, 5 if priority is _NORMAL else pack(1, priority))
         return _Guard(self, endpoint, priority, timeout, key)
+
+
+async def _guarded(guard: Any, coro_fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
+    async with guard:
+        return await coro_fn(*args)
 
 
 def _release(h: Any, bt: int) -> None:

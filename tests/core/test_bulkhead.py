@@ -193,6 +193,38 @@ def test_asyncio_wait_does_not_block_and_cancel_leaves_nothing(realsvc):
     assert again is not None and bh.in_flight == 1
 
 
+@pytest.mark.parametrize("door", ["guard", "execute_async"])
+def test_async_doors_wait_for_a_ticket_without_blocking_the_loop(realsvc, door):
+    # the C guard (async with, no timeout) and execute_async's fast path: a
+    # full bulkhead with max_wait is awaited; blocking the loop there would
+    # keep the holder (a task of the same loop) from ever giving it back
+    realsvc.register_endpoint("db", sg.Policy(max_concurrent=1, max_wait=5.0))
+    bh = realsvc.bulkhead("db")
+    order: list[str] = []
+
+    async def body(name: str) -> None:
+        order.append(f"{name} in {bh.in_flight}")
+        await asyncio.sleep(0.05)
+        order.append(f"{name} out")
+
+    async def call(name: str) -> None:
+        if door == "guard":
+            async with realsvc.guard("db"):
+                await body(name)
+        else:
+            await realsvc.execute_async("db", body, name)
+
+    async def main() -> None:
+        first = asyncio.create_task(call("first"))
+        await asyncio.sleep(0.01)
+        await asyncio.gather(first, call("second"))
+
+    asyncio.run(main())
+    assert order == ["first in 1", "first out", "second in 1", "second out"]
+    st = bh.stats()
+    assert (st.in_flight, st.acquired, st.waited, st.rejected) == (0, 2, 1, 0)
+
+
 def _interrupted(segname: str, out) -> None:
     svc = sg.ResilienceService(segname, create=False)
     out.put("waiting")
