@@ -35,6 +35,8 @@ _NO_DEADLINES = True  # until this process first sets a deadline (then read the 
 def _deadlines_in_use() -> None:
     global _NO_DEADLINES
     _NO_DEADLINES = False
+    if _capi.hot is not None:
+        _capi.hot.deadlines_in_use()  # svc.execute bound in C hands calls to Python now
 
 
 on_first_use(_deadlines_in_use)
@@ -272,3 +274,9 @@ class _Guard:
 
     async def __aexit__(self, et: Any, exc: Any, tb: Any) -> None:
         self.__exit__(et, exc, tb)
+
+
+if _capi.hot is not None:
+    # the common call (endpoint, fn, positional args) runs without a Python
+    # frame (csrc/hot_service.c); every other goes to the method above, unchanged
+    Calls.execute = _capi.hot.bind_execute(Calls.execute)  # type: ignore[method-assign]
