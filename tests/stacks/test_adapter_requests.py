@@ -206,3 +206,19 @@ def test_a_500_is_an_accept_when_throttle_on_names_other_overloads(
     assert st.throttle is not None
     # both are breaker failures; only the 503 is an overload refusal
     assert (st.throttle.requests, st.throttle.accepts, st.breaker.failures) == (2, 1, 2)
+
+
+def test_the_deadline_in_force_cuts_the_request_timeout(svc: sg.ResilienceService,
+                                                        server: Server) -> None:
+    import time
+
+    with _session(svc) as s:
+        with sg.deadline(0.05):          # /sleep answers after 0.2 s; its own timeout is 5 s
+            with pytest.raises(requests.exceptions.Timeout):
+                s.get(server.url + "/sleep", timeout=5)
+        assert s.get(server.url + "/sleep", timeout=5).status_code == 200
+        with sg.deadline(0.001):
+            time.sleep(0.01)
+            with pytest.raises(sg.DeadlineExceededError):
+                s.get(server.url + "/ok", timeout=5)
+    assert (server.hits["/sleep"], server.hits["/ok"]) == (2, 0)   # no byte after the deadline

@@ -36,7 +36,7 @@ from typing import Any, Callable, Collection, Mapping
 from requests.adapters import HTTPAdapter
 from requests.models import PreparedRequest, Response
 
-from shmguard.adapters._common import FAILURE_STATUS, HttpGuard, wait_budget
+from shmguard.adapters._common import FAILURE_STATUS, HttpGuard, bounded, wait_budget
 from shmguard.policy import Policy, Priority
 from shmguard.service import ResilienceService
 
@@ -71,6 +71,7 @@ class ResilientAdapter(HTTPAdapter):
         guard = self.guard
         name = guard.name(request.url or "")
         token = guard.admit(name, wait_budget(timeout))
+        timeout = bounded(timeout)  # the deadline in force (sg.deadline) cuts the request's own
         try:
             response = super().send(request, stream=stream, timeout=timeout, verify=verify,
                                     cert=cert, proxies=None if proxies is None else dict(proxies))
