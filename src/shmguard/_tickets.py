@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from shmguard import probes
 from shmguard._capi import ffi, lib
-from shmguard.errors import BulkheadFullError
+from shmguard.deadline import remaining
+from shmguard.errors import BulkheadFullError, DeadlineExceededError
 from shmguard.stats import BulkheadStats, TicketHolder
 
 if TYPE_CHECKING:
@@ -50,25 +51,41 @@ def take(ep: Endpoint, mode: int, wait_s: float | None) -> int:
         raise
 
 
+def _bound(ep: Endpoint, wait_s: float | None) -> tuple[float, bool]:
+    """The wait allowed (``wait_s``, or the policy's ``max_wait``) cut to the deadline in
+    force; and whether the deadline is what bounds it."""
+    if wait_s is None:
+        wait_s = max_wait(ep)
+    left = remaining()
+    if left is not None and left < wait_s:
+        return max(0.0, left), True
+    return wait_s, False
+
+
 def _take(ep: Endpoint, mode: int, wait_s: float | None, buf: Any) -> int:
     wait = lib.sg_bulkhead_wait
     t = wait(ep.h, mode, 0, buf)
     if t == FULL and reclaim(ep):
         t = wait(ep.h, mode, 0, buf)
-    if t == FULL and wait_s is None:
-        wait_s = max_wait(ep)
+    cut = False
+    if t == FULL:
+        wait_s, cut = _bound(ep, wait_s)
     if t == FULL and wait_s:
         deadline = time.monotonic() + wait_s
         while t == FULL and (left := deadline - time.monotonic()) > 0:
             t = wait(ep.h, mode | WAITED, max(1, int(min(left, SLICE) * NS)), buf)
             if t == FULL and reclaim(ep):
                 t = wait(ep.h, mode | WAITED, 0, buf)
-    return done(ep, t)
+    return done(ep, t, cut)
 
 
-def done(ep: Endpoint, t: int) -> int:
+def done(ep: Endpoint, t: int, cut: bool = False) -> int:
+    """Returns the ticket ``t``; raises the refusal (the deadline's, when it cut the wait)."""
     if t == FULL:
         lib.sg_bulkhead_give_up(ep.h.slot)
+        if cut:
+            raise DeadlineExceededError(f"deadline passed while waiting for a ticket of the "
+                                        f"bulkhead of endpoint {ep.name!r}")
         raise full_error(ep)
     if t < 0:
         raise ep.rc_error(t)
@@ -92,8 +109,9 @@ async def take_async(ep: Endpoint, mode: int, wait_s: float | None) -> int:
     buf = ffi.new("int64_t[2]")
     try:
         t = lib.sg_bulkhead_wait(ep.h, mode, 0, buf)
-        if t == FULL and wait_s is None:
-            wait_s = max_wait(ep)
+        cut = False
+        if t == FULL:
+            wait_s, cut = _bound(ep, wait_s)
         if t == FULL and wait_s:
             deadline, tick = time.monotonic() + wait_s, ASYNC_TICKS[0]
             while t == FULL and (left := deadline - time.monotonic()) > 0:
@@ -101,7 +119,7 @@ async def take_async(ep: Endpoint, mode: int, wait_s: float | None) -> int:
                 tick = min(tick * 2, ASYNC_TICKS[1])
                 reclaim(ep)
                 t = lib.sg_bulkhead_wait(ep.h, mode | WAITED, 0, buf)
-        return done(ep, t)
+        return done(ep, t, cut)
     except BaseException:
         if buf[0] > 0:
             lib.sg_bulkhead_release(ep.h, buf[0])
