@@ -300,6 +300,8 @@ int64_t sg_bulkhead_wait(const struct sg_handle *h, uint32_t mode, uint64_t time
                          int64_t *out);  /* out[0]: the token (also returned); out[1]: woken */
 int64_t sg_bulkhead_acquire(const struct sg_handle *h, uint32_t mode);
 int sg_bulkhead_release(const struct sg_handle *h, int64_t ticket);
+int sg_bulkhead_park_begin(const struct sg_handle *h, uint32_t *seq); /* the asyncio watcher */
+int sg_bulkhead_park_wait(const struct sg_handle *h, uint32_t seq, uint64_t timeout_ns);
 
 /* budget.c: host-wide retry budget (line 27) */
 #define SG_BUDGET_BUCKETS 6

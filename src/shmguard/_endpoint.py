@@ -80,6 +80,8 @@ class Endpoint:
         self.hp = int(ffi.cast("uintptr_t", self.h))  # the handle's address, for _hot
 
     def unbind(self) -> None:
+        from shmguard import _bulkwait
+        _bulkwait.stop(self)  # its asyncio watcher thread first: it may be asleep on the slot
         self.h.slot = ffi.NULL  # the C doors check it: never touch the unmapped slot
         name = self.seg.name
 

@@ -1,18 +1,17 @@
 """The bulkhead's admission paths and upkeep (see :mod:`shmguard.bulkhead` for the handles).
 
 :func:`take` and :func:`take_async` give a call its ticket, waiting up to a
-bound (asleep on the segment's futex word; asyncio polls with
-``asyncio.sleep``), and give back whatever an interruption would otherwise
+bound (asleep on the segment's futex word; asyncio tasks through one watcher
+thread per endpoint, :mod:`shmguard._bulkwait`), and give back whatever an interruption would otherwise
 leave held; :func:`reclaim` takes dead holders' tickets back; and
 :func:`refresh_quota` recounts the processes attached to the segment.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from shmguard import probes
+from shmguard import _bulkwait, probes
 from shmguard._capi import ffi, lib
 from shmguard.deadline import remaining
 from shmguard.errors import BulkheadFullError, DeadlineExceededError
@@ -27,7 +26,6 @@ __all__ = ["take", "take_async", "full_error", "reclaim", "max_wait", "refresh_q
 
 NS = 1_000_000_000
 SLICE = 0.05               # longest futex sleep: a dead holder is looked for this often
-ASYNC_TICKS = (0.001, 0.02)  # asyncio polls from 1 ms, doubling up to 20 ms
 RECLAIM_EVERY = 0.05
 FULL = lib.SG_R_BULKHEAD_FULL
 QUIET, WAITED, REFRESH = int(lib.SG_BH_QUIET), int(lib.SG_BH_WAITED), int(lib.SG_BH_REFRESH)
@@ -95,29 +93,29 @@ def done(ep: Endpoint, t: int, cut: bool = False) -> int:
 
 
 async def take_async(ep: Endpoint, mode: int, wait_s: float | None) -> int:
-    """:func:`take` for asyncio: polls with ``asyncio.sleep`` (1 ms doubling to 20 ms).
+    """:func:`take` for asyncio: awaits a release (see :mod:`shmguard._bulkwait`).
 
-    The loop never blocks. Nothing is held between two polls, so a task
-    cancelled while it waits leaves no ticket behind; a ticket won by the
-    last poll is given back if the task is cancelled before it returns.
-    Why not the futex in an executor thread: it would tie up a pool thread
-    per waiting task (the default pool has a few), and a thread cannot be
-    cancelled, so it could win a ticket for a task already gone. A poll is
-    one C call (~100 ns) per tick; a release is seen within 20 ms.
+    The loop never blocks and nothing polls: the endpoint's watcher thread
+    sleeps on the futex word and lets the first waiting task try when a
+    release moves it. The task takes the ticket itself, so a task cancelled
+    while it waits leaves no ticket behind; a ticket won by its last try is
+    given back if it is cancelled before it returns.
     """
     ep.seg.base  # raises once the service is closed
     buf = ffi.new("int64_t[2]")
     try:
         t = lib.sg_bulkhead_wait(ep.h, mode, 0, buf)
+        if t == FULL and reclaim(ep):
+            t = lib.sg_bulkhead_wait(ep.h, mode, 0, buf)
         cut = False
         if t == FULL:
             wait_s, cut = _bound(ep, wait_s)
         if t == FULL and wait_s:
-            deadline, tick = time.monotonic() + wait_s, ASYNC_TICKS[0]
+            deadline, first = time.monotonic() + wait_s, False
             while t == FULL and (left := deadline - time.monotonic()) > 0:
-                await asyncio.sleep(min(tick, left))
-                tick = min(tick * 2, ASYNC_TICKS[1])
-                reclaim(ep)
+                await _bulkwait.wait_turn(ep, left, first)
+                first = True
+                ep.seg.base  # closed meanwhile: its error
                 t = lib.sg_bulkhead_wait(ep.h, mode | WAITED, 0, buf)
         return done(ep, t, cut)
     except BaseException:

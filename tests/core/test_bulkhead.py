@@ -401,3 +401,56 @@ def test_a_call_recounts_a_stale_quota_by_itself(svc, segname):
         for p in ps:
             p.kill()
             p.join(30)
+
+
+def _hold_until(segname: str, held, go) -> None:
+    svc = sg.ResilienceService(segname, create=False)
+    ticket = svc.bulkhead("db").acquire()
+    held.set()
+    go.wait(30)
+    ticket.release()
+    svc.close()
+
+
+def test_an_async_waiter_sleeps_until_a_release_in_another_process(realsvc, segname):
+    from shmguard import _bulkwait
+    realsvc.register_endpoint("db", sg.Policy(max_concurrent=1, max_wait=30.0))
+    held, go = CTX.Event(), CTX.Event()
+    holder = CTX.Process(target=_hold_until, args=(segname, held, go))
+    holder.start()
+    assert held.wait(30)
+
+    async def main() -> int:
+        before = _bulkwait.tries
+        waiting = asyncio.create_task(realsvc.execute_async("db", asyncio.sleep, 0, "served"))
+        await asyncio.sleep(0.3)             # six slices with the holder alive: no try
+        assert not waiting.done() and _bulkwait.tries - before == 1   # the newcomer's turn
+        go.set()                             # the holder releases, in its own process
+        assert await waiting == "served"
+        return _bulkwait.tries - before
+    assert asyncio.run(main()) == 2          # one turn on joining, one for the release
+    holder.join(30)
+    st = realsvc.bulkhead("db").stats()
+    assert (holder.exitcode, st.in_flight, st.acquired, st.waited) == (0, 0, 2, 1)
+
+
+def test_async_waiters_are_served_in_arrival_order(realsvc):
+    realsvc.register_endpoint("db", sg.Policy(max_concurrent=1, max_wait=30.0))
+    bh = realsvc.bulkhead("db")
+    order: list[str] = []
+
+    async def body(name: str) -> None:
+        order.append(name)
+        await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        held = bh.acquire()
+        tasks = []
+        for name in "abcd":
+            tasks.append(asyncio.create_task(realsvc.execute_async("db", body, name)))
+            await asyncio.sleep(0.02)        # each queues behind the one before
+        held.release()
+        await asyncio.gather(*tasks)
+    asyncio.run(main())
+    assert order == list("abcd")
+    assert bh.stats().in_flight == 0
