@@ -143,6 +143,8 @@ static PyMethodDef methods[] = {
      "bind_bulkhead(ep, slow): bulkhead.try_acquire (see bulkhead.py)"},
     {"bind_execute", (PyCFunction)(void (*)(void))hot_bind_execute, METH_FASTCALL,
      "bind_execute(fn): the C method ResilienceService.execute wrapping fn (see _calls.py)"},
+    {"bind_guard", (PyCFunction)(void (*)(void))hot_bind_guard, METH_FASTCALL,
+     "bind_guard(fn): the C method ResilienceService.guard wrapping fn (see _calls.py)"},
     {"deadlines_in_use", hot_deadlines_in_use, METH_NOARGS,
      "deadlines_in_use(): bound executes hand every call to Python from now on"},
     {NULL, NULL, 0, NULL},

@@ -29,8 +29,13 @@ struct hot_call {
 PyObject *hot_run(PyObject *ep, const struct sg_handle *h, unsigned long long cp,
                   const struct hot_call *c);
 
-/* hot_service.c: svc.execute bound in C */
+/* hot_handles.c: a Guard of ep (t NULL: the Guard type) */
+PyObject *hot_guard_make(PyTypeObject *t, PyObject *ep, const struct sg_handle *h,
+                         unsigned long long cp);
+
+/* hot_service.c: svc.execute and svc.guard as C methods */
 PyObject *hot_bind_execute(PyObject *self, PyObject *const *a, Py_ssize_t n);
+PyObject *hot_bind_guard(PyObject *self, PyObject *const *a, Py_ssize_t n);
 PyObject *hot_deadlines_in_use(PyObject *self, PyObject *unused);
 int hot_add_service_types(PyObject *m);
 

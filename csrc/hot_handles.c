@@ -312,6 +312,8 @@ PyObject *hot_set_ready(PyObject *self, PyObject *fn)
     Py_RETURN_NONE;
 }
 
+static PyTypeObject GuardType;
+
 static PyObject *guard_new(PyTypeObject *t, PyObject *args, PyObject *kw)
 {
     if (kw != NULL || PyTuple_GET_SIZE(args) != 2) {
@@ -325,6 +327,15 @@ static PyObject *guard_new(PyTypeObject *t, PyObject *args, PyObject *kw)
     const struct sg_handle *h = hot_handle_of(ep);
     if (h == NULL)
         return NULL;
+    return hot_guard_make(t, ep, h, cp);
+}
+
+/* A guard of ep (also svc.guard's C method, hot_service.c); t NULL: Guard. */
+PyObject *hot_guard_make(PyTypeObject *t, PyObject *ep, const struct sg_handle *h,
+                         unsigned long long cp)
+{
+    if (t == NULL)
+        t = &GuardType;
     GuardObject *g = (GuardObject *)t->tp_alloc(t, 0);
     if (g == NULL)
         return NULL;

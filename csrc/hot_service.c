@@ -1,6 +1,6 @@
 /*
- * hot_service.c -- ResilienceService.execute as a C method: execute(endpoint,
- * fn, *args) without a Python frame.
+ * hot_service.c -- ResilienceService.execute and .guard as C methods:
+ * execute(endpoint, fn, *args) and guard(endpoint) without a Python frame.
  *
  * The Python method (Calls.execute in _calls.py) builds a frame, a **kwargs
  * dict and a *args tuple on every call, and looks up half a dozen names:
@@ -21,12 +21,13 @@
 
 typedef struct {
     PyObject_HEAD
-    PyObject *slow; /* the Python function Calls.execute(self, endpoint, fn, *args, **kw) */
+    PyObject *slow; /* the Python method: Calls.execute(self, endpoint, fn, *args, **kw) or
+                       Calls.guard(self, endpoint, **kw) */
     vectorcallfunc vectorcall;
 } ExecuteObject;
 
 static int deadlines_used; /* set once a deadline was set in this process */
-static PyObject *omu_name, *eps_name, *events_name; /* interned attribute names */
+static PyObject *omu_name, *eps_name, *events_name, *probe_name; /* interned attribute names */
 
 PyObject *hot_deadlines_in_use(PyObject *self, PyObject *unused)
 {
@@ -88,6 +89,33 @@ static PyObject *execute_call(PyObject *s, PyObject *const *a, size_t nargsf, Py
     return r;
 }
 
+/* svc.guard(endpoint): a C Guard when the Python method would make one
+ * (bound endpoint, no keywords, no probe, no metrics callback, no deadline). */
+static PyObject *guard_call(PyObject *s, PyObject *const *a, size_t nargsf, PyObject *kwnames)
+{
+    ExecuteObject *x = (ExecuteObject *)s;
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    if (kwnames != NULL || n != 2 || deadlines_used || !PyUnicode_CheckExact(a[1]))
+        return PyObject_Vectorcall(x->slow, a, nargsf, kwnames);
+    PyObject *ep = bound_endpoint(a[0], a[1]);
+    int p = ep != NULL ? plain(a[0]) : 0;
+    if (p > 0) {
+        PyObject *probe = PyObject_GetAttr(ep, probe_name);
+        p = probe == NULL ? -1 : probe == Py_None;
+        Py_XDECREF(probe);
+    }
+    if (p <= 0) {
+        Py_XDECREF(ep);
+        if (PyErr_Occurred())
+            return NULL;
+        return PyObject_Vectorcall(x->slow, a, nargsf, kwnames);
+    }
+    const struct sg_handle *h = hot_handle_of(ep);
+    PyObject *g = h != NULL ? hot_guard_make(NULL, ep, h, 5 /* cost 1, NORMAL */) : NULL;
+    Py_DECREF(ep);
+    return g;
+}
+
 /* svc.execute outside a call (`ex = svc.execute`): a bound method of this callable. */
 static PyObject *execute_get(PyObject *s, PyObject *obj, PyObject *type)
 {
@@ -135,20 +163,31 @@ static PyTypeObject ExecuteType = {
     .tp_doc = "Execute(fn): the class attribute `execute` whose common call runs in C.",
 };
 
-/* Execute(fn): wraps the Python method fn as a class attribute. */
-PyObject *hot_bind_execute(PyObject *self, PyObject *const *a, Py_ssize_t n)
+static PyObject *bind(PyObject *const *a, Py_ssize_t n, vectorcallfunc call)
 {
-    (void)self;
     if (n != 1 || !PyCallable_Check(a[0])) {
-        PyErr_SetString(PyExc_TypeError, "bind_execute(fn): fn is the Python method");
+        PyErr_SetString(PyExc_TypeError, "bind_execute(fn) / bind_guard(fn): fn is the method");
         return NULL;
     }
     ExecuteObject *x = PyObject_New(ExecuteObject, &ExecuteType);
     if (x == NULL)
         return NULL;
     x->slow = Py_NewRef(a[0]);
-    x->vectorcall = execute_call;
+    x->vectorcall = call;
     return (PyObject *)x;
+}
+
+/* bind_execute(fn) / bind_guard(fn): the Python method fn as a C class attribute. */
+PyObject *hot_bind_execute(PyObject *self, PyObject *const *a, Py_ssize_t n)
+{
+    (void)self;
+    return bind(a, n, execute_call);
+}
+
+PyObject *hot_bind_guard(PyObject *self, PyObject *const *a, Py_ssize_t n)
+{
+    (void)self;
+    return bind(a, n, guard_call);
 }
 
 int hot_add_service_types(PyObject *m)
@@ -156,7 +195,8 @@ int hot_add_service_types(PyObject *m)
     omu_name = PyUnicode_InternFromString("on_metrics_update");
     eps_name = PyUnicode_InternFromString("_eps");
     events_name = PyUnicode_InternFromString("_events");
-    if (!omu_name || !eps_name || !events_name || PyType_Ready(&ExecuteType) < 0)
+    probe_name = PyUnicode_InternFromString("probe");
+    if (!omu_name || !eps_name || !events_name || !probe_name || PyType_Ready(&ExecuteType) < 0)
         return -1;
     return PyModule_AddObjectRef(m, "Execute", (PyObject *)&ExecuteType);
 }

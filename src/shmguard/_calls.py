@@ -277,6 +277,7 @@ class _Guard:
 
 
 if _capi.hot is not None:
-    # the common call (endpoint, fn, positional args) runs without a Python
-    # frame (csrc/hot_service.c); every other goes to the method above, unchanged
+    # the common calls (execute(endpoint, fn, *args), guard(endpoint)) run without
+    # a Python frame (csrc/hot_service.c); every other goes to the method above, unchanged
     Calls.execute = _capi.hot.bind_execute(Calls.execute)  # type: ignore[method-assign]
+    Calls.guard = _capi.hot.bind_guard(Calls.guard)  # type: ignore[method-assign]

@@ -41,6 +41,7 @@ def test_execute_is_the_c_method_and_reads_as_the_python_one(segname: str) -> No
     from shmguard._calls import Calls
 
     assert type(Calls.__dict__["execute"]).__name__ == "Execute"
+    assert type(Calls.__dict__["guard"]).__name__ == "Execute"
     py = Calls.__dict__["execute"].__wrapped__
     assert sg.ResilienceService.execute.__doc__ == py.__doc__
     execute = sg.ResilienceService(segname).execute      # the method keeps its service
@@ -63,6 +64,17 @@ def test_execute_is_the_c_method_and_reads_as_the_python_one(segname: str) -> No
     execute("e", fn)                                       # a callback: the Python method
     assert seen == ["e"] and calls == ["in"] * 4
     assert execute.__self__.stats("e").breaker.successes == 4
+    execute.__self__.on_metrics_update = None
+    svc = execute.__self__
+    assert type(svc.guard("e")).__name__ == "Guard"        # the C method's C guard
+    with svc.guard("e"):
+        pass
+    with pytest.raises(ZeroDivisionError):
+        with svc.guard("e"):
+            1 / 0
+    assert type(svc.guard("e", timeout=1.0)).__name__ == "_Guard"   # keywords: Python
+    b = svc.stats("e").breaker
+    assert (b.successes, b.failures + b.ignored) == (5, 1)
     execute.__self__.close()
     with pytest.raises(sg.ServiceClosedError):
         execute("e", fn)
