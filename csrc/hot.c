@@ -145,6 +145,8 @@ static PyMethodDef methods[] = {
      "bind_execute(fn): the C method ResilienceService.execute wrapping fn (see _calls.py)"},
     {"bind_guard", (PyCFunction)(void (*)(void))hot_bind_guard, METH_FASTCALL,
      "bind_guard(fn): the C method ResilienceService.guard wrapping fn (see _calls.py)"},
+    {"set_key_gate", hot_set_key_gate, METH_O,
+     "set_key_gate(fn): fn(svc, ep, key) takes the key's token or raises (execute's key=)"},
     {"deadlines_in_use", hot_deadlines_in_use, METH_NOARGS,
      "deadlines_in_use(): bound executes hand every call to Python from now on"},
     {NULL, NULL, 0, NULL},

@@ -27,6 +27,8 @@ typedef struct {
 } ExecuteObject;
 
 static int deadlines_used; /* set once a deadline was set in this process */
+static PyObject *key_gate;  /* _keyed_calls.gate(svc, ep, key): the key's token, or raises */
+static PyObject *key_name;  /* interned "key" */
 static PyObject *omu_name, *eps_name, *events_name, *probe_name; /* interned attribute names */
 
 PyObject *hot_deadlines_in_use(PyObject *self, PyObject *unused)
@@ -64,12 +66,32 @@ static PyObject *bound_endpoint(PyObject *svc, PyObject *name)
     return ep;
 }
 
-/* Called as a method: a[0] is the service, then endpoint, fn, *args. */
+PyObject *hot_set_key_gate(PyObject *self, PyObject *fn)
+{
+    (void)self;
+    Py_XSETREF(key_gate, Py_NewRef(fn));
+    Py_RETURN_NONE;
+}
+
+/* The only keyword is key= (execute's keyed limit): its value, else NULL. */
+static PyObject *only_key(PyObject *const *a, Py_ssize_t n, PyObject *kwnames)
+{
+    if (kwnames == NULL || PyTuple_GET_SIZE(kwnames) != 1 || key_gate == NULL)
+        return NULL;
+    PyObject *k = PyTuple_GET_ITEM(kwnames, 0);
+    if (k != key_name && PyUnicode_Compare(k, key_name) != 0)
+        return NULL;
+    return a[n];
+}
+
+/* Called as a method: a[0] is the service, then endpoint, fn, *args (and key=). */
 static PyObject *execute_call(PyObject *s, PyObject *const *a, size_t nargsf, PyObject *kwnames)
 {
     ExecuteObject *x = (ExecuteObject *)s;
     Py_ssize_t n = PyVectorcall_NARGS(nargsf);
-    if (kwnames != NULL || n < 3 || deadlines_used || !PyUnicode_CheckExact(a[1]))
+    PyObject *key = only_key(a, n, kwnames);
+    if ((kwnames != NULL && key == NULL) || n < 3 || deadlines_used ||
+        !PyUnicode_CheckExact(a[1]))
         return PyObject_Vectorcall(x->slow, a, nargsf, kwnames);
     PyObject *ep = bound_endpoint(a[0], a[1]);
     int p = ep != NULL ? plain(a[0]) : 0;
@@ -78,6 +100,15 @@ static PyObject *execute_call(PyObject *s, PyObject *const *a, size_t nargsf, Py
         if (PyErr_Occurred())
             return NULL;
         return PyObject_Vectorcall(x->slow, a, nargsf, kwnames);
+    }
+    if (key != NULL) { /* the key's token first, as the Python method takes it */
+        PyObject *args[3] = {a[0], ep, key};
+        PyObject *g = PyObject_Vectorcall(key_gate, args, 3, NULL);
+        if (g == NULL) {
+            Py_DECREF(ep);
+            return NULL;
+        }
+        Py_DECREF(g);
     }
     const struct sg_handle *h = hot_handle_of(ep);
     PyObject *r = NULL;
@@ -196,6 +227,9 @@ int hot_add_service_types(PyObject *m)
     eps_name = PyUnicode_InternFromString("_eps");
     events_name = PyUnicode_InternFromString("_events");
     probe_name = PyUnicode_InternFromString("probe");
+    key_name = PyUnicode_InternFromString("key");
+    if (key_name == NULL)
+        return -1;
     if (!omu_name || !eps_name || !events_name || !probe_name || PyType_Ready(&ExecuteType) < 0)
         return -1;
     return PyModule_AddObjectRef(m, "Execute", (PyObject *)&ExecuteType);
