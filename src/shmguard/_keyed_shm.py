@@ -218,7 +218,8 @@ class KeyedTable:
         while (rc := lib.sg_kl_set_rate_at(self.kh, now_ns, config.emission_ns, config.burst,
                                            config.fingerprint, lease)) == lib.SG_E_BUSY:
             cur = int(self.refresh().lease)
-            if cur and not probes.holder_alive(cur >> 32, started_before=cur & 0xFFFFFFFF):
+            if cur and not probes.holder_alive(cur >> 32, started_before=cur & 0xFFFFFFFF,
+                                                seg=self.segment):
                 lib.sg_kl_takeover(self.kh, cur)   # its holder is dead: it can never resume
                 continue
             if time.monotonic() > deadline:

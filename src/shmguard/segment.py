@@ -12,13 +12,14 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import signal
 import stat
 import time
 from typing import Any
 
 import posix_ipc
 
-from shmguard import _capi
+from shmguard import _capi, _hostid
 from shmguard._capi import ffi, lib
 from shmguard.errors import (InvalidNameError, ServiceClosedError, SegmentCorruptError, SegmentError,
                              SegmentNotFoundError, SegmentPermissionError)
@@ -100,95 +101,188 @@ class Segment:
         shared by every attached process (tests).
     :param allow_foreign: attach even if another uid owns the segment or it
         is group/world accessible.
+    :param shared_namespaces: attach from another pid or time namespace than
+        the creator's (containers sharing /dev/shm); the header then records
+        it and no process judges a lease or claim owner by its pid.
+    :raises SegmentError: /dev/shm has no room for it (at creation, never a
+        SIGBUS later), or it comes from another boot, namespace or clock.
+
+    The creator reserves the memory (posix_fallocate), claims the header
+    (pid + start time), writes it and publishes it. A creator that died
+    before publishing is replaced IN PLACE by the first attacher to CAS its
+    claim after proving it dead, so every attacher ends on one segment.
     """
 
     def __init__(self, name: str, *, create: bool = True, capacity: int = 256,
-                 manual_clock: bool = False, allow_foreign: bool = False) -> None:
+                 manual_clock: bool = False, allow_foreign: bool = False,
+                 shared_namespaces: bool = False) -> None:
         self.name = validate_name(name)
         if isinstance(capacity, bool) or not isinstance(capacity, int) or not (
                 1 <= capacity <= lib.SG_MAX_CAPACITY):
             raise SegmentError(f"capacity must be 1..{lib.SG_MAX_CAPACITY}, got {capacity!r}")
         self.object_name = object_name(name)
         self.allow_foreign = allow_foreign
+        self.shared_namespaces = shared_namespaces
         self.created = False
         self._mm: mmap.mmap | None = None
         self._buf: Any = None
         self._base: Any = None
-        try:
-            self._open(create, capacity, manual_clock, allow_foreign)
-        except SegmentCorruptError as exc:
-            # A creator that died between O_CREAT and publishing the header
-            # leaves an object nobody can use: no live process can be
-            # initialising it after ATTACH_WAIT, so replace it once.
-            if not (create and exc.args and "never initialised" in str(exc.args[0])):
-                raise
-            unlink(name)
-            self._open(create, capacity, manual_clock, allow_foreign)
+        self.size = 0
+        self.header = ffi.new("struct sg_header_view *")
+        for _ in range(3):
+            if self._open(create, capacity, manual_clock):
+                return
+        raise SegmentError(f"segment {name!r} was replaced while attaching, three times")
 
-    def _open(self, create: bool, capacity: int, manual_clock: bool, allow_foreign: bool) -> None:
-        name = self.name
-        shm = None
+    def _open(self, create: bool, capacity: int, manual_clock: bool) -> bool:
+        """Opens, maps and validates; False if the name went to another object meanwhile."""
+        shm, creator = None, False
         if create:
             try:
-                shm = posix_ipc.SharedMemory(self.object_name, posix_ipc.O_CREX, mode=0o600,
-                                             size=int(lib.sg_segment_size(capacity)))
-                self.created = True
+                shm = posix_ipc.SharedMemory(self.object_name, posix_ipc.O_CREX, mode=0o600)
+                creator = True
             except posix_ipc.ExistentialError:
                 shm = None
         if shm is None:
-            try:
-                shm = posix_ipc.SharedMemory(self.object_name)
-            except posix_ipc.ExistentialError:
-                raise SegmentNotFoundError(f"segment {name!r} does not exist") from None
-            except posix_ipc.PermissionsError as exc:
-                raise SegmentPermissionError(f"segment {name!r}: {exc}") from None
-            except OSError as exc:  # e.g. ELOOP: a symlink in its place is never followed
-                raise SegmentPermissionError(f"segment {name!r} cannot be opened safely: "
-                                             f"{exc.strerror or exc}") from None
+            shm = self._open_existing()
         try:
-            self._map(shm, capacity, manual_clock, allow_foreign)
+            self._owner_check(os.fstat(shm.fd))
+            if creator:
+                self._reserve(shm.fd, int(lib.sg_segment_size(capacity)))
+            return self._attach(shm.fd, create, creator, capacity, manual_clock)
         except BaseException:
-            if self.created:
-                unlink(name)
+            if creator and not self.created and self._claim_word() == 0:
+                unlink(self.name)  # nobody claimed it: as if never made
             self.close()
             raise
         finally:
             shm.close_fd()
 
-    def _map(self, shm: Any, capacity: int, manual_clock: bool, allow_foreign: bool) -> None:
-        st = os.fstat(shm.fd)
-        if not allow_foreign:
-            if st.st_uid != os.geteuid():
-                raise SegmentPermissionError(
-                    f"segment {self.name!r} belongs to uid {st.st_uid}, not {os.geteuid()} "
-                    "(pass allow_foreign=True to attach anyway)")
-            if st.st_mode & 0o077:
-                raise SegmentPermissionError(
-                    f"segment {self.name!r} has mode {stat.S_IMODE(st.st_mode):o}; shmguard "
-                    "refuses group/world-accessible segments (pass allow_foreign=True)")
-        size = st.st_size
-        deadline = time.monotonic() + ATTACH_WAIT
-        while not self.created and size < lib.sg_segment_size(1) and time.monotonic() < deadline:
-            time.sleep(0.001)  # the creator has not sized it yet
-            size = os.fstat(shm.fd).st_size
-        if size < lib.SG_HEADER_SIZE:
-            raise _capi.raise_segment(lib.SG_E_TRUNCATED if size else lib.SG_E_NOT_READY, self.name)
-        self._mm = mmap.mmap(shm.fd, size)
-        self._buf = ffi.from_buffer(self._mm)
-        self._base = ffi.cast("void *", self._buf)
-        self.size = size
-        if self.created:
-            flags = lib.SG_HDR_MANUAL_CLOCK if manual_clock else 0
-            _capi.check(lib.sg_segment_init(self.base, size, capacity, os.geteuid(), os.getpid(),
-                                            time.time_ns(), flags), "init", self.name)
-        self.header = ffi.new("struct sg_header_view *")
+    def _open_existing(self) -> Any:
+        name = self.name
+        try:
+            return posix_ipc.SharedMemory(self.object_name)
+        except posix_ipc.ExistentialError:
+            raise SegmentNotFoundError(f"segment {name!r} does not exist") from None
+        except posix_ipc.PermissionsError as exc:
+            raise SegmentPermissionError(f"segment {name!r}: {exc}") from None
+        except OSError as exc:  # e.g. ELOOP: a symlink in its place is never followed
+            raise SegmentPermissionError(f"segment {name!r} cannot be opened safely: "
+                                         f"{exc.strerror or exc}") from None
+
+    def _owner_check(self, st: os.stat_result) -> None:
+        if self.allow_foreign:
+            return
+        if st.st_uid != os.geteuid():
+            raise SegmentPermissionError(
+                f"segment {self.name!r} belongs to uid {st.st_uid}, not {os.geteuid()} "
+                "(pass allow_foreign=True to attach anyway)")
+        if st.st_mode & 0o077:
+            raise SegmentPermissionError(
+                f"segment {self.name!r} has mode {stat.S_IMODE(st.st_mode):o}; shmguard "
+                "refuses group/world-accessible segments (pass allow_foreign=True)")
+
+    def _reserve(self, fd: int, size: int) -> None:
+        """Allocates ``size`` bytes now, so a full /dev/shm fails here and never as a SIGBUS."""
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            raise SegmentError(f"segment {self.name!r}: cannot reserve {size} bytes in {SHM_DIR} "
+                               f"({exc.strerror or exc}); free space there or use a smaller "
+                               "capacity") from None
+
+    def _remap(self, fd: int) -> bool:
+        """Maps the object's current size if it grew past our mapping; reports whether mapped."""
+        size = os.fstat(fd).st_size
+        if size >= lib.SG_HEADER_SIZE and size != self.size:
+            self.close()
+            self._mm = mmap.mmap(fd, size)
+            self._buf = ffi.from_buffer(self._mm)
+            self._base = ffi.cast("void *", self._buf)
+            self.size = size
+        return self._mm is not None
+
+    def _claim_word(self) -> int:
+        """The init claim of an unpublished header (0: none; also unmapped); -1 once published."""
+        if self._mm is None:
+            return 0
+        if lib.sg_segment_check(self._base, self.size, self.header) != lib.SG_E_NOT_READY:
+            return -1
+        return int(self.header.host.claim)
+
+    def _attach(self, fd: int, create: bool, creator: bool, capacity: int,
+                manual_clock: bool) -> bool:
+        me = _hostid.current()
+        if creator and self._remap(fd):
+            self._initialise(0, me, manual_clock)
+        if not self._wait_ready(fd, create, capacity, manual_clock, me):
+            return False
+        mix = _hostid.check_host(self.header.host, me, self.name, self.shared_namespaces,
+                                 time.monotonic_ns())
+        if mix and (int(self.header.host.mixed) & mix) != mix:
+            _capi.check(lib.sg_segment_mix(self.base, mix), "mark namespaces", self.name)
+            self.refresh()
+        return True
+
+    def _initialise(self, expected: int, me: _hostid.HostId, manual_clock: bool) -> None:
+        """Claims the header from ``expected`` and writes and publishes it; quiet if we lose."""
+        claim, seen = _hostid.claim_word(me), ffi.new("uint64_t *")
+        if lib.sg_segment_claim(self.base, self.size, expected, claim, seen) != lib.SG_OK:
+            return
+        host = _hostid.fill_view(ffi.new("struct sg_host_view *"), me, claim)
+        capacity = min(lib.SG_MAX_CAPACITY, (self.size - lib.SG_HEADER_SIZE) // lib.SG_SLOT_SIZE)
+        flags = lib.SG_HDR_MANUAL_CLOCK if manual_clock else 0
+        _capi.check(lib.sg_segment_write(self.base, self.size, capacity, os.geteuid(), os.getpid(),
+                                         time.time_ns(), flags, host), "init", self.name)
+        if os.environ.get("SHMGUARD_TEST_HOOK") == "stop-before-publish":
+            os.kill(os.getpid(), signal.SIGSTOP)  # tests: a creator stopped (then killed) here
+        self.created = lib.sg_segment_publish(self.base, self.size, claim) == lib.SG_OK
+
+    def _wait_ready(self, fd: int, create: bool, capacity: int, manual_clock: bool,
+                    me: _hostid.HostId) -> bool:
+        """Waits for the header; takes over a creator's claim only on proof of its death, or an
+        unclaimed header after ATTACH_WAIT. False if the name went to another object."""
+        deadline, last = time.monotonic() + ATTACH_WAIT, -1
         while True:
-            rc = lib.sg_segment_check(self.base, self.size, self.header)
-            if rc != lib.SG_E_NOT_READY or time.monotonic() >= deadline:
-                break
+            self._remap(fd)
+            claim = self._claim_word()
+            if claim == -1:
+                break  # published (or refused by sg_segment_check below)
+            if claim != last:  # a new holder: it gets its own time
+                deadline, last = time.monotonic() + ATTACH_WAIT, claim
+            late = time.monotonic() >= deadline
+            if create and ((claim == 0 and late) or _hostid.claimant_dead(claim, me)):
+                if not self._still_named(fd):
+                    return False
+                if self.size < lib.sg_segment_size(1):
+                    self._reserve(fd, int(lib.sg_segment_size(capacity)))
+                    self._remap(fd)
+                self._initialise(claim, me, manual_clock)
+                continue
+            if late:
+                self._raise_unready(claim)
             time.sleep(0.001)
-        if rc != lib.SG_OK:
-            _capi.raise_segment(rc, self.name)
+        self._remap(fd)  # it may have grown (a takeover's reserve) since the last look
+        self.refresh()
+        return True
+
+    def _still_named(self, fd: int) -> bool:
+        try:
+            return os.stat(os.path.join(SHM_DIR, self.object_name.lstrip("/"))).st_ino == \
+                os.fstat(fd).st_ino
+        except OSError:
+            return False
+
+    def _raise_unready(self, claim: int) -> None:
+        if self.size < lib.SG_HEADER_SIZE:
+            _capi.raise_segment(lib.SG_E_TRUNCATED if self.size else lib.SG_E_NOT_READY, self.name)
+        if claim:
+            pid = _hostid.claim_pid(claim)
+            raise SegmentCorruptError(
+                f"segment {self.name!r} was never initialised: pid {pid} claimed it "
+                f"{ATTACH_WAIT:g} s ago and is alive (or in another pid namespace); "
+                f"`shmguard rm {self.name}` once it is gone")
+        _capi.raise_segment(lib.SG_E_NOT_READY, self.name)
 
     # -- queries ------------------------------------------------------------
     @property
