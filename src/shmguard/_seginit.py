@@ -32,6 +32,7 @@ class SegmentInit:
     object_name: str
     allow_foreign: bool
     created: bool
+    _claim: int
     size: int
     header: Any
     _mm: mmap.mmap | None
@@ -102,6 +103,7 @@ class SegmentInit:
         claim, seen = _hostid.claim_word(me), ffi.new("uint64_t *")
         if lib.sg_segment_claim(self.base, self.size, expected, claim, seen) != lib.SG_OK:
             return
+        self._claim = claim
         host = _hostid.fill_view(ffi.new("struct sg_host_view *"), me, claim)
         capacity = min(lib.SG_MAX_CAPACITY, (self.size - lib.SG_HEADER_SIZE) // lib.SG_SLOT_SIZE)
         flags = lib.SG_HDR_MANUAL_CLOCK if manual_clock else 0

@@ -126,6 +126,7 @@ class Segment(SegmentInit):
         self._buf: Any = None
         self._base: Any = None
         self.size = 0
+        self._claim = 0  # our init claim word, once won
         self.header = ffi.new("struct sg_header_view *")
         for _ in range(3):
             if self._open(create, capacity, manual_clock):
@@ -147,10 +148,14 @@ class Segment(SegmentInit):
             self._owner_check(os.fstat(shm.fd))
             if creator:
                 self._reserve(shm.fd, int(lib.sg_segment_size(capacity)))
-            return self._attach(shm.fd, create, creator, capacity, manual_clock)
+            if self._attach(shm.fd, create, creator, capacity, manual_clock):
+                return True
+            self.close()  # the name went to another object: start again with it
+            self.size = 0
+            return False
         except BaseException:
-            if creator and not self.created and self._claim_word() == 0:
-                unlink(self.name)  # nobody claimed it: as if never made
+            if creator and not self.created and self._claim_word() in (0, self._claim):
+                unlink(self.name)  # unclaimed or claimed by us, never published: as if never made
             self.close()
             raise
         finally:

@@ -95,3 +95,31 @@ def test_a_live_stalled_creator_is_never_taken_over(segname):
         if creator.poll() is None:
             creator.kill()
             creator.wait()
+
+
+def test_a_resumed_loser_never_publishes():
+    """C steps: A claims and writes; B proves A dead and takes the claim over; A resumes."""
+    import mmap
+    from shmguard._capi import ffi, lib
+    size = lib.sg_segment_size(2)
+    mm = mmap.mmap(-1, size)
+    buf = ffi.from_buffer(mm)
+    base, seen = ffi.cast("void *", buf), ffi.new("uint64_t *")
+    a, b = (7 << 41) | 1, (8 << 41) | 2
+    host = ffi.new("struct sg_host_view *", {"claim": a})
+    view = ffi.new("struct sg_header_view *")
+    assert lib.sg_segment_claim(base, size, 0, a, seen) == lib.SG_OK
+    assert lib.sg_segment_claim(base, size, 0, b, seen) == lib.SG_E_BUSY and seen[0] == a
+    assert lib.sg_segment_write(base, size, 2, 0, 7, 0, 0, host) == lib.SG_OK
+    assert lib.sg_segment_check(base, size, view) == lib.SG_E_NOT_READY and view.host.claim == a
+    assert lib.sg_segment_claim(base, size, a, b, seen) == lib.SG_OK        # A judged dead
+    assert lib.sg_segment_write(base, size, 2, 0, 7, 0, 0, host) == lib.SG_E_BUSY
+    assert lib.sg_segment_publish(base, size, a) == lib.SG_E_BUSY            # A resumed: no
+    assert lib.sg_segment_check(base, size, view) == lib.SG_E_NOT_READY
+    host.claim = b
+    assert lib.sg_segment_write(base, size, 2, 0, 8, 0, 0, host) == lib.SG_OK
+    assert lib.sg_segment_publish(base, size, b) == lib.SG_OK
+    assert lib.sg_segment_check(base, size, view) == lib.SG_OK and view.creator_pid == 8
+    assert lib.sg_segment_claim(base, size, b, a, seen) == lib.SG_E_BUSY     # done: final
+    ffi.release(buf)
+    mm.close()
