@@ -101,3 +101,15 @@ def test_reservations_and_holds_never_reach_past_the_bound(svc):
     ok = [lim.reserve(1, HIGH).ok for _ in range(3601)]
     assert ok.count(True) == 3600                  # 1 h of queue (ahead of the 1 s burst)
     assert not ok[-1]
+
+
+def test_a_clock_behind_never_takes_a_live_ticket_as_expired(svc):
+    """Bulkhead ticket leases: a grant 20 days in our future is not old (stamps are serial
+    over 2^31 units of 2^20 ns: 26 days)."""
+    svc.register_endpoint("db", sg.Policy(max_concurrent=1, ticket_lease=1.0))
+    slot = svc._eps["db"].h.slot
+    ahead = T0 + 20 * DAY
+    assert lib.sg_bulkhead_acquire_at(slot, ahead, 101, 1) > 0     # granted by a clock ahead
+    assert lib.sg_bulkhead_acquire_at(slot, T0, 102, 1) == lib.SG_R_BULKHEAD_FULL
+    assert lib.sg_bulkhead_acquire_at(slot, ahead + NS // 2, 102, 1) == lib.SG_R_BULKHEAD_FULL
+    assert lib.sg_bulkhead_acquire_at(slot, ahead + 2 * NS, 102, 1) > 0   # its lease ended
