@@ -113,3 +113,19 @@ def test_a_clock_behind_never_takes_a_live_ticket_as_expired(svc):
     assert lib.sg_bulkhead_acquire_at(slot, T0, 102, 1) == lib.SG_R_BULKHEAD_FULL
     assert lib.sg_bulkhead_acquire_at(slot, ahead + NS // 2, 102, 1) == lib.SG_R_BULKHEAD_FULL
     assert lib.sg_bulkhead_acquire_at(slot, ahead + 2 * NS, 102, 1) > 0   # its lease ended
+
+
+def test_a_probe_lease_from_a_clock_ahead_reports_at_most_its_lease(svc):
+    svc.register_endpoint("ep", sg.Policy(half_open_max_calls=1, probe_lease=10, open_timeout=30))
+    br = svc.breaker("ep")
+    br.open()
+    svc.set_clock(T0 + 20 * DAY)                   # a clock 20 days ahead takes the probe
+    permit = br.allow()
+    assert permit is not None and permit.is_probe
+    svc.set_clock(T0)                              # seen from a clock behind: still held...
+    with pytest.raises(sg.CircuitOpenError) as e:
+        svc.execute("ep", lambda: 1)
+    assert 0 < e.value.retry_after <= 10           # ...for at most its lease, not 20 days
+    svc.set_clock(T0 + 20 * DAY + NS)
+    permit.success()
+    assert svc.breaker_state("ep") == sg.BreakerState.CLOSED
