@@ -206,7 +206,8 @@ class Endpoint:
         lease = self.policy_view().probe_lease_ns / NS
         freed = 0
         for p in snap.probes:
-            if not probes.holder_alive(p.pid, started_before=time.time() - (lease - p.lease_left)):
+            if not probes.holder_alive(p.pid, started_before=time.time() - (lease - p.lease_left),
+                                        seg=self.seg):
                 freed += lib.sg_breaker_reclaim(self.h.slot, p.index, p.word) == lib.SG_OK
         return freed
 

@@ -156,7 +156,8 @@ def reclaim(ep: Endpoint) -> int:
         pid, started = v.holder_pid[i], wall - v.held_ns[i] / NS
         alive = seen.get((pid, v.word[i] & 0xFFFFFFFF))
         if alive is None:
-            alive = seen[(pid, v.word[i] & 0xFFFFFFFF)] = probes.holder_alive(pid, started)
+            alive = seen[(pid, v.word[i] & 0xFFFFFFFF)] = probes.holder_alive(pid, started,
+                                                                              seg=ep.seg)
         if not alive:
             freed += lib.sg_bulkhead_reclaim(ep.h.slot, i, v.word[i]) == lib.SG_OK
     if v.quota_ppm and v.quota_age_ns >= lib.SG_BH_REFRESH_NS:
