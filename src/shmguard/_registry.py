@@ -35,7 +35,7 @@ class Registry:
 
     def __init__(self, name: str | None = None, *, policy: Policy | None = None,
                  capacity: int = 256, manual_clock: bool = False, allow_foreign: bool = False,
-                 create: bool = True, lazy: bool = False) -> None:
+                 create: bool = True, lazy: bool = False, shared_namespaces: bool = False) -> None:
         if name is None:
             name = os.environ.get("SHMGUARD_SEGMENT") or "default"
         if policy is not None and not isinstance(policy, Policy):
@@ -46,7 +46,8 @@ class Registry:
                 1 <= capacity <= lib.SG_MAX_CAPACITY):  # checked now, also for a lazy service
             raise SegmentError(f"capacity must be 1..{lib.SG_MAX_CAPACITY}, got {capacity!r}")
         self._segment_args = {"create": create, "capacity": capacity,
-                              "manual_clock": manual_clock, "allow_foreign": allow_foreign}
+                              "manual_clock": manual_clock, "allow_foreign": allow_foreign,
+                              "shared_namespaces": shared_namespaces}
         self._segment: Segment | None = None
         self._closed = False
         if not lazy:
@@ -211,7 +212,7 @@ class Registry:
             if rc != lib.SG_E_BUSY:
                 break
             # a claim by another process is in the way: is its owner alive?
-            if not probes.pid_alive((claim[0] >> 32) & 0x3FFFFFFF):
+            if not probes.pid_alive((claim[0] >> 32) & 0x3FFFFFFF, seg=seg):
                 lib.sg_table_takeover(seg.base, seg.size, idx[0], claim[0])
                 continue
             if time.monotonic() > deadline:

@@ -58,6 +58,9 @@ class ResilienceService(Calls):
         at import time then costs nothing (no mapping, no fd) in processes that
         never use it, and does not keep the segment attached for ``shmguard rm``.
         Attach errors (missing, foreign, corrupt) are raised by that first use.
+    :param shared_namespaces: attach although the segment was created in
+        another pid or time namespace (containers sharing /dev/shm; refused
+        otherwise). Lease and claim owners are then judged by deadline only.
 
     >>> with ResilienceService("doc-example") as svc:   # doctest: +SKIP
     ...     svc.register_endpoint("cache", PolicyPresets.network())
@@ -67,15 +70,16 @@ class ResilienceService(Calls):
 
     def __init__(self, name: str | None = None, *, policy: Policy | None = None,
                  capacity: int = 256, manual_clock: bool = False, allow_foreign: bool = False,
-                 create: bool = True, lazy: bool = False, fleet: Any = None,
-                 host_id: str | None = None) -> None:
+                 create: bool = True, lazy: bool = False, shared_namespaces: bool = False,
+                 fleet: Any = None, host_id: str | None = None) -> None:
         self._fleet: Any = None
         if fleet is not None:
             from shmguard.fleet.agent import Agent
             from shmguard.fleet.config import coerce, default_host_id
             self._fleet = Agent(lambda: self.segment, coerce(fleet), default_host_id(host_id))
         super().__init__(name, policy=policy, capacity=capacity, manual_clock=manual_clock,
-                         allow_foreign=allow_foreign, create=create, lazy=lazy)
+                         allow_foreign=allow_foreign, create=create, lazy=lazy,
+                         shared_namespaces=shared_namespaces)
         _LIVE.add(self)
         if self._fleet is not None and not lazy:
             self._fleet.start()
@@ -98,7 +102,7 @@ class ResilienceService(Calls):
         """
         args, lazy = self._segment_args, self._segment is None
         return (_reattach, (self.name, self.default_policy, bool(args["allow_foreign"]),
-                            lazy and bool(args["create"]), lazy))
+                            lazy and bool(args["create"]), lazy, bool(args["shared_namespaces"])))
 
     def __enter__(self) -> ResilienceService:
         return self
@@ -211,6 +215,6 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _reattach(name: str, policy: Policy, allow_foreign: bool, create: bool = False,
-              lazy: bool = False) -> ResilienceService:
+              lazy: bool = False, shared_namespaces: bool = False) -> ResilienceService:
     return ResilienceService(name, policy=policy, create=create, allow_foreign=allow_foreign,
-                             lazy=lazy)
+                             lazy=lazy, shared_namespaces=shared_namespaces)
