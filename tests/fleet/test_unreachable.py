@@ -97,3 +97,44 @@ def test_the_core_never_imports_redis_without_fleet() -> None:
             "print('redis' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_closing_while_redis_hangs_never_touches_the_unmapped_segment(segnames) -> None:
+    import socket
+    import threading
+    # a "Redis" that accepts and never answers: the agent is inside a call at close()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    conns: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                conns.append(srv.accept()[0])
+            except OSError:
+                pass
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    url = f"redis://127.0.0.1:{srv.getsockname()[1]}/0"
+    try:
+        for _ in range(5):
+            cfg = sg.RedisFleet(url, refresh=0.05, lease=1.0, timeout=0.3)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FleetWarning)
+                svc = sg.ResilienceService(segnames[0], capacity=8, fleet=cfg, host_id="h0")
+                svc.register_endpoint("api", POL)
+                time.sleep(0.1)   # the agent waits on the silent server
+                svc.close()       # unmaps while the call is out: the agent must stay out
+                agent = svc._fleet
+                agent._thread.join(timeout=5)
+                assert not agent._thread.is_alive()
+            sg.unlink(segnames[0])
+    finally:
+        stop.set()
+        t.join()
+        for c in conns:
+            c.close()
+        srv.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import psutil
 
@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 __all__ = ["Agent"]
 
 NS = 1_000_000_000
+T = TypeVar("T")
+
+
+class _Stopped(Exception):
+    """The service closed while a Redis call was out: the segment may be unmapped."""
 
 
 class Agent:
@@ -48,6 +53,9 @@ class Agent:
         self._thread: threading.Thread | None = None
         self._start_s = int(psutil.Process().create_time())
         self._lock = threading.Lock()
+        # held while the thread touches the segment, released around Redis calls
+        # (remote): close() takes it before unmapping, so no access outlives the mapping
+        self._mapped = threading.Lock()
         self._pid = os.getpid()
 
     @property
@@ -84,12 +92,13 @@ class Agent:
         """Stops the thread and frees the lease at once (a successor need not wait)."""
         self._stop.set()
         self._wake.set()
+        with self._mapped:  # the thread is out of the segment, and stays out
+            if self.word and not self.seg.closed:
+                lib.sg_fleet_release(self.seg.base, self.seg.size, self.word)
+            self.word = 0
         t = self._thread
         if t is not None and t is not threading.current_thread() and self._pid == os.getpid():
             t.join(timeout=self.cfg.timeout or max(1.0, 2 * self.cfg.refresh))
-        if self.word and not self.seg.closed:
-            lib.sg_fleet_release(self.seg.base, self.seg.size, self.word)
-        self.word = 0
         if self._coord is not None:
             self._coord.close()
 
@@ -116,12 +125,27 @@ class Agent:
         self.word = 0
         return False
 
+    def remote(self, call: Callable[..., T], *args: Any) -> T:
+        """Runs a Redis call without holding the segment; raises _Stopped if closed meanwhile."""
+        self._mapped.release()
+        try:
+            return call(*args)
+        finally:
+            self._mapped.acquire()
+            if self._stop.is_set():
+                raise _Stopped()
+
     def _run(self) -> None:
         while not self._stop.is_set():
             began = time.monotonic()
             try:
-                if not self.seg.closed and self._lease():
-                    self.tick()
+                with self._mapped:
+                    if self._stop.is_set():
+                        break
+                    if not self.seg.closed and self._lease():
+                        self.tick()
+            except _Stopped:
+                break
             except Exception as exc:  # the agent must outlive any one bad sync
                 self.last_error = f"{type(exc).__name__}: {exc}"
             left = self.cfg.refresh - (time.monotonic() - began)

@@ -62,7 +62,7 @@ class BreakerSync:
             return
         op, rem = self.event(b)
         try:
-            ep = agent.coordinator().breaker(self.name, agent.host_id, op, rem)
+            ep = agent.remote(agent.coordinator().breaker, self.name, agent.host_id, op, rem)
             if op == "open":
                 self.open_seq = ep.seq
             self.follow(agent, b, ep, op, now)
@@ -101,9 +101,12 @@ class BreakerSync:
         margin = max(3 * agent.cfg.refresh, agent.cfg.lease / 4)
         if not (b.state == HALF_OPEN or (b.state == OPEN and b.open_remaining_ns / NS <= margin)):
             return
-        if agent.coordinator().probe_gate(self.name, agent.host_id, pv.probe_lease_ns / NS):
+        if agent.remote(agent.coordinator().probe_gate, self.name, agent.host_id,
+                        pv.probe_lease_ns / NS):
             return
+        b = self.snapshot(agent.seg.now_ns())  # the breaker may have moved during the call
+        now = agent.seg.now_ns()
         if b.state == OPEN:  # extend, same generation
             lib.sg_breaker_fleet_at(self.h.slot, now, b.generation, OPEN, int(2 * margin * NS))
-        else:
+        elif b.state == HALF_OPEN:  # back to OPEN while the lease holder probes
             self.apply(now, b.generation, OPEN, 2 * margin)

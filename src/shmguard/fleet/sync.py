@@ -70,8 +70,8 @@ class EndpointSync:
         held = share if live or snap.mode == lib.SG_FLEET_SAFE else 0.0
         demand, target = self.demand(now, rate, share)
         try:
-            g = agent.coordinator().share(self.name, agent.host_id, agent.epoch(), demand, rate,
-                                          held, snap.hosts)
+            g = agent.remote(agent.coordinator().share, self.name, agent.host_id, agent.epoch(),
+                             demand, rate, held, snap.hosts)
         except FleetError as exc:
             lib.sg_fleet_error(self.h.slot)
             agent.last_error = str(exc)
