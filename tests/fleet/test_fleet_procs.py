@@ -163,3 +163,27 @@ def test_agent_sigstopped_is_replaced_and_stays_out_when_resumed(redis_server, s
         for p in procs:
             p.kill()
             p.join(timeout=10)
+
+
+def _child_of_a_fleet_service(svc: sg.ResilienceService, out: Any) -> None:
+    svc.register_endpoint("child-only", POLICY)  # starts this process's own agent candidate
+    alive = svc._fleet._thread is not None and svc._fleet._thread.is_alive()
+    svc.close()                                   # never blocks on a lock held at fork
+    out.put((alive, svc._fleet._thread.is_alive()))
+
+
+def test_a_fork_child_of_a_fleet_service_runs_its_own_agent(redis_server, segnames) -> None:
+    cfg = sg.RedisFleet(redis_server.url, refresh=0.01, lease=1.0, timeout=0.2)
+    svc = sg.ResilienceService(segnames[0], capacity=8, fleet=cfg, host_id="h0")
+    try:
+        svc.register_endpoint(ENDPOINT, POLICY)
+        out = CTX.Queue()
+        for _ in range(5):  # fork while the parent's agent is busy (refresh 10 ms)
+            p = CTX.Process(target=_child_of_a_fleet_service, args=(svc, out))
+            p.start()
+            assert out.get(timeout=30) == (True, False)
+            p.join(timeout=30)
+            assert p.exitcode == 0
+        assert svc._fleet._thread.is_alive()
+    finally:
+        svc.close()

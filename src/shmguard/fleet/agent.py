@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import psutil
@@ -57,6 +58,7 @@ class Agent:
         # (remote): close() takes it before unmapping, so no access outlives the mapping
         self._mapped = threading.Lock()
         self._pid = os.getpid()
+        _AGENTS.add(self)
 
     @property
     def seg(self) -> Segment:
@@ -185,3 +187,19 @@ class Agent:
             if pv.flags & (lib.SG_POL_FLEET_RATE | lib.SG_POL_FLEET_BREAKER):
                 out.append((i, ffi.unpack(sv.name, sv.name_len).decode("ascii", "replace"), h, pv))
         return out
+
+
+_AGENTS: weakref.WeakSet[Agent] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # the parent's agent thread may have held a lock at fork; the child has no
+    # agent thread and does not hold the parent's lease
+    for a in list(_AGENTS):
+        a._lock, a._mapped = threading.Lock(), threading.Lock()
+        a._thread, a.word, a._coord = None, 0, None
+        a._eps.clear()
+        a._brk.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
