@@ -490,3 +490,32 @@ int64_t sg_admit_wait(const struct sg_handle *h, uint64_t cp, int64_t max_wait_n
 {
     return admit(h, cp, max_wait_ns, out);
 }
+
+/* fleet/ (the host's fleet agent): moves the breaker to OPEN or CLOSED on
+ * another host's word, only while it is still in generation `gen` and in a
+ * normal state (never over manual control, never over newer local
+ * evidence). An OPEN lasts `remaining_ns` from now (at most its own break
+ * duration); on an OPEN breaker it sets the remaining time, same generation. */
+int sg_breaker_fleet_at(void *slot, uint64_t now, uint32_t gen, uint32_t state,
+                        uint64_t remaining_ns)
+{
+    struct sg_slot *s = slot;
+    if (!s || (state != SG_OPEN && state != SG_CLOSED))
+        return SG_E_ARG;
+    struct sg_policy_view p;
+    sg_policy_load(s, &p);
+    uint64_t w = atomic_load_explicit(&s->bword, memory_order_acquire); /* A3 */
+    uint32_t st = BW_STATE(w);
+    if (BW_GEN(w) != (gen & BW_GMASK) || st > SG_HALF_OPEN)
+        return SG_E_BUSY;
+    if (state == SG_CLOSED)
+        return st == SG_CLOSED || transition(s, &p, &w, SG_CLOSED, now) ? SG_OK : SG_E_BUSY;
+    if (st != SG_OPEN && !transition(s, &p, &w, SG_OPEN, now))
+        return SG_E_BUSY;
+    uint64_t d = open_duration(s, &p, BW_GEN(w)), back = d > remaining_ns ? d - remaining_ns : 0;
+    uint64_t nw = BW_MAKE(SG_OPEN, BW_GEN(w), back > now ? 0 : now - back);
+    /* R3 as in transition(); a failed CAS means someone moved on: keep theirs */
+    atomic_compare_exchange_strong_explicit(&s->bword, &w, nw, memory_order_acq_rel,
+                                            memory_order_relaxed);
+    return SG_OK;
+}

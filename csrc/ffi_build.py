@@ -36,6 +36,8 @@ def flags() -> list[str]:
     return flags
 
 
+SOURCES += ["fleet.c"]  # fleet/: the agent lease and a slot's fleet share
+
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef())
 ffibuilder.set_source(

@@ -208,7 +208,7 @@ struct sg_header {
     alignas(SG_CACHE_LINE) sg_a64 manual_now_ns; /**< manual clock (tests) */
     alignas(SG_CACHE_LINE) sg_a32 used;    /**< READY slots (statistics only) */
     alignas(SG_CACHE_LINE) struct sg_host_line host; /**< line 3: host identity (below) */
-    alignas(SG_CACHE_LINE) sg_a64 agent[8];  /**< line 4: fleet agent lease */
+    alignas(SG_CACHE_LINE) sg_a64 agent[8];  /**< line 4: fleet agent lease (fleet.c): [0] lease word, [1] holder start */
     alignas(SG_CACHE_LINE) uint64_t reserved[24]; /**< lines 5-7: zero; future use */
 };
 

@@ -126,6 +126,10 @@ static void fill(struct sg_rate *o, const struct rec *r, const struct pol *p, ui
     o->active = active;
     o->flags = p->flags;
     o->burst = p->burst;
+    if (p->flags & SG_POL_FLEET_RATE) { /* fleet/: a host's share of the burst as of its rate */
+        uint64_t b = (uint64_t)p->burst * r->to / SG_PPM;
+        o->burst = b < 1 ? 1 : (uint32_t)b;
+    }
     o->share = p->share;
     o->Tb = r->Tb ? r->Tb : p->T;
     o->drift = r->Tb != 0 && r->Tb != p->T;
@@ -255,8 +259,9 @@ static void complete(struct sg_slot *s, uint64_t cw)
 }
 
 /* Starts a new regime at now. health_ppm > SG_PPM: keep the target (a new
- * policy rate); else the new adaptive target. */
-static int change(struct sg_slot *s, uint64_t now, uint32_t health_ppm)
+ * policy rate); else the new adaptive target. exact: that target at once,
+ * both ways, without the floor (a fleet share, fleet.c). */
+static int change(struct sg_slot *s, uint64_t now, uint32_t health_ppm, int exact)
 {
     struct pol p;
     struct rec A;
@@ -280,10 +285,10 @@ static int change(struct sg_slot *s, uint64_t now, uint32_t health_ppm)
     rec_read(s, a, &A); /* active: stable while we hold the claim */
     uint32_t cur = rec_scale(&A, now, p.R), from = cur, to = A.to;
     if (health_ppm <= SG_PPM) {
-        to = health_ppm < p.floor ? p.floor : health_ppm;
+        to = health_ppm < p.floor && !exact ? p.floor : health_ppm;
         if (to < 1)
             to = 1;
-        from = to <= cur ? to : cur; /* drops at once, rises ramp */
+        from = to <= cur || exact ? to : cur; /* drops at once, rises ramp */
     }
     uint64_t w[3] = {RR_MK(seq, p.T), RR_MK(seq, now), RR_MK2(A.tag + 1, from, to, seq)};
     if (!write_rec(s, a ^ 1u, mine, w))
@@ -304,7 +309,7 @@ int sg_limiter_scale_at(void *slot, uint64_t now, uint32_t health_ppm)
 {
     if (!slot || health_ppm > SG_PPM)
         return SG_E_ARG;
-    return change(slot, now, health_ppm);
+    return change(slot, now, health_ppm, 0);
 }
 
 /* A new policy rate: a new regime that keeps the debt in tokens. */
@@ -312,5 +317,14 @@ int sg_limiter_retune_at(void *slot, uint64_t now)
 {
     if (!slot)
         return SG_E_ARG;
-    return change(slot, now, SG_PPM + 1);
+    return change(slot, now, SG_PPM + 1, 0);
+}
+
+/* fleet/: this host's share of a fleet-wide rate, ppm of the policy's rate;
+ * applies at once both ways and keeps the debt in tokens (fleet.c). */
+int sg_limiter_share_at(void *slot, uint64_t now, uint32_t share_ppm)
+{
+    if (!slot || share_ppm < 1 || share_ppm > SG_PPM)
+        return SG_E_ARG;
+    return change(slot, now, share_ppm, 1);
 }

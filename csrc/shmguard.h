@@ -504,6 +504,43 @@ int sg_kl_set_rate_at(const struct sg_kl_handle *kh, uint64_t now_ns, uint64_t e
 int sg_kl_takeover(const struct sg_kl_handle *kh, uint64_t lease);
 int sg_kl_scan_at(const struct sg_kl_handle *kh, uint64_t now_ns, uint32_t top_max,
                   struct sg_kl_entry_view *top, struct sg_kl_scan *out);
+/* fleet.c: the agent lease (header line 4) and a slot's fleet share (line 31) */
+#define SG_FLEET_NONE 0          /* mode: no share applied yet */
+#define SG_FLEET_GRANTED 1       /* mode: a grant from Redis, lease running */
+#define SG_FLEET_SAFE 2          /* mode: no live grant: the documented safe share */
+struct sg_fleet_agent_view {
+    uint64_t word;               /* the lease word (for release) */
+    uint64_t start_s;            /* holder's start time, unix s (informational) */
+    uint64_t remaining_ns;       /* until the deadline (0: free or expired) */
+    uint32_t pid;
+    uint32_t epoch;
+    uint32_t live;
+    uint32_t pad;
+};
+struct sg_fleet_view {
+    uint64_t expires_ns;         /* the grant's lease ends (segment clock) */
+    uint64_t synced_ns;          /* last successful sync (segment clock) */
+    uint64_t errors;             /* Redis errors, total */
+    uint32_t share_ppm;          /* of the policy's (fleet) rate; 0: none yet */
+    uint32_t epoch;              /* agent epoch that applied it */
+    uint32_t hosts;              /* live hosts at the last sync */
+    uint32_t mode;               /* SG_FLEET_* */
+    uint32_t force;              /* apply: start a new regime even if the share is unchanged */
+    uint32_t pad;
+};
+int sg_fleet_lease_at(void *base, uint64_t len, uint64_t now_ns, uint32_t pid, uint64_t start_s,
+                      uint64_t lease_ns, uint64_t *word_io);
+int sg_fleet_release(void *base, uint64_t len, uint64_t word);
+int sg_fleet_agent_at(const void *base, uint64_t len, uint64_t now_ns,
+                      struct sg_fleet_agent_view *out);
+int sg_fleet_apply_at(void *base, uint64_t len, void *slot, uint64_t now_ns, uint64_t word,
+                      const struct sg_fleet_view *in);
+int sg_fleet_error(void *slot);
+int sg_fleet_snapshot(const void *slot, struct sg_fleet_view *out);
+int sg_limiter_share_at(void *slot, uint64_t now_ns, uint32_t share_ppm);
+/* breaker.c, for the fleet agent: OPEN (for remaining_ns) or CLOSED, only from generation gen */
+int sg_breaker_fleet_at(void *slot, uint64_t now_ns, uint32_t gen, uint32_t state,
+                        uint64_t remaining_ns);
 /* CDEF-END */
 
 #endif /* SHMGUARD_H */

@@ -12,6 +12,7 @@ from shmguard.errors import (BulkheadFullError, CapacityError, CircuitOpenError,
                              ThrottledError)
 from shmguard.executor import ResilientExecutor
 from shmguard.fallback import AsyncFallbackChain, FallbackChain
+from shmguard.fleet.config import RedisFleet
 from shmguard.keyed import KeyedLimiter, KeyedReservation, KeyedStats
 from shmguard.limiter import Limiter, Reservation
 from shmguard.policychange import PolicyChangedWarning
@@ -34,5 +35,5 @@ __all__ = [
     "RateLimitedError", "RejectedError", "Reservation", "ResilienceService", "ResilientExecutor", "SegmentCorruptError",
     "SegmentError", "SegmentIncompatibleError", "SegmentNotFoundError", "SegmentPermissionError",
     "ServiceClosedError", "ShmguardError", "Ticket", "list_segments", "unlink",
-    "PredictionStats", "ThrottleStats", "ThrottledError",
+    "PredictionStats", "ThrottleStats", "ThrottledError", "RedisFleet",
 ]

@@ -118,6 +118,8 @@ class Policy:
     throttle_on: tuple[type[BaseException], ...] = ()
     predict_horizon: float | None = None
     keyed_limit: str | None = None  # name of a keyed limiter execute(..., key=) applies
+    fleet_rate: bool = False  # shmguard.fleet: rate and burst are fleet-wide (see with_fleet)
+    fleet_breaker: bool = False  # shmguard.fleet: breaker opens and closes shared across hosts
     _fingerprint: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -157,6 +159,11 @@ class Policy:
             _num("adaptive_max_threshold", self.adaptive_max_threshold,
                  lo=self.failure_threshold, hi=1)
         _num("rate_floor", self.rate_floor, lo=0, hi=1)
+        if self.fleet_rate is not False and (self.fleet_rate is not True or self.rate is None):
+            raise PolicyError(f"fleet_rate needs a rate (with_rate_limit) and must be a bool, "
+                              f"got fleet_rate={self.fleet_rate!r} with rate={self.rate!r}")
+        if not isinstance(self.fleet_breaker, bool):
+            raise PolicyError(f"fleet_breaker must be a bool, got {self.fleet_breaker!r}")
         _num("recovery", self.recovery, lo=0, hi=86400)
         self._check_bulkhead()
         self._check_retry_budget()
@@ -232,6 +239,8 @@ class Policy:
             if f.name.startswith("_"):
                 continue
             v = getattr(self, f.name)
+            if f.name.startswith("fleet_") and v is False:
+                continue  # a host-local policy keeps the fingerprint it had before fleet/
             if f.name.endswith("_exceptions") or f.name == "throttle_on":
                 v = tuple(f"{c.__module__}.{c.__qualname__}" for c in v)
             parts.append(f"{f.name}={v!r}")
@@ -292,7 +301,22 @@ class Policy:
             if self.throttle_on:
                 v.flags |= 256  # SG_POL_THROTTLE_ON: failures are reported by the caller
         v.predict_horizon_ns = 0 if self.predict_horizon is None else int(self.predict_horizon * NS)
+        if self.fleet_rate:
+            v.flags |= 4  # SG_POL_FLEET_RATE: the burst scales with the host's share (rate.c)
+        if self.fleet_breaker:
+            v.flags |= 8  # SG_POL_FLEET_BREAKER: the fleet agent shares opens and closes
         return v
+
+    def with_fleet(self, rate: bool = True, breaker: bool = True) -> Policy:
+        """Returns a copy whose limits are shared by every host of the service's ``fleet=``.
+
+        ``rate``: the policy's ``rate`` and ``burst`` are fleet-wide; each host
+        enforces its share (max-min fair on demand) in its own segment (needs
+        a rate). ``breaker``: an open or close on one host moves the other
+        hosts' breakers within a refresh, and one host at a time probes.
+        """
+        return self.replace(fleet_rate=bool(rate) and self.rate is not None,
+                            fleet_breaker=bool(breaker))
 
     def replace(self, **changes: Any) -> Policy:
         """Returns a copy with ``changes`` applied (validated again)."""

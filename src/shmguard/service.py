@@ -7,6 +7,7 @@ statistics and control, and pickling.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import weakref
@@ -49,6 +50,10 @@ class ResilienceService(Calls):
     :param capacity: slots when creating (ignored when attaching).
     :param manual_clock: on creation, a clock that only moves when told
         (:meth:`set_clock`, :meth:`advance`), shared by all processes (tests).
+    :param fleet: a Redis URL or :class:`~shmguard.RedisFleet`: endpoints whose
+        policy is ``with_fleet()`` share their rate across every host using
+        it (see README, "Beyond one host"); ``redis`` is imported only then.
+    :param host_id: this host's name in the fleet (default: the hostname).
     :param lazy: create or attach on first use instead of now: a service made
         at import time then costs nothing (no mapping, no fd) in processes that
         never use it, and does not keep the segment attached for ``shmguard rm``.
@@ -65,11 +70,30 @@ class ResilienceService(Calls):
 
     def __init__(self, name: str | None = None, *, policy: Policy | None = None,
                  capacity: int = 256, manual_clock: bool = False, allow_foreign: bool = False,
-                 create: bool = True, lazy: bool = False, shared_namespaces: bool = False) -> None:
+                 create: bool = True, lazy: bool = False, shared_namespaces: bool = False,
+                 fleet: Any = None, host_id: str | None = None) -> None:
+        self._fleet: Any = None
+        if fleet is not None:
+            from shmguard.fleet.agent import Agent
+            from shmguard.fleet.config import coerce, default_host_id
+            self._fleet = Agent(lambda: self.segment, coerce(fleet), default_host_id(host_id))
         super().__init__(name, policy=policy, capacity=capacity, manual_clock=manual_clock,
                          allow_foreign=allow_foreign, create=create, lazy=lazy,
                          shared_namespaces=shared_namespaces)
         _LIVE.add(self)
+        if self._fleet is not None and not lazy:
+            self._fleet.start()
+
+    def _register(self, name: str, policy: Policy) -> tuple[Any, bool]:
+        ep, created = super()._register(name, policy)
+        if self._fleet is not None and (policy.fleet_rate or policy.fleet_breaker):
+            self._fleet.attach(ep.h.slot, policy.fleet_rate)  # rate: ~0 until the first grant
+        return ep, created
+
+    def close(self) -> None:
+        if self._fleet is not None and not self.closed:
+            self._fleet.stop()
+        super().close()
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickles as "attach to the same segment by name" (spawn children, executors).
@@ -154,7 +178,14 @@ class ResilienceService(Calls):
 
     def stats(self, endpoint: str) -> EndpointStats:
         """Returns the endpoint's statistics, read from the segment."""
-        return self._endpoint(endpoint).stats()
+        ep = self._endpoint(endpoint)
+        st, pv = ep.stats(), ep.policy_view()
+        if pv.flags & lib.SG_POL_FLEET_RATE:
+            from shmguard.fleet.view import fleet_stats
+            seg = self.segment
+            st = dataclasses.replace(st, fleet=fleet_stats(seg.base, seg.size, ep.h.slot,
+                                                           seg.now_ns(), pv))
+        return st
 
     def all_stats(self) -> list[EndpointStats]:
         """Returns statistics for every endpoint in the segment."""

@@ -5,7 +5,8 @@ import enum
 from dataclasses import dataclass, field
 
 __all__ = ["BreakerState", "BreakerMode", "BreakerSnapshot", "LimiterMetrics", "EndpointStats",
-           "BulkheadStats", "TicketHolder", "RetryBudgetStats", "ThrottleStats", "PredictionStats"]
+           "BulkheadStats", "TicketHolder", "RetryBudgetStats", "ThrottleStats", "PredictionStats",
+           "FleetStats"]
 
 
 class BreakerState(enum.IntEnum):
@@ -177,8 +178,23 @@ class EndpointStats:
     bulkhead: BulkheadStats | None = None
     throttle: ThrottleStats | None = None
     prediction: PredictionStats | None = None
+    fleet: FleetStats | None = None  # None: not a fleet endpoint (Policy.with_fleet)
 
     @property
     def throttle_probability(self) -> float:
         """The chance that adaptive throttling refuses the next call (0 when off)."""
         return self.throttle.throttle_probability if self.throttle else 0.0
+
+
+@dataclass(frozen=True)
+class FleetStats:
+    """This host's share of a fleet-wide rate (shmguard.fleet), read from the slot."""
+
+    mode: str             # "none" (no share yet), "granted" (lease running), "safe" (no live grant)
+    hosts: int            # live hosts at the last sync (this one included)
+    rate: float           # this host's share, requests/s
+    burst: int            # this host's share of the burst
+    lease_left: float     # seconds the grant still runs (0: expired or safe share)
+    sync_age: float | None  # seconds since the last successful sync (None: never)
+    errors: int           # Redis errors, total
+    agent_pid: int        # process holding the agent lease (0: none live)

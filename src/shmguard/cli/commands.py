@@ -11,6 +11,8 @@
     shmguard rm NAME [--force]
     shmguard gc [PATTERN...] [--dry-run] [--min-age S]
     shmguard serve-metrics [NAME...] [--port 9464] [--host 127.0.0.1]
+    shmguard fleet NAME [--redis URL] [--prefix P] [--json]
+                                                 fleet endpoints: this host's share, every host in Redis
     shmguard demo ...                            (shmguard.demo)
 
 Viewing never writes to a segment. Errors (missing, corrupt, foreign or
@@ -107,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=_port, default=9464, help="TCP port (default 9464; 0: any)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
 
+    s = sub.add_parser("fleet", parents=[common],
+                       help="fleet endpoints: this host's share and every host's grant in Redis")
+    s.add_argument("name", metavar="NAME", help=_NAME)
+    s.add_argument("--redis", default=os.environ.get("SHMGUARD_FLEET", "redis://127.0.0.1:6379/0"),
+                   help="the fleet's Redis URL (default: env SHMGUARD_FLEET, else local 6379)")
+    s.add_argument("--prefix", default="shmguard", help="the fleet's key prefix (default shmguard)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+
     sub.add_parser("demo", add_help=False, help="run the demo (arguments go to shmguard.demo)")
     return p
 
@@ -189,6 +199,9 @@ def _run(args: argparse.Namespace) -> int:
         from shmguard.cli import watch as _cli_watch
         return _cli_watch.run(args.name, args.interval, args.iterations, style.enabled,
                               wide=args.wide)
+    if cmd == "fleet":
+        from shmguard.cli import fleet
+        return fleet.run(args.name, args.redis, args.prefix, args.json)
     if cmd == "serve-metrics":
         from shmguard.cli import serve
         return serve.run(args.names, args.host, args.port)

@@ -258,7 +258,15 @@ def endpoint_snapshot(seg: Segment, index: int, name: str, now: int | None = Non
     out["throttle"] = dataclasses.asdict(overload.throttle_stats(h.slot, now, seg.name))
     out["prediction"] = dataclasses.asdict(overload.prediction_stats(h.slot, now, seg.name))
     out["policy"] = _policy(pol, policy_seq)
+    out["fleet"] = _fleet(seg, h, now, pol)
     return out
+
+
+def _fleet(seg: Segment, h: Any, now: int, pol: Any) -> dict[str, Any] | None:
+    """The fleet share of a fleet-rate endpoint (shmguard.fleet), else None."""
+    from shmguard.fleet.view import fleet_stats  # no Redis: reads the slot and the header
+    st = fleet_stats(seg.base, seg.size, h.slot, now, pol)
+    return None if st is None else dataclasses.asdict(st)
 
 
 def keyed_snapshot(seg: Segment, now: int, keys: int = 0) -> list[dict[str, Any]]:

@@ -100,6 +100,17 @@ _SIMPLE: list[tuple[str, str, str, Getter]] = [
     ("bulkhead_reclaimed_total", "counter",
      "Tickets taken back from dead (or lease-expired) holders.",
      lambda e: _bh(e, "reclaimed")),
+    # fleet (endpoints whose rate is fleet-wide: Policy.with_fleet)
+    ("fleet_share_rate", "gauge", "This host's share of the fleet-wide rate, requests/s.",
+     lambda e: (e.get("fleet") or {}).get("rate")),
+    ("fleet_hosts", "gauge", "Live hosts of the fleet at the last sync.",
+     lambda e: (e.get("fleet") or {}).get("hosts")),
+    ("fleet_lease_seconds", "gauge", "Seconds this host's grant still runs (0: safe share).",
+     lambda e: (e.get("fleet") or {}).get("lease_left")),
+    ("fleet_safe_share", "gauge", "1 while the host runs on its safe share (no live grant).",
+     lambda e: None if not e.get("fleet") else int(e["fleet"]["mode"] == "safe")),
+    ("fleet_errors_total", "counter", "Fleet coordinator (Redis) errors.",
+     lambda e: (e.get("fleet") or {}).get("errors")),
 ]
 
 

@@ -170,6 +170,11 @@ def _detail(ep: dict[str, Any]) -> list[str]:
         parts.append(f"half-open in {duration(ep['open_remaining_seconds'])}")
     if ep.get("bulkhead"):
         parts.append(bulkhead_text(ep["bulkhead"]))
+    fl = ep.get("fleet")
+    if fl:  # shmguard.fleet: this host's share of a fleet-wide rate
+        parts.append(f"fleet {fl['mode']} {rate(fl['rate'])}/s burst {count(fl['burst'])} "
+                     f"hosts {fl['hosts']} lease {duration(fl['lease_left'])} "
+                     f"errors {count(fl['errors'])}")
     lines, cur = [], "   "
     for p in parts:
         if len(cur) + len(p) + 2 > WIDTH and cur.strip():
