@@ -101,8 +101,8 @@ class Coordinator:
               held: float, seen: int) -> Grant:
         """Reports demand and returns this host's grant; raises :class:`FleetError`."""
         lease_ms = max(1, round(self.cfg.lease * 1000))
-        args = [host, epoch, repr(float(demand)), repr(float(rate)), lease_ms,
-                repr(float(held)), seen]
+        args: list[str | int] = [host, epoch, repr(float(demand)), repr(float(rate)), lease_ms,
+                                 repr(float(held)), seen]
         try:
             reply = self.script(keys=[self.cfg.rate_key(endpoint)], args=args)
         except self.errors as exc:
@@ -111,7 +111,8 @@ class Coordinator:
 
     def breaker(self, endpoint: str, host: str, op: str, remaining: float) -> Episode:
         """Publishes "open" (for ``remaining`` s) or "close", or reads ("read") the episode."""
-        args = [host, op, max(0, round(remaining * 1000)), max(1, round(self.cfg.lease * 40_000))]
+        args: list[str | int] = [host, op, max(0, round(remaining * 1000)),
+                                 max(1, round(self.cfg.lease * 40_000))]
         try:
             reply = self.bscript(keys=[f"{self.cfg.prefix}:breaker:{endpoint}"], args=args)
         except self.errors as exc:
@@ -138,7 +139,8 @@ class Coordinator:
         now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
         out: dict[str, dict[str, float]] = {}
         for f, v in raw.items():
-            name, val = f.decode("utf-8", "replace"), v.decode("ascii", "replace")
+            name = f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f)
+            val = v.decode("ascii", "replace") if isinstance(v, bytes) else str(v)
             if not name.startswith("h:"):
                 continue
             parts = val.split("|")
