@@ -20,8 +20,7 @@ from shmguard._endpoint import LEASE_BITS
 from shmguard._registry import CLAIM_STALE_NS, REGISTER_WAIT
 from shmguard.breaker import Breaker
 from shmguard.bulkhead import Bulkhead
-from shmguard.errors import PolicyError, ShmguardError
-from shmguard.errors import PolicyConflictError, PolicyError, ShmguardError
+from shmguard.errors import PolicyConflictError, PolicyError, ShmguardError, UnknownEndpointError
 from shmguard.keyed import KeyedLimiter
 from shmguard.limiter import Limiter, change_rate
 from shmguard.policy import Policy
@@ -44,8 +43,13 @@ class ResilienceService(Calls):
     ``on_policy_change(endpoint, {field: (old, new)})`` runs in the process
     whose registration changed a policy (see :meth:`register_endpoint`).
 
-    :param policy: default policy for endpoints registered implicitly
+    :param policy: the policy ``register_endpoint(name)`` uses when given none
         (``PolicyPresets.standard()``).
+    :param default_policy: register endpoints absent from the segment on first
+        use (``execute``, ``breaker()``, ``limiter()``...) with this policy.
+        Without it such calls raise :class:`UnknownEndpointError` (a typo
+        never takes a slot); an endpoint any process registered works
+        everywhere. Read-only calls (``breaker_state``, ``stats``) never register.
     :param capacity: slots when creating (ignored when attaching).
     :param manual_clock: on creation, a clock that only moves when told
         (:meth:`set_clock`, :meth:`advance`), shared by all processes (tests).
@@ -62,9 +66,11 @@ class ResilienceService(Calls):
 
     def __init__(self, name: str | None = None, *, policy: Policy | None = None,
                  capacity: int = 256, manual_clock: bool = False, allow_foreign: bool = False,
-                 create: bool = True, lazy: bool = False) -> None:
+                 create: bool = True, lazy: bool = False,
+                 default_policy: Policy | None = None) -> None:
         super().__init__(name, policy=policy, capacity=capacity, manual_clock=manual_clock,
-                         allow_foreign=allow_foreign, create=create, lazy=lazy)
+                         allow_foreign=allow_foreign, create=create, lazy=lazy,
+                         default_policy=default_policy)
         _LIVE.add(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -74,7 +80,7 @@ class ResilienceService(Calls):
         """
         args, lazy = self._segment_args, self._segment is None
         return (_reattach, (self.name, self.default_policy, bool(args["allow_foreign"]),
-                            lazy and bool(args["create"]), lazy))
+                            lazy and bool(args["create"]), lazy, self.implicit_policy))
 
     def __enter__(self) -> ResilienceService:
         return self
@@ -84,15 +90,15 @@ class ResilienceService(Calls):
 
     # -- handles ------------------------------------------------------------------------
     def breaker(self, endpoint: str) -> Breaker:
-        """Returns the breaker handle of ``endpoint`` (registering it if new)."""
+        """Returns the breaker handle of ``endpoint`` (see ``default_policy`` for a new one)."""
         return Breaker(self._endpoint(endpoint))
 
     def limiter(self, endpoint: str) -> Limiter:
-        """Returns the limiter handle of ``endpoint`` (registering it if new)."""
+        """Returns the limiter handle of ``endpoint`` (see ``default_policy`` for a new one)."""
         return Limiter(self._endpoint(endpoint))
 
     def bulkhead(self, endpoint: str) -> Bulkhead:
-        """Returns the bulkhead handle of ``endpoint`` (registering it if new)."""
+        """Returns the bulkhead handle of ``endpoint`` (see ``default_policy`` for a new one)."""
         return Bulkhead(self._endpoint(endpoint))
     def keyed_limiter(self, name: str, rate: float, burst: int, *, capacity: int = 100_000,
                       on_full: str = "reject", replace: bool = False) -> KeyedLimiter:
@@ -145,16 +151,28 @@ class ResilienceService(Calls):
 
     # -- state and statistics --------------------------------------------------------------
     def breaker_state(self, endpoint: str) -> BreakerState:
-        """Reports the endpoint's breaker state (host-wide)."""
-        return self._endpoint(endpoint).breaker_snapshot().state
+        """Reports the endpoint's breaker state (host-wide); never registers it.
+
+        :raises UnknownEndpointError: no such endpoint in the segment.
+        """
+        return self._endpoint(endpoint, create=False).breaker_snapshot().state
 
     def stats(self, endpoint: str) -> EndpointStats:
-        """Returns the endpoint's statistics, read from the segment."""
-        return self._endpoint(endpoint).stats()
+        """Returns the endpoint's statistics, read from the segment; never registers it.
+
+        :raises UnknownEndpointError: no such endpoint in the segment.
+        """
+        return self._endpoint(endpoint, create=False).stats()
 
     def all_stats(self) -> list[EndpointStats]:
         """Returns statistics for every endpoint in the segment."""
-        return [self.stats(n) for n in self.endpoints()]
+        out = []
+        for n in self.endpoints():
+            try:
+                out.append(self.stats(n))
+            except UnknownEndpointError:  # removed meanwhile
+                pass
+        return out
 
     def adjust_rate(self, endpoint: str, health: float) -> None:
         """Scales the endpoint's rate by a health score in [0, 1] (drops at once, recovers gradually)."""
@@ -162,7 +180,7 @@ class ResilienceService(Calls):
             raise PolicyError(f"health must be in [0, 1], got {health!r}")
         ep = self._endpoint(endpoint)
         ppm = round(health * 1e6)
-        change_rate(lambda: lib.sg_limiter_scale_at(ep.h.slot, self.now_ns(), ppm),
+        change_rate(lambda: lib.sg_limiter_scale_at(ep.live_slot(), self.now_ns(), ppm),
                     f"adjust_rate({endpoint!r})", self.name)
 
 
@@ -180,6 +198,6 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _reattach(name: str, policy: Policy, allow_foreign: bool, create: bool = False,
-              lazy: bool = False) -> ResilienceService:
+              lazy: bool = False, default_policy: Policy | None = None) -> ResilienceService:
     return ResilienceService(name, policy=policy, create=create, allow_foreign=allow_foreign,
-                             lazy=lazy)
+                             lazy=lazy, default_policy=default_policy)

@@ -113,7 +113,7 @@ def _segment(cap: int, manual: bool) -> Buf:
 
 def _register(b: Buf, name: bytes) -> int:
     idx = ffi.new("uint32_t *")
-    rc = lib.sg_table_register(b.ptr, b.n, name, len(name), POLICY, 1, 2 * NS, idx, ffi.NULL)
+    rc = lib.sg_table_register(b.ptr, b.n, name, len(name), POLICY, 1, idx, ffi.NULL)
     assert rc in (lib.SG_OK, lib.SG_CREATED)
     return idx[0]
 
@@ -158,7 +158,7 @@ def _table_calls(b: Buf, index: int, name: bytes) -> None:
         _slot_ops(b, h, [("acquire", 5, 1, 0), ("record", 5, 0, 1), ("decide", 5, 1, 2),
                          ("snapshot", 5, 0, 0), ("lsnap", 5, 0, 0), ("policy", 0, 0, 0)])
     idx, claim = ffi.new("uint32_t *"), ffi.new("uint64_t *")
-    rr = lib.sg_table_register(b.ptr, b.n, name, len(name), POLICY, 7, 2 * NS, idx, claim)
+    rr = lib.sg_table_register(b.ptr, b.n, name, len(name), POLICY, 7, idx, claim)
     assert rr in CHECK_RCS | {lib.SG_CREATED, lib.SG_E_BUSY, lib.SG_E_FULL, lib.SG_E_ARG,
                               lib.SG_E_CORRUPT}
     if rr in (lib.SG_OK, lib.SG_CREATED):
@@ -262,7 +262,7 @@ def _slot_ops(b: Buf, h, seq) -> None:
             ffi.memmove(pv, POLICY, ffi.sizeof(pv[0]))
             fields = ["buckets", "half_open_max", "burst", "failure_ppm", "emission_ns"]
             setattr(pv, fields[u32 % 5], a & (U32 if u32 % 5 < 4 else U64))
-            assert lib.sg_policy_publish(h, pv, u32) in (lib.SG_OK, lib.SG_E_ARG, lib.SG_E_BUSY)
+            assert lib.sg_policy_publish(h, pv, u32, ffi.NULL) in (lib.SG_OK, lib.SG_E_ARG, lib.SG_E_BUSY)
         elif op in ("admit", "admit_wait"):
             t = (lib.sg_admit(h, c) if op == "admit" else lib.sg_admit_wait(h, c, x, d))
             assert t >= 0 or t in ADMIT_NEG
@@ -358,7 +358,7 @@ def test_fuzz_policy_views(fields, seq):
             setattr(pv, f, value & (U64 if f.endswith("_ns") else U32))
     with _segment(1, True) as b:
         idx = ffi.new("uint32_t *")
-        rc = lib.sg_table_register(b.ptr, b.n, b"p", 1, pv, 1, 2 * NS, idx, ffi.NULL)
+        rc = lib.sg_table_register(b.ptr, b.n, b"p", 1, pv, 1, idx, ffi.NULL)
         assert rc == (lib.SG_CREATED if lib.sg_policy_check(pv) == lib.SG_OK else lib.SG_E_ARG)
         if rc == lib.SG_CREATED:
             h = ffi.new("struct sg_handle *")
