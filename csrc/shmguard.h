@@ -214,6 +214,7 @@ int sg_handle_init(struct sg_handle *h, void *base, uint64_t len, uint32_t index
 uint64_t sg_clock_now(const void *base);
 /* slot_detach.c: replaces a mapping with private zero pages (close under concurrent use) */
 int sg_segment_detach(void *base, uint64_t len);
+int sg_segment_map(void *base, uint64_t len, int fd);
 int sg_clock_set(void *base, uint64_t now_ns);
 
 /* table.c */

@@ -121,6 +121,8 @@ def allow(ep: Endpoint, cost: int = 1, priority: Priority = _NORMAL) -> bool:
         return True
     if rc == lib.SG_R_RATE_LIMITED:
         return False
+    if rc == lib.SG_E_GONE:  # removed, or the service closed
+        raise ep.rc_error(rc)
     burst = ep.policy_view().burst
     raise PolicyError(f"allow(cost={cost}) exceeds burst {burst} of limiter "
                       f"{ep.name!r} at priority {Priority(priority)}")

@@ -173,9 +173,13 @@ class Segment:
             size = os.fstat(shm.fd).st_size
         if size < lib.SG_HEADER_SIZE:
             raise _capi.raise_segment(lib.SG_E_TRUNCATED if size else lib.SG_E_NOT_READY, self.name)
-        self._mm = mmap.mmap(shm.fd, size)
+        # an anonymous range owned by Python (no fd kept), the segment mapped over it: a
+        # close() under concurrent use can swap it for zero pages (_registry.py)
+        self._mm = mmap.mmap(-1, size)
         self._buf = ffi.from_buffer(self._mm)
         self._base = ffi.cast("void *", self._buf)
+        if lib.sg_segment_map(self._base, size, shm.fd) != lib.SG_OK:
+            raise SegmentError(f"segment {self.name!r} could not be mapped")
         self.size = size
         if self.created:
             flags = lib.SG_HDR_MANUAL_CLOCK if manual_clock else 0
