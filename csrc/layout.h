@@ -571,6 +571,8 @@ static inline struct sg_slot *sg_hslot(const struct sg_handle *h)
 /* Test hook: raise(SIGSTOP), once per process, when env SHMGUARD_TEST_STALL
  * names `point` (cold paths only: registration fill, policy publish). */
 void sg_test_stall(const char *point);
+/* table.c: the slot holds `name` (its fields as published before READY) */
+int sg_slot_named(const struct sg_slot *s, const char *name, uint32_t n);
 
 /* Internal, shared between csrc files. */
 uint64_t sg_now_h(const struct sg_handle *h);

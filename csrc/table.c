@@ -18,9 +18,6 @@
  * least one sees the other) and gives its claim up if it finds the name
  * READY or another claim.
  */
-#define _POSIX_C_SOURCE 200809L
-#include <signal.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "layout.h"
@@ -51,6 +48,11 @@ static int name_matches(const struct sg_slot *s, uint64_t hash, const char *name
 {
     /* Fields below were published before READY (R1) and are read after A1. */
     return s->name_hash == hash && s->name_len == n && memcmp(s->name, name, n) == 0;
+}
+
+int sg_slot_named(const struct sg_slot *s, const char *name, uint32_t n)
+{
+    return check_name(name, n) == SG_OK && name_matches(s, fnv1a(name, n), name, n);
 }
 
 static uint32_t claim_age_ms(uint64_t w, uint64_t now)
@@ -114,16 +116,6 @@ static void fill_slot(struct sg_slot *s, uint64_t hash, const char *name, uint32
     zero_area(s->throttle.bucket, sizeof s->throttle);
     zero_area(&s->predict.fail, sizeof s->predict);
     zero_area(s->fleet.w, sizeof s->fleet);
-}
-
-void sg_test_stall(const char *point)
-{
-    static int fired; /* once per process: the resumed process runs on */
-    const char *want = getenv("SHMGUARD_TEST_STALL");
-    if (!fired && want && strcmp(want, point) == 0) {
-        fired = 1;
-        raise(SIGSTOP);
-    }
 }
 
 /* Gives up our claim (or the ABANDONED form of it): the slot is reusable. */
@@ -270,80 +262,6 @@ int sg_table_find(void *base, uint64_t len, const char *name, uint32_t name_len,
                   uint32_t *index_out)
 {
     return probe(base, len, name, name_len, NULL, 0, index_out, NULL);
-}
-
-/* CAS one slot's word `from` -> `to` after validating the segment and index. */
-static int swap_word(void *base, uint64_t len, uint32_t index, uint64_t from, uint64_t to)
-{
-    struct sg_header_view v;
-    int rc = sg_segment_check(base, len, &v);
-    if (rc != SG_OK)
-        return rc;
-    if (index >= v.capacity)
-        return SG_E_ARG;
-    struct sg_slot *s = sg_slot_at(base, index);
-    /* acq_rel: pairs with the claimant's CAS (and its fill before release) */
-    if (!atomic_compare_exchange_strong_explicit(&s->state, &from, to, memory_order_acq_rel,
-                                                 memory_order_relaxed))
-        return SG_E_BUSY;
-    return SG_OK;
-}
-
-/* Take over a claim whose owner the caller proved dead (pid + start time). */
-int sg_table_takeover(void *base, uint64_t len, uint32_t index, uint64_t claim_word)
-{
-    uint32_t k = SK_KIND(claim_word);
-    if (k != SG_SK_CLAIMED && k != SG_SK_ABANDONED)
-        return SG_E_ARG;
-    return swap_word(base, len, index, claim_word, SK_DELETED);
-}
-
-/* Set aside a claim whose owner is alive but stalled: nobody reuses the slot. */
-int sg_table_abandon(void *base, uint64_t len, uint32_t index, uint64_t claim_word)
-{
-    if (SK_KIND(claim_word) != SG_SK_CLAIMED)
-        return SG_E_ARG;
-    return swap_word(base, len, index, claim_word,
-                     (claim_word & ~(3ULL << 62)) | ((uint64_t)SG_SK_ABANDONED << 62));
-}
-
-int sg_table_unregister(void *base, uint64_t len, const char *name, uint32_t name_len)
-{
-    uint32_t idx;
-    int rc = probe(base, len, name, name_len, NULL, 0, &idx, NULL);
-    if (rc != SG_OK)
-        return rc;
-    uint64_t w = atomic_load_explicit(&sg_slot_at(base, idx)->state, memory_order_acquire);
-    if (SK_KIND(w) != SG_SK_READY)
-        return SG_E_NOT_FOUND; /* removed meanwhile */
-    rc = swap_word(base, len, idx, w, SK_DELETED);
-    if (rc == SG_OK) /* relaxed: a statistic */
-        atomic_fetch_sub_explicit(&((struct sg_header *)base)->used, 1, memory_order_relaxed);
-    return rc == SG_E_BUSY ? SG_E_NOT_FOUND : rc;
-}
-
-int sg_handle_bind(struct sg_handle *h, void *base, uint64_t len, uint32_t index,
-                   const char *name, uint32_t name_len)
-{
-    int rc = sg_handle_init(h, base, len, index);
-    if (rc != SG_OK || check_name(name, name_len) != SG_OK)
-        return rc ? rc : SG_E_ARG;
-    struct sg_slot *s = h->slot;
-    /* the name was published before the word h->ready (A1 in
-     * sg_handle_init); the word read again after it proves the name
-     * belongs to that incarnation */
-    int ok = h->ready != SK_GONE && name_matches(s, fnv1a(name, name_len), name, name_len);
-    atomic_thread_fence(memory_order_acquire);
-    if (!ok || LD(&s->state) != h->ready) {
-        h->ready = SK_GONE;
-        return SG_E_NOT_FOUND;
-    }
-    return SG_OK;
-}
-
-int sg_handle_check(const struct sg_handle *h)
-{
-    return h && sg_hslot(h) ? SG_OK : SG_E_GONE;
 }
 
 int sg_slot_snapshot(const void *base, uint64_t len, uint32_t index, struct sg_slot_view *out)

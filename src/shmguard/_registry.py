@@ -13,7 +13,9 @@ import time
 import warnings
 from typing import Any, Callable
 
-from shmguard import _capi, policychange, probes
+from shmguard import _capi, _slots, policychange
+from shmguard._slots import (CLAIM_STALE_NS, REGISTER_WAIT, close_segment, judge_claim,
+                             publish_policy, reclaim_abandoned)
 from shmguard._capi import ffi, lib
 from shmguard._endpoint import NS, Endpoint, validate_endpoint
 from shmguard._events import Events
@@ -25,73 +27,7 @@ from shmguard.segment import Segment, validate_name
 from shmguard.segment import unlink as unlink_segment
 from shmguard.stats import BreakerState, EndpointStats
 
-__all__ = ["Registry", "REGISTER_WAIT", "CLAIM_STALE_NS", "publish_policy", "judge_claim"]
-
-REGISTER_WAIT = 5.0
-#: A claim older than this whose owner is alive (stalled) is set aside (abandoned), never taken
-CLAIM_STALE_NS = 2 * NS
-_LEASE_NS = NS // 2  # policy.c LEASE_NS: the writer lease's deadline is its grant + this
-
-
-def _mono_age_ns(units_now: int, units_then: int, bits: int) -> int:
-    """Age of a (ns >> 20) stamp of ``bits`` bits, serial."""
-    return ((units_now - units_then) & ((1 << bits) - 1)) << 20
-
-
-def judge_claim(seg: Segment, index: int, word: int) -> bool:
-    """Frees (owner proven dead) or abandons (owner alive past CLAIM_STALE_NS) a slot claim.
-
-    :returns: whether the claim is out of the way now (call register again).
-    """
-    age = _mono_age_ns(time.monotonic_ns() >> 20, word & 0xFFFFFFFF, 32)
-    pid = (word >> 32) & 0x3FFFFFFF
-    if not probes.holder_alive(pid, started_before=time.time() - age / NS):
-        lib.sg_table_takeover(seg.base, seg.size, index, word)  # fails only if it moved on
-        return True
-    if age >= CLAIM_STALE_NS and word >> 62 == lib.SG_SLOT_CLAIMED:
-        lib.sg_table_abandon(seg.base, seg.size, index, word)   # its publish will fail
-        return True
-    return False
-
-
-def reclaim_abandoned(seg: Segment) -> int:
-    """Frees abandoned claims whose owner is proven dead; returns how many."""
-    v, freed = ffi.new("struct sg_slot_view *"), 0
-    for i in range(seg.refresh().capacity):
-        if lib.sg_slot_snapshot(seg.base, seg.size, i, v) == 0 and \
-                v.kind == lib.SG_SLOT_ABANDONED and \
-                not probes.holder_alive(v.claim_pid, time.time() - v.claim_age_ms / 1000):
-            freed += lib.sg_table_takeover(seg.base, seg.size, i, v.word) == lib.SG_OK
-    return freed
-
-
-def publish_policy(h: Any, view: Any, what: str) -> int:
-    """Publishes ``view`` into the slot of handle ``h``; returns the C code.
-
-    The writer lease is taken over only from a holder proven dead (pid +
-    start time); a live holder (a stalled process) makes this wait up to
-    REGISTER_WAIT, then raise: a resumed stale writer can never publish
-    over a newer policy.
-    """
-    lease = ffi.new("uint64_t *")
-    deadline = time.monotonic() + REGISTER_WAIT
-    while True:
-        lease[0] = 0
-        rc = lib.sg_policy_publish(h, view, os.getpid(), lease)
-        if rc != lib.SG_E_BUSY:
-            return int(rc)
-        w = int(lease[0])
-        if w:
-            granted = ((w & ((1 << 42) - 1)) << 20) - _LEASE_NS
-            age = time.monotonic_ns() - granted
-            if not probes.holder_alive(w >> 42, started_before=time.time() - age / NS):
-                lib.sg_policy_takeover(h, w)
-                continue
-        if time.monotonic() > deadline:
-            raise ShmguardError(f"{what}: the policy writer lease is held by live process "
-                                f"{w >> 42} (stalled?); nothing was published")
-        time.sleep(0.001)
-
+__all__ = ["Registry", "REGISTER_WAIT", "CLAIM_STALE_NS"]
 
 class Registry:
     """Segment, endpoint table, clock and callbacks of one service (see ResilienceService)."""
@@ -184,7 +120,7 @@ class Registry:
         for kl in list(self._keyed.values()):
             kl.close()
         if self._segment is not None:
-            _close_segment(self._segment)
+            close_segment(self._segment)
 
     def unlink(self) -> bool:
         """Removes the segment's name (and its keyed limiters') from the host; reports whether it existed."""
@@ -274,7 +210,7 @@ class Registry:
         raw = validate_endpoint(name)
         view = policy.fill_view(ffi.new("struct sg_policy_view *"))
         idx, claim = ffi.new("uint32_t *"), ffi.new("uint64_t *")
-        deadline = time.monotonic() + REGISTER_WAIT
+        deadline = time.monotonic() + _slots.REGISTER_WAIT
         seg = self.segment
         while True:
             rc = lib.sg_table_register(seg.base, seg.size, raw, len(raw), view, os.getpid(),
@@ -367,19 +303,3 @@ class Registry:
                 out.append(ffi.unpack(v.name, v.name_len).decode("ascii", "replace"))
         return sorted(out)
 
-
-_PARKED: list[Any] = []  # mmaps detached while other threads lived (see Registry.close)
-
-
-def _close_segment(seg: Segment) -> None:
-    """Unmaps ``seg``, or, with other threads alive (one may be inside a C call on
-    it), swaps its pages for private zero pages and parks it."""
-    if seg.closed:
-        return
-    if threading.active_count() > 1:
-        lib.sg_segment_detach(seg.base, seg.size)
-        _PARKED.append(seg.detach())
-        return
-    seg.close()
-    while _PARKED:  # no other thread now: nothing can be inside a parked range
-        _PARKED.pop().close()

@@ -16,7 +16,7 @@ import time
 import pytest
 
 import shmguard as sg
-import shmguard._registry as registry
+import shmguard._slots as registry
 from shmguard._capi import ffi, lib
 
 CHILD = r"""
