@@ -8,7 +8,8 @@ from ffi_build import SOURCES, flags  # noqa: E402  (the one list of C sources a
 
 hot = Extension(
     "shmguard._hot",
-    sources=["csrc/hot.c", "csrc/hot_handles.c", "csrc/hot_keyed.c", "csrc/hot_bulkhead.c"] + [os.path.join("csrc", s) for s in SOURCES],
+    sources=["csrc/hot.c", "csrc/hot_handles.c", "csrc/hot_keyed.c", "csrc/hot_bulkhead.c",
+             "csrc/hot_service.c"] + [os.path.join("csrc", s) for s in SOURCES],
     include_dirs=["csrc"],
     extra_compile_args=flags(),
     extra_link_args=os.environ.get("SHMGUARD_LDFLAGS", "").split(),

@@ -87,7 +87,8 @@ for t in tests/crash/test_fuzz.py tests/crash/test_fuzz_keyed.py tests/core/test
          tests/core/test_segment.py tests/core/test_names_security.py tests/core/test_hardening_*.py \
          tests/core/test_breaker_trust.py tests/core/test_limiter_trust.py \
          tests/crash/test_torture.py tests/core/test_budget_steps.py tests/crash/test_budget_*.py \
-         tests/core/test_throttle.py tests/core/test_predict.py; do
+         tests/core/test_throttle.py tests/core/test_predict.py \
+         tests/core/test_host_identity.py tests/crash/test_half_created.py; do
     if [ -f "$t" ]; then tests+=("$t"); fi
 done
 set +e

@@ -47,6 +47,9 @@ def python_rows(n: int, reps: int) -> list[tuple[str, float, float, float]]:
     try:
         svc.register_endpoint("ep", sg.Policy(rate=1e9, burst=10**9))
         svc.register_endpoint("bh", sg.Policy(max_concurrent=4))
+        svc.keyed_limiter("tenants", 1e9, 10**9, capacity=64)
+        svc.register_endpoint("kd", sg.PolicyBuilder().with_rate_limit(1e9, 10**9)
+                              .with_keyed_limit("tenants").build())
         lim, br, bh = svc.limiter("ep"), svc.breaker("ep"), svc.bulkhead("bh")
 
         def f() -> None:
@@ -81,6 +84,11 @@ def python_rows(n: int, reps: int) -> list[tuple[str, float, float, float]]:
             for _ in range(k):
                 e("bh", f)
 
+        def execute_key(k: int) -> None:
+            e = svc.execute
+            for _ in range(k):
+                e("kd", f, key="tenant-1")
+
         def guard(k: int) -> None:
             g = svc.guard
             for _ in range(k):
@@ -96,6 +104,7 @@ def python_rows(n: int, reps: int) -> list[tuple[str, float, float, float]]:
                      ex[2] - rows[0][1]))
         rows.append(("bulkhead.try_acquire() + release()", *per_call(bulkhead, n, reps)))
         rows.append(("svc.execute(bulkhead ep, f)", *per_call(execute_bh, n, reps)))
+        rows.append(("svc.execute(keyed ep, f, key=k)", *per_call(execute_key, n, reps)))
         rows.append(("with svc.guard(ep): f()", *per_call(guard, n, reps)))
         rows.extend(_deadline_rows(svc, execute, f, n, reps))  # last: it sets a deadline
         return rows

@@ -409,9 +409,12 @@ int sg_breaker_snapshot_at(const void *slot, uint64_t now, struct sg_breaker_vie
             out->probes_in_flight++;
             out->probe_pid[i] = LS_PID(lw);
             /* exact: the lease ends at deadline << 20 (live: >= 1 unit ahead,
-             * so this is > 0 and never more than the policy's lease) */
-            out->probe_lease_left_ns[i] = ((uint64_t)(LS_DEADLINE(lw) - LS_UNITS(now)) << 20) -
-                                          (now & ((1ULL << 20) - 1));
+             * so this is > 0). Never more than the policy's lease: a deadline
+             * further ahead was set by a clock ahead of ours (clamped, so a
+             * retry-after is never weeks). */
+            uint64_t left = ((uint64_t)(LS_DEADLINE(lw) - LS_UNITS(now)) << 20) -
+                            (now & ((1ULL << 20) - 1));
+            out->probe_lease_left_ns[i] = left > p.probe_lease_ns ? p.probe_lease_ns : left;
         }
     }
     out->opens = LD(&s->opens);

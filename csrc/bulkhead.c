@@ -83,9 +83,13 @@ static uint64_t wanted(uint64_t lw, const struct bh_pol *p, uint32_t procs, uint
     return valid ? (w & ~0xffffffULL) | BL_STAMP(lw) : w & ~0xffffffULL; /* keep the stamp */
 }
 
+/* serial, 2^20 ns units: ages up to 2^31 units (26 days; leases are at most
+ * 20). A grant "in the future" was made by a clock ahead of ours: age 0, so
+ * a process whose clock is behind never takes a live ticket as expired. */
 static uint64_t age_ns(uint32_t then_u, uint64_t now)
 {
-    return (uint64_t)((uint32_t)(now >> 20) - then_u) << 20; /* serial, 2^20 ns units */
+    int32_t d = (int32_t)((uint32_t)(now >> 20) - then_u);
+    return d < 0 ? 0 : (uint64_t)d << 20;
 }
 
 static int expired(uint64_t w, uint64_t now, uint64_t lease_ns)

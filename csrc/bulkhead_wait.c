@@ -151,3 +151,34 @@ int64_t sg_bulkhead_wait(const struct sg_handle *h, uint32_t mode, uint64_t time
     leave(b);
     return out[0] = t;
 }
+
+/* ---- parking: a process's one watcher thread for its asyncio waiters ---------
+ * The watcher counts itself a sleeper and reads wake_seq (park_begin), lets a
+ * waiter try (in Python, on its event loop), then sleeps until a release
+ * moves wake_seq or the slice ends (park_wait). A release after park_begin
+ * moves wake_seq, so park_wait returns at once: no wake-up is lost between the
+ * waiter's failed try and the sleep, exactly as in sg_bulkhead_wait(). */
+int sg_bulkhead_park_begin(const struct sg_handle *h, uint32_t *seq)
+{
+    if (h->slot == NULL || seq == NULL) /* a closed service */
+        return SG_E_ARG;
+    struct sg_bulkhead_area *b = &((struct sg_slot *)h->slot)->bulkhead;
+    atomic_fetch_add_explicit(&b->sleepers, 1, SC);
+    *seq = atomic_load_explicit(&b->wake_seq, SC);
+    return SG_OK;
+}
+
+/* 1: a release moved wake_seq since park_begin; 0: the slice ended. Leaves
+ * the sleepers count either way. */
+int sg_bulkhead_park_wait(const struct sg_handle *h, uint32_t seq, uint64_t timeout_ns)
+{
+    if (h->slot == NULL) /* closed meanwhile: the count heals at the next release */
+        return SG_E_ARG;
+    struct sg_bulkhead_area *b = &((struct sg_slot *)h->slot)->bulkhead;
+    int moved = atomic_load_explicit(&b->wake_seq, SC) != seq;
+    if (!moved && timeout_ns > 0)
+        moved = futex_wait(&b->wake_seq, seq, timeout_ns) == 0 ||
+                atomic_load_explicit(&b->wake_seq, SC) != seq;
+    leave(b);
+    return moved;
+}

@@ -20,6 +20,26 @@
 
 #include "layout.h"
 
+/* How far past its tolerance a TAT may run ahead of now: the longer of one
+ * burst (tol) and an hour. Reservations and holds never reach further, so
+ * under one clock a TAT beyond is impossible: it was written by a process
+ * whose clock is ahead of ours (a restored checkpoint, a foreign boot or
+ * time namespace that slipped past the attach checks). It is read as this
+ * bound, so a wait or retry-after never exceeds tol + queued (<= the bound)
+ * instead of weeks, and nothing is admitted early (never written lower). */
+#define AHEAD_MAX_NS 3600000000000ULL /* 1 h */
+
+static inline uint64_t ahead_max(uint64_t tol)
+{
+    return tol > AHEAD_MAX_NS ? tol : AHEAD_MAX_NS;
+}
+
+static inline uint64_t tat_sane(uint64_t tv, uint64_t vnow, uint64_t tol)
+{
+    uint64_t lim = sg_sat_add(sg_sat_add(vnow, tol), ahead_max(tol));
+    return tv > lim ? lim : tv;
+}
+
 struct lim {
     struct sg_rate r;
     uint64_t tol;  /* tolerance for the asked priority, virtual ns */
@@ -141,16 +161,20 @@ static int decide(struct sg_slot *s, uint64_t now, uint64_t cost, uint32_t prio,
                 }
                 tv = TT_NS(cur); /* a tag no regime explains (corrupt): take it as ours */
             }
-            uint64_t vnow = L.r.vnow, base = tv > vnow ? tv : vnow;
+            uint64_t vnow = L.r.vnow, sane = tat_sane(tv, vnow, L.tol);
+            uint64_t base = sane > vnow ? sane : vnow;
             nt = sg_sat_add(base, inc);
             uint64_t ahead = nt - vnow;
             uint64_t d = ahead > L.tol ? ahead - L.tol : 0;
+            int64_t mw = max_wait_ns;
+            if (d > ahead_max(L.tol) || sane != tv) /* never queued that far; a clock ahead */
+                mw = -1;
             if (d && L.r.s_now < L.r.s_to)
                 d = sg_rate_real_delay(&L.r, d); /* recovering: virtual ns run slower */
             delay = d > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)d;
             /* a TAT past the word's 2^62 ns horizon is never stored (it
              * would saturate and lose debt): such a request waits forever */
-            if ((delay > 0 && delay > max_wait_ns) || nt > TT_NS(~0ULL))
+            if ((delay > 0 && delay > mw) || nt > TT_NS(~0ULL))
                 return reject(s, now, prio, delay, cur, out);
             took = nt - base;
             nt = TT_MAKE(L.r.tag, nt);
@@ -257,6 +281,7 @@ int sg_limiter_snapshot_at(const void *slot, uint64_t now, uint32_t prio, struct
     uint64_t cur = atomic_load_explicit(&s->tat, memory_order_acquire), tv;
     if (!tat_value(s, &L, cur, &tv))
         tv = TT_NS(cur);
+    tv = tat_sane(tv, L.r.vnow, L.tol);
     uint64_t ahead = tv > L.r.vnow ? tv - L.r.vnow : 0;
     int unlimited = (L.r.flags & SG_POL_NO_LIMIT) != 0;
     if (unlimited)
@@ -314,6 +339,8 @@ int sg_limiter_hold_at(void *slot, uint64_t now, uint64_t until)
         return SG_E_ARG;
     if (until <= now)
         return SG_OK;
+    if (until - now > AHEAD_MAX_NS)
+        until = now + AHEAD_MAX_NS; /* a hold reaches no further than a reservation */
     for (int tries = 0; tries < 8; tries++) {
         struct lim L;
         uint64_t need = 0;
@@ -374,6 +401,7 @@ int sg_limiter_delay_at(const void *slot, uint64_t now, uint64_t cp, int64_t *de
     if (!tat_value(s, &L, cur, &tv))
         tv = TT_NS(cur); /* a change under way: the nearest estimate */
     uint64_t vnow = L.r.vnow;
+    tv = tat_sane(tv, vnow, L.tol);
     uint64_t ahead = sg_sat_add(tv > vnow ? tv : vnow, inc) - vnow;
     uint64_t d = sg_rate_real_delay(&L.r, ahead > L.tol ? ahead - L.tol : 0);
     *delay_out = d > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)d;

@@ -27,13 +27,26 @@ static PyObject *hot_execute(PyObject *self, PyObject *const *a, Py_ssize_t n)
         PyErr_SetString(PyExc_TypeError, "execute(ep, hp, cp, fn, args, kwargs)");
         return NULL;
     }
-    PyObject *ep = a[0], *fn = a[3], *args = a[4], *kw = a[5] == Py_None ? NULL : a[5];
+    PyObject *ep = a[0], *args = a[4], *kw = a[5] == Py_None ? NULL : a[5];
     const struct sg_handle *h = PyLong_AsVoidPtr(a[1]);
     unsigned long long cp = PyLong_AsUnsignedLongLong(a[2]);
     if (PyErr_Occurred())
         return NULL;
     if (h == NULL) /* the service was closed: Python raises the error */
         return PyObject_CallMethod(ep, "closed_error", NULL);
+    if (!PyTuple_Check(args)) {
+        PyErr_SetString(PyExc_TypeError, "execute: args must be a tuple");
+        return NULL;
+    }
+    struct hot_call c = {a[3], &PyTuple_GET_ITEM(args, 0), PyTuple_GET_SIZE(args), kw};
+    return hot_run(ep, h, cp, &c);
+}
+
+/* Admit, call c, record: the one crossing of execute() (also svc.execute's
+ * bound form, hot_service.c). */
+PyObject *hot_run(PyObject *ep, const struct sg_handle *h, unsigned long long cp,
+                  const struct hot_call *c)
+{
     int64_t tok = sg_admit(h, cp);
     if (tok < 0 || ((uint64_t)tok & LEASE_BITS)) {
         /* rejection (raise, or reclaim a dead probe holder) or a probe permit
@@ -49,7 +62,8 @@ static PyObject *hot_execute(PyObject *self, PyObject *const *a, Py_ssize_t n)
     int64_t bt = hot_bulkhead_enter(ep, h, tok, cp);
     if (bt < 0)
         return NULL;
-    PyObject *res = PyObject_Call(fn, args, kw);
+    PyObject *res = c->kw ? PyObject_VectorcallDict(c->fn, c->args, (size_t)c->n, c->kw)
+                          : PyObject_Vectorcall(c->fn, c->args, (size_t)c->n, NULL);
     if (bt > 0) /* the ticket goes back as soon as the call is over */
         sg_bulkhead_release(h, bt);
     if (res == NULL) {
@@ -127,6 +141,14 @@ static PyMethodDef methods[] = {
      "bind_kl_allow(khp, owner, slow): keyed_limiter.allow (see keyed.py)"},
     {"bind_bulkhead", (PyCFunction)(void (*)(void))hot_bind_bulkhead, METH_FASTCALL,
      "bind_bulkhead(ep, slow): bulkhead.try_acquire (see bulkhead.py)"},
+    {"bind_execute", (PyCFunction)(void (*)(void))hot_bind_execute, METH_FASTCALL,
+     "bind_execute(fn): the C method ResilienceService.execute wrapping fn (see _calls.py)"},
+    {"bind_guard", (PyCFunction)(void (*)(void))hot_bind_guard, METH_FASTCALL,
+     "bind_guard(fn): the C method ResilienceService.guard wrapping fn (see _calls.py)"},
+    {"set_key_gate", hot_set_key_gate, METH_O,
+     "set_key_gate(fn): fn(svc, ep, key) takes the key's token or raises (execute's key=)"},
+    {"deadlines_in_use", hot_deadlines_in_use, METH_NOARGS,
+     "deadlines_in_use(): bound executes hand every call to Python from now on"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -141,7 +163,7 @@ PyMODINIT_FUNC PyInit__hot(void)
     PyObject *m = PyModule_Create(&module);
     if (m && (PyModule_AddIntConstant(m, "ABI_VERSION", SG_ABI_VERSION) < 0 ||
               hot_add_handle_types(m) < 0 || hot_add_keyed_types(m) < 0 ||
-              hot_add_bulkhead_types(m) < 0)) {
+              hot_add_bulkhead_types(m) < 0 || hot_add_service_types(m) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -178,22 +178,31 @@ typedef struct {
     int64_t bt; /* bulkhead ticket of the block (0: none) */
 } GuardObject;
 
-static PyObject *guard_enter(PyObject *s, PyObject *u)
+/* Breaker + limiter admission of the block: the token, or -1 with an exception set. */
+static int64_t guard_admit(GuardObject *g)
 {
-    (void)u;
-    GuardObject *g = (GuardObject *)s;
-    if (g->h->slot == NULL)
-        return PyObject_CallMethod(g->ep, "closed_error", NULL);
+    if (g->h->slot == NULL) {
+        Py_XDECREF(PyObject_CallMethod(g->ep, "closed_error", NULL));
+        return -1;
+    }
     int64_t tok = sg_admit(g->h, g->cp);
     if (tok < 0 || ((uint64_t)tok & LEASE_BITS)) {
         PyObject *r = PyObject_CallMethod(g->ep, "slow_admit", "LK", (long long)tok, g->cp);
         if (r == NULL)
-            return NULL;
+            return -1;
         tok = PyLong_AsLongLong(r);
         Py_DECREF(r);
-        if (tok == -1 && PyErr_Occurred())
-            return NULL;
     }
+    return tok;
+}
+
+static PyObject *guard_enter(PyObject *s, PyObject *u)
+{
+    (void)u;
+    GuardObject *g = (GuardObject *)s;
+    int64_t tok = guard_admit(g);
+    if (tok < 0)
+        return NULL;
     int64_t bt = hot_bulkhead_enter(g->ep, g->h, tok, g->cp);
     if (bt < 0)
         return NULL;
@@ -253,7 +262,43 @@ static PyObject *ready(PyObject *r)
     return aw;
 }
 
-static PyObject *guard_aenter(PyObject *s, PyObject *u) { return ready(guard_enter(s, u)); }
+/* `async with`: a bulkhead that is full (or due a quota recount) must not
+ * block the loop: its wait is the coroutine ep.slow_bulkhead_async(), which
+ * calls guard._entered(tok, ticket) once it holds a ticket. */
+static PyObject *guard_aenter(PyObject *s, PyObject *u)
+{
+    (void)u;
+    GuardObject *g = (GuardObject *)s;
+    int64_t tok = guard_admit(g);
+    if (tok < 0)
+        return NULL;
+    int64_t bt = sg_bulkhead_acquire(g->h, (uint32_t)(g->cp & 3) | SG_BH_QUIET);
+    if (bt < 0 || ((uint64_t)bt & SG_BH_REFRESH))
+        return PyObject_CallMethod(g->ep, "slow_bulkhead_async", "OLLK", s, (long long)bt,
+                                   (long long)tok, g->cp);
+    g->tok = tok;
+    g->bt = bt;
+    return ready(Py_NewRef(s));
+}
+
+static PyObject *guard_entered(PyObject *s, PyObject *const *a, Py_ssize_t n)
+{
+    GuardObject *g = (GuardObject *)s;
+    if (n != 2) {
+        PyErr_SetString(PyExc_TypeError, "_entered(tok, ticket)");
+        return NULL;
+    }
+    long long tok = PyLong_AsLongLong(a[0]), bt = PyLong_AsLongLong(a[1]);
+    if ((tok == -1 || bt == -1) && PyErr_Occurred())
+        return NULL;
+    if (tok < 0 || bt < 0) {
+        PyErr_Format(PyExc_ValueError, "_entered(%lld, %lld): negative token", tok, bt);
+        return NULL;
+    }
+    g->tok = tok;
+    g->bt = bt;
+    return Py_NewRef(s);
+}
 
 static PyObject *guard_aexit(PyObject *s, PyObject *const *a, Py_ssize_t n)
 {
@@ -266,6 +311,8 @@ PyObject *hot_set_ready(PyObject *self, PyObject *fn)
     Py_XSETREF(ready_fn, Py_NewRef(fn));
     Py_RETURN_NONE;
 }
+
+static PyTypeObject GuardType;
 
 static PyObject *guard_new(PyTypeObject *t, PyObject *args, PyObject *kw)
 {
@@ -280,6 +327,15 @@ static PyObject *guard_new(PyTypeObject *t, PyObject *args, PyObject *kw)
     const struct sg_handle *h = hot_handle_of(ep);
     if (h == NULL)
         return NULL;
+    return hot_guard_make(t, ep, h, cp);
+}
+
+/* A guard of ep (also svc.guard's C method, hot_service.c); t NULL: Guard. */
+PyObject *hot_guard_make(PyTypeObject *t, PyObject *ep, const struct sg_handle *h,
+                         unsigned long long cp)
+{
+    if (t == NULL)
+        t = &GuardType;
     GuardObject *g = (GuardObject *)t->tp_alloc(t, 0);
     if (g == NULL)
         return NULL;
@@ -380,6 +436,8 @@ static PyMethodDef guard_methods[] = {
     {"__aenter__", guard_aenter, METH_NOARGS, "async with: as __enter__."},
     {"__aexit__", (PyCFunction)(void (*)(void))guard_aexit, METH_FASTCALL,
      "async with: as __exit__."},
+    {"_entered", (PyCFunction)(void (*)(void))guard_entered, METH_FASTCALL,
+     "_entered(tok, ticket): the async bulkhead wait is over (slow_bulkhead_async)."},
     {NULL, NULL, 0, NULL},
 };
 static PyTypeObject GuardType = {

@@ -6,7 +6,7 @@
  *   512      struct sg_slot[cap]   (2048 each: 32 cache lines)
  *
  * Header lines: 0 identity and sizes, 1 manual clock, 2 used slots,
- *   3 host identity (boot / namespaces), 4 fleet agent lease, 5-7 reserved.
+ *   3 host identity (boot, namespaces, init claim), 4 fleet agent lease, 5-7 reserved.
  *
  * Slot, one cache line per part (no false sharing between parts):
  *   line 0      control: state word, hash, name length, policy seq + lease, incarnation
@@ -180,6 +180,27 @@ typedef _Atomic uint32_t sg_a32;
                                     ((uint64_t)(SG_PPM - (from)) << 41) | \
                                     ((uint64_t)(SG_PPM - (to)) << 21) | ((uint64_t)(seq) & 0x1fffffu))
 
+/* ---- header line 3: host identity and the init claim (segment.c) ---------
+ * Same order as struct sg_host_view (shmguard.h), which copies it.
+ * claim word: | done 1 (63) | pid 22 (62:41) | pid-ns tag 9 (40:32) | start ticks 32 |
+ *   0: nobody initialises the header yet. The process whose CAS 0 -> its claim
+ *   (or dead claim -> its claim) wins writes the header IN PLACE; it publishes
+ *   by CAS claim -> claim | done, then the init word (R0). A resumed loser's
+ *   CAS fails: it never publishes.
+ * mixed: SG_MIX_* bits ORed by attachers from other namespaces (opted in);
+ *   with SG_MIX_PID_NS no pid in the segment is judged alive or dead.
+ */
+#define SG_CLAIM_DONE (1ULL << 63)
+struct sg_host_line {
+    sg_a64 claim;                          /**< init claim (above) */
+    uint64_t boot_id[2];                   /**< the creator's boot id, 128 bits */
+    uint64_t pid_ns;                       /**< inode of the creator's pid namespace */
+    uint64_t time_ns;                      /**< inode of its time namespace (0: none) */
+    int64_t mono_offset_ns;                /**< its time namespace's monotonic offset */
+    uint64_t created_mono_ns;              /**< its CLOCK_MONOTONIC at creation */
+    sg_a64 mixed;                          /**< SG_MIX_* (above) */
+};
+
 struct sg_header {
     alignas(SG_CACHE_LINE) uint64_t magic; /**< SG_MAGIC */
     uint32_t layout_version;               /**< SG_LAYOUT_VERSION */
@@ -194,7 +215,7 @@ struct sg_header {
     sg_a32 init;                           /**< SG_INIT_READY, published last (R0) */
     alignas(SG_CACHE_LINE) sg_a64 manual_now_ns; /**< manual clock (tests) */
     alignas(SG_CACHE_LINE) sg_a32 used;    /**< READY slots (statistics only) */
-    alignas(SG_CACHE_LINE) uint64_t host[8]; /**< line 3: host identity (boot, namespaces) */
+    alignas(SG_CACHE_LINE) struct sg_host_line host; /**< line 3: host identity (below) */
     alignas(SG_CACHE_LINE) sg_a64 agent[8];  /**< line 4: fleet agent lease */
     alignas(SG_CACHE_LINE) uint64_t reserved[24]; /**< lines 5-7: zero; future use */
 };
@@ -327,7 +348,14 @@ struct sg_slot {
 };
 
 _Static_assert(sizeof(struct sg_header) == SG_HEADER_SIZE, "header is 8 cache lines");
-_Static_assert(offsetof(struct sg_header, host) == 3 * 64, "host identity line");
+_Static_assert(offsetof(struct sg_header, host) == SG_HOST_LINE, "host identity line");
+_Static_assert(sizeof(struct sg_host_line) == 64 && sizeof(struct sg_host_view) == 64,
+               "host identity is one line");
+_Static_assert(offsetof(struct sg_host_line, boot_id) == offsetof(struct sg_host_view, boot_id) &&
+               offsetof(struct sg_host_line, created_mono_ns) ==
+                   offsetof(struct sg_host_view, created_mono_ns) &&
+               offsetof(struct sg_host_line, mixed) == offsetof(struct sg_host_view, mixed),
+               "the view mirrors the line");
 _Static_assert(offsetof(struct sg_header, agent) == 4 * 64, "fleet agent line");
 _Static_assert(sizeof(struct sg_policy_raw) == 192, "policy is 3 cache lines");
 _Static_assert(sizeof(struct sg_slot) == SG_SLOT_SIZE, "slot is 2 KiB");

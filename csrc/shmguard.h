@@ -17,7 +17,7 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define SG_LAYOUT_VERSION 4
+#define SG_LAYOUT_VERSION 5
 #define SG_ABI_VERSION 4
 #define SG_HEADER_SIZE 512
 #define SG_SLOT_SIZE 2048
@@ -127,6 +127,20 @@ struct sg_policy_view {
 #define SG_POL_FLEET_BREAKER 8   /* fleet/: breaker state shared across hosts */
 #define SG_POL_OVERRIDDEN 16     /* the CLI changed the registered policy (set-rate) */
 
+/* Header line 3 (host identity), as stored; see layout.h. */
+#define SG_HOST_LINE 192         /* its byte offset in the header */
+#define SG_MIX_PID_NS 1          /* an attacher from another pid namespace (opted in) */
+#define SG_MIX_TIME_NS 2         /* an attacher from another time namespace (opted in) */
+struct sg_host_view {
+    uint64_t claim;              /* init claim: done 1 | pid 22 | pid-ns tag 9 | start ticks 32 */
+    uint64_t boot_id[2];         /* /proc/sys/kernel/random/boot_id (0: unknown) */
+    uint64_t pid_ns;             /* inode of /proc/self/ns/pid (0: unknown) */
+    uint64_t time_ns;            /* inode of /proc/self/ns/time (0: no time namespaces) */
+    int64_t mono_offset_ns;      /* the time namespace's monotonic offset */
+    uint64_t created_mono_ns;    /* the creator's CLOCK_MONOTONIC at creation */
+    uint64_t mixed;              /* SG_MIX_* */
+};
+
 struct sg_header_view {
     uint64_t total_size;
     uint64_t created_unix_ns;
@@ -137,6 +151,7 @@ struct sg_header_view {
     uint32_t creator_pid;
     uint32_t flags;
     uint32_t used;
+    struct sg_host_view host;
 };
 
 struct sg_slot_view {
@@ -207,8 +222,20 @@ struct sg_handle {
 
 /* segment.c */
 uint64_t sg_segment_size(uint32_t capacity);
+/* claim: CAS the init claim from `expected` (0 or a dead holder's) to `claim`;
+ * write: the claim holder (host->claim) writes the header in place;
+ * publish: makes it visible (SG_E_BUSY: the claim was taken over, nothing published);
+ * init: claim + write + publish of a private zeroed buffer (tests, bench). */
+int sg_segment_claim(void *base, uint64_t len, uint64_t expected, uint64_t claim,
+                     uint64_t *seen);
+int sg_segment_write(void *base, uint64_t len, uint32_t capacity, uint32_t uid,
+                     uint32_t pid, uint64_t unix_ns, uint32_t flags,
+                     const struct sg_host_view *host);
 int sg_segment_init(void *base, uint64_t len, uint32_t capacity, uint32_t uid,
                     uint32_t pid, uint64_t unix_ns, uint32_t flags);
+int sg_segment_publish(void *base, uint64_t len, uint64_t claim);
+int sg_segment_mix(void *base, uint64_t bits);
+uint64_t sg_segment_mixed(const void *base);
 int sg_segment_check(const void *base, uint64_t len, struct sg_header_view *out);
 int sg_handle_init(struct sg_handle *h, void *base, uint64_t len, uint32_t index);
 uint64_t sg_clock_now(const void *base);
@@ -322,6 +349,8 @@ int64_t sg_bulkhead_wait(const struct sg_handle *h, uint32_t mode, uint64_t time
                          int64_t *out);  /* out[0]: the token (also returned); out[1]: woken */
 int64_t sg_bulkhead_acquire(const struct sg_handle *h, uint32_t mode);
 int sg_bulkhead_release(const struct sg_handle *h, int64_t ticket);
+int sg_bulkhead_park_begin(const struct sg_handle *h, uint32_t *seq); /* the asyncio watcher */
+int sg_bulkhead_park_wait(const struct sg_handle *h, uint32_t seq, uint64_t timeout_ns);
 
 /* budget.c: host-wide retry budget (line 27) */
 #define SG_BUDGET_BUCKETS 6
@@ -383,6 +412,24 @@ int sg_predict_observe_at(void *slot, uint64_t now_ns, uint64_t since_ns,
 int sg_predict_snapshot_at(const void *slot, uint64_t now_ns, struct sg_predict_view *out);
 
 /* fleet.c: fleet share and breaker events written by the host's agent (line 31) */
+
+/* chain.c: counters of a named fallback chain (its own shared-memory object) */
+#define SG_FC_SIZE 1024
+#define SG_FC_MAX_STEPS 8
+#define SG_FC_LAST 8              /* counter index: `last` served */
+#define SG_FC_FAILED 9            /* counter index: every step failed, no `last` */
+struct sg_fc_view {
+    uint64_t created_unix_ns;
+    uint32_t creator_pid;
+    uint32_t steps;
+    uint32_t name_len[8];
+    char name[8][64];            /* step endpoint names (not NUL-terminated at 64) */
+    uint64_t count[10];          /* served by step i (0..steps-1), then last, failed */
+};
+int sg_fc_init(void *base, uint64_t len, uint32_t steps, const char *names,
+               const uint32_t *name_len, uint32_t pid, uint64_t unix_ns);
+int sg_fc_check(const void *base, uint64_t len, struct sg_fc_view *out);
+int sg_fc_count(void *base, uint64_t len, uint32_t which);
 
 /* keyed.c: keyed limiter tables (their own shared-memory objects) */
 #define SG_KL_HEADER_SIZE 1024

@@ -36,6 +36,8 @@ _NO_DEADLINES = True  # until this process first sets a deadline (then read the 
 def _deadlines_in_use() -> None:
     global _NO_DEADLINES
     _NO_DEADLINES = False
+    if _capi.hot is not None:
+        _capi.hot.deadlines_in_use()  # svc.execute bound in C hands calls to Python now
 
 
 on_first_use(_deadlines_in_use)
@@ -143,6 +145,12 @@ class Calls(Registry):
         if key is not None:
             return _keyed_calls.execute_async(self, endpoint, key, coro_fn, args, priority,
                                               timeout, kwargs)
+        if not kwargs and timeout is None and _HotGuard is not None and _NO_DEADLINES:
+            ep = self._eps.get(endpoint)
+            if ep is not None and ep.probe is None and self._events.on_metrics_update is None:
+                # the C guard: admission, bulkhead and record in two crossings
+                return _guarded(_HotGuard(ep, 5 if priority is _NORMAL else pack(1, priority)),
+                                coro_fn, args)
         return aio.execute_async(self, endpoint, coro_fn, *args, priority=priority,
                                  timeout=timeout, **kwargs)
 
@@ -170,9 +178,18 @@ class Calls(Registry):
             _keyed_calls.keyed_admit(self, ep, key, priority, timeout)
         return _admission.admit_slow(ep, None, priority, timeout)
 
-    def record(self, endpoint: str, token: int, outcome: Outcome) -> None:
-        """Records the outcome of a call admitted by :meth:`admit`."""
-        self._eps[endpoint].record_outcome(token, int(outcome))
+    def record(self, endpoint: str, token: int, outcome: Outcome, *,
+               overload: bool | None = None) -> None:
+        """Records the outcome of a call admitted by :meth:`admit`.
+
+        :param overload: for adaptive throttling, whether the dependency
+            refused the call for overload (an HTTP 429 or 503). None: the
+            policy decides (every failure, or those of ``throttle_on``).
+            ``True`` with ``Outcome.IGNORE`` counts a refusal that is no
+            breaker failure; ``False`` with a failure counts an accept when
+            the policy sets ``throttle_on``.
+        """
+        self._eps[endpoint].record_outcome(token, int(outcome), overload)
 
     def protect(self, endpoint: str, *, priority: Priority = Priority.NORMAL,
                 timeout: float | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -218,6 +235,11 @@ class Calls(Registry):
         return _Guard(self, endpoint, priority, timeout, key)
 
 
+async def _guarded(guard: Any, coro_fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
+    async with guard:
+        return await coro_fn(*args)
+
+
 def _release(h: Any, bt: int) -> None:
     if bt:
         _capi.lib.sg_bulkhead_release(h, bt)
@@ -259,3 +281,10 @@ class _Guard:
 
     async def __aexit__(self, et: Any, exc: Any, tb: Any) -> None:
         self.__exit__(et, exc, tb)
+
+
+if _capi.hot is not None:
+    # the common calls (execute(endpoint, fn, *args), guard(endpoint)) run without
+    # a Python frame (csrc/hot_service.c); every other goes to the method above, unchanged
+    Calls.execute = _capi.hot.bind_execute(Calls.execute)  # type: ignore[method-assign]
+    Calls.guard = _capi.hot.bind_guard(Calls.guard)  # type: ignore[method-assign]

@@ -84,6 +84,8 @@ class Endpoint:
         self.hp = int(ffi.cast("uintptr_t", self.h))  # the handle's address, for _hot
 
     def unbind(self) -> None:
+        from shmguard import _bulkwait
+        _bulkwait.stop(self)  # its asyncio watcher thread first: it may be asleep on the slot
         self.h.slot = ffi.NULL  # the C doors check it: never touch the unmapped slot
         name = self.seg.name
 
@@ -142,6 +144,18 @@ class Endpoint:
             lib.sg_release_probe(self.h, tok)
             raise
 
+    async def slow_bulkhead_async(self, guard: Any, bt: int, tok: int, cp: int) -> Any:
+        """:meth:`slow_bulkhead` for the C guard's ``async with``: awaits, never blocks the loop."""
+        from shmguard import aio
+        if bt < 0 and bt != lib.SG_R_BULKHEAD_FULL:
+            lib.sg_release_probe(self.h, tok)
+            raise self.rc_error(bt)
+        if bt >= 0:
+            bt = self.slow_bulkhead(bt, tok, cp)  # granted: only the quota's recount
+        else:
+            bt = await aio.enter_bulkhead_async(self, tok, Priority(cp & 3))
+        return guard._entered(tok, bt)
+
     def refresh_bulkhead(self) -> None:
         """Counts the processes attached to the segment for a quota (shmguard._hot asks)."""
         from shmguard import _tickets
@@ -167,9 +181,11 @@ class Endpoint:
         if t or self.events.on_metrics_update is not None:
             self.events.after(self, t, tok)
 
-    def record_outcome(self, tok: int, outcome: int) -> None:
+    def record_outcome(self, tok: int, outcome: int, overload: bool | None = None) -> None:
         t = self.record(self.h, tok | outcome)
         if outcome == Outcome.FAILURE and self.policy.throttle_on:  # no exception: overload
+            lib.sg_throttle_report(self.h, 1 if overload is None else int(overload))
+        elif outcome == Outcome.IGNORE and overload:  # a refusal that is no breaker failure
             lib.sg_throttle_report(self.h, 1)
         if t or self.events.on_metrics_update is not None:
             self.events.after(self, t, tok)
@@ -202,7 +218,8 @@ class Endpoint:
         lease = self.policy_view().probe_lease_ns / NS
         freed = 0
         for p in snap.probes:
-            if not probes.holder_alive(p.pid, started_before=time.time() - (lease - p.lease_left)):
+            if not probes.holder_alive(p.pid, started_before=time.time() - (lease - p.lease_left),
+                                        seg=self.seg):
                 freed += lib.sg_breaker_reclaim(slot, p.index, p.word) == lib.SG_OK
         return freed
 

@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
 from shmguard.errors import PolicyError, RateLimitedError, SegmentNotFoundError, ShmguardError
 from shmguard.keyed import Key, KeyedLimiter
+from shmguard._capi import hot
 from shmguard.policy import Priority
+
+_NORMAL = Priority.NORMAL
 
 if TYPE_CHECKING:
     from shmguard._endpoint import Endpoint
@@ -39,6 +42,19 @@ def limiter_of(svc: Any, ep: Endpoint) -> KeyedLimiter:
         with svc._lock:
             svc._keyed[name] = kl
     return kl
+
+
+def gate(svc: Any, ep: Endpoint, key: Key) -> None:
+    """execute(..., key=) from the C method (csrc/hot_service.c): the key's token, or raises."""
+    kl = svc._keyed.get(ep.policy.keyed_limit)
+    if kl is None or kl.closed:  # not attached yet, or no keyed limit: the full path
+        keyed_admit(svc, ep, key, _NORMAL, None)
+    elif not kl.allow(key):
+        raise _refused(kl, ep, key, _NORMAL)
+
+
+if hot is not None:
+    hot.set_key_gate(gate)
 
 
 def _refused(kl: KeyedLimiter, ep: Endpoint, key: Key, priority: Priority) -> RateLimitedError:

@@ -3,9 +3,9 @@
 A keyed limiter's table is its own POSIX object beside its segment,
 ``/shmguard.<uid>.<segment>~kl~<name>`` (mode 0600), so a table of a
 million keys never has to fit in the segment. The creator makes it with
-O_CREAT|O_EXCL, sizes it with ftruncate (the kernel hands out zero pages
-lazily: creating a 32 MB table touches one page) and lets C write the
-header, publishing it last; an attacher waits (bounded) for that and
+O_CREAT|O_EXCL, reserves its memory with posix_fallocate (a full /dev/shm
+is a clear SegmentError now, never a SIGBUS at a new key later) and lets C
+write the header, publishing it last; an attacher waits (bounded) for that and
 validates every size the header claims. Removing the segment
 (:func:`shmguard.unlink`, ``shmguard rm``, ``shmguard gc``) removes its tables.
 """
@@ -25,7 +25,7 @@ import posix_ipc
 
 from shmguard import _capi, probes
 from shmguard._capi import ffi, lib
-from shmguard.errors import (InvalidNameError, PolicyError, SegmentCorruptError,
+from shmguard.errors import (InvalidNameError, PolicyError, SegmentCorruptError, SegmentError,
                              SegmentIncompatibleError, SegmentNotFoundError,
                              SegmentPermissionError, ShmguardError)
 from shmguard.segment import KEYED_SEP, Segment, object_name
@@ -98,6 +98,18 @@ def describe(v: Any) -> str:
 NS_PER_S = 1_000_000_000
 
 
+def check_owner(what: str, segment: Segment, st: os.stat_result) -> None:
+    """Refuses an object beside ``segment`` that another uid owns or others may write."""
+    if segment.allow_foreign:
+        return
+    if st.st_uid != os.geteuid():
+        raise SegmentPermissionError(f"{what} belongs to uid {st.st_uid}, not "
+                                     f"{os.geteuid()} (pass allow_foreign=True)")
+    if st.st_mode & 0o077:
+        raise SegmentPermissionError(f"{what} has mode {stat.S_IMODE(st.st_mode):o}; "
+                                     "group/world-accessible objects are refused")
+
+
 _ERRORS = {
     lib.SG_E_NOT_READY: (SegmentCorruptError, "was never initialised (its creator died?)"),
     lib.SG_E_MAGIC: (SegmentCorruptError, "is not a keyed limiter table (bad magic)"),
@@ -142,9 +154,9 @@ class KeyedTable:
         shm = None
         if config is not None:
             try:
-                shm = posix_ipc.SharedMemory(self.object_name, posix_ipc.O_CREX, mode=0o600,
-                                             size=int(lib.sg_kl_size(config.capacity)))
+                shm = posix_ipc.SharedMemory(self.object_name, posix_ipc.O_CREX, mode=0o600)
                 self.created = True
+                self._reserve(shm.fd, int(lib.sg_kl_size(config.capacity)))
             except posix_ipc.ExistentialError:
                 shm = None
         if shm is None:
@@ -164,15 +176,19 @@ class KeyedTable:
         finally:
             shm.close_fd()
 
+    def _reserve(self, fd: int, size: int) -> None:
+        """Allocates the table now: a full /dev/shm fails here, never as a SIGBUS on a new key."""
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            posix_ipc.unlink_shared_memory(self.object_name)
+            os.close(fd)
+            raise SegmentError(f"{self.what}: cannot reserve {size} bytes in /dev/shm "
+                               f"({exc.strerror or exc}); free space there or use a smaller "
+                               "capacity") from None
+
     def _owner_check(self, st: os.stat_result) -> None:
-        if self.segment.allow_foreign:
-            return
-        if st.st_uid != os.geteuid():
-            raise SegmentPermissionError(f"{self.what} belongs to uid {st.st_uid}, not "
-                                         f"{os.geteuid()} (pass allow_foreign=True)")
-        if st.st_mode & 0o077:
-            raise SegmentPermissionError(f"{self.what} has mode {stat.S_IMODE(st.st_mode):o}; "
-                                         "group/world-accessible tables are refused")
+        check_owner(self.what, self.segment, st)
 
     def _map(self, shm: Any, config: Any | None) -> None:
         st = os.fstat(shm.fd)
@@ -218,7 +234,8 @@ class KeyedTable:
         while (rc := lib.sg_kl_set_rate_at(self.kh, now_ns, config.emission_ns, config.burst,
                                            config.fingerprint, lease)) == lib.SG_E_BUSY:
             cur = int(self.refresh().lease)
-            if cur and not probes.holder_alive(cur >> 32, started_before=cur & 0xFFFFFFFF):
+            if cur and not probes.holder_alive(cur >> 32, started_before=cur & 0xFFFFFFFF,
+                                                seg=self.segment):
                 lib.sg_kl_takeover(self.kh, cur)   # its holder is dead: it can never resume
                 continue
             if time.monotonic() > deadline:

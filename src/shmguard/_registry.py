@@ -34,7 +34,7 @@ class Registry:
 
     def __init__(self, name: str | None = None, *, policy: Policy | None = None,
                  capacity: int = 256, manual_clock: bool = False, allow_foreign: bool = False,
-                 create: bool = True, lazy: bool = False,
+                 create: bool = True, lazy: bool = False, shared_namespaces: bool = False,
                  default_policy: Policy | None = None) -> None:
         if name is None:
             name = os.environ.get("SHMGUARD_SEGMENT") or "default"
@@ -49,7 +49,8 @@ class Registry:
                 1 <= capacity <= lib.SG_MAX_CAPACITY):  # checked now, also for a lazy service
             raise SegmentError(f"capacity must be 1..{lib.SG_MAX_CAPACITY}, got {capacity!r}")
         self._segment_args = {"create": create, "capacity": capacity,
-                              "manual_clock": manual_clock, "allow_foreign": allow_foreign}
+                              "manual_clock": manual_clock, "allow_foreign": allow_foreign,
+                              "shared_namespaces": shared_namespaces}
         self._segment: Segment | None = None
         self._closed = False
         if not lazy:
@@ -190,7 +191,7 @@ class Registry:
                 f"endpoint {name!r} already exists in segment {self.name!r} with another policy "
                 f"({policychange.describe(diff)}); pass on_conflict='replace' to replace it "
                 "for every process")
-        rc = publish_policy(ep.h, new, f"endpoint {name!r}")
+        rc = publish_policy(ep.h, new, f"endpoint {name!r}", self.segment)
         if rc != lib.SG_OK:
             raise ep.rc_error(rc)
         change_rate(lambda: lib.sg_limiter_retune_at(ep.h.slot, self.segment.now_ns()),

@@ -41,7 +41,7 @@ def judge_claim(seg: Segment, index: int, word: int) -> bool:
     """
     age = _mono_age_ns(time.monotonic_ns() >> 20, word & 0xFFFFFFFF, 32)
     pid = (word >> 32) & 0x3FFFFFFF
-    if not probes.holder_alive(pid, started_before=time.time() - age / NS):
+    if not probes.holder_alive(pid, started_before=time.time() - age / NS, seg=seg):
         lib.sg_table_takeover(seg.base, seg.size, index, word)  # fails only if it moved on
         return True
     if age >= CLAIM_STALE_NS and word >> 62 == lib.SG_SLOT_CLAIMED:
@@ -56,18 +56,19 @@ def reclaim_abandoned(seg: Segment) -> int:
     for i in range(seg.refresh().capacity):
         if lib.sg_slot_snapshot(seg.base, seg.size, i, v) == 0 and \
                 v.kind == lib.SG_SLOT_ABANDONED and \
-                not probes.holder_alive(v.claim_pid, time.time() - v.claim_age_ms / 1000):
+                not probes.holder_alive(v.claim_pid, time.time() - v.claim_age_ms / 1000, seg=seg):
             freed += lib.sg_table_takeover(seg.base, seg.size, i, v.word) == lib.SG_OK
     return freed
 
 
-def publish_policy(h: Any, view: Any, what: str) -> int:
+def publish_policy(h: Any, view: Any, what: str, seg: Segment | None = None) -> int:
     """Publishes ``view`` into the slot of handle ``h``; returns the C code.
 
     The writer lease is taken over only from a holder proven dead (pid +
     start time); a live holder (a stalled process) makes this wait up to
     REGISTER_WAIT, then raise: a resumed stale writer can never publish
-    over a newer policy.
+    over a newer policy. A segment shared across pid namespaces
+    (``shared_namespaces=True``) judges the lease by its deadline only.
     """
     lease = ffi.new("uint64_t *")
     deadline = time.monotonic() + REGISTER_WAIT
@@ -78,9 +79,10 @@ def publish_policy(h: Any, view: Any, what: str) -> int:
             return int(rc)
         w = int(lease[0])
         if w:
-            granted = ((w & ((1 << 42) - 1)) << 20) - _LEASE_NS
-            age = time.monotonic_ns() - granted
-            if not probes.holder_alive(w >> 42, started_before=time.time() - age / NS):
+            due = (w & ((1 << 42) - 1)) << 20
+            age = time.monotonic_ns() - (due - _LEASE_NS)
+            if (not probes.holder_alive(w >> 42, started_before=time.time() - age / NS, seg=seg)
+                    if probes.judges_pids(seg) else time.monotonic_ns() > due):
                 lib.sg_policy_takeover(h, w)
                 continue
         if time.monotonic() > deadline:

@@ -1,20 +1,20 @@
 """The bulkhead's admission paths and upkeep (see :mod:`shmguard.bulkhead` for the handles).
 
 :func:`take` and :func:`take_async` give a call its ticket, waiting up to a
-bound (asleep on the segment's futex word; asyncio polls with
-``asyncio.sleep``), and give back whatever an interruption would otherwise
+bound (asleep on the segment's futex word; asyncio tasks through one watcher
+thread per endpoint, :mod:`shmguard._bulkwait`), and give back whatever an interruption would otherwise
 leave held; :func:`reclaim` takes dead holders' tickets back; and
 :func:`refresh_quota` recounts the processes attached to the segment.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from shmguard import probes
+from shmguard import _bulkwait, probes
 from shmguard._capi import ffi, lib
-from shmguard.errors import BulkheadFullError
+from shmguard.deadline import remaining
+from shmguard.errors import BulkheadFullError, DeadlineExceededError
 from shmguard.stats import BulkheadStats, TicketHolder
 
 if TYPE_CHECKING:
@@ -26,7 +26,6 @@ __all__ = ["take", "take_async", "full_error", "reclaim", "max_wait", "refresh_q
 
 NS = 1_000_000_000
 SLICE = 0.05               # longest futex sleep: a dead holder is looked for this often
-ASYNC_TICKS = (0.001, 0.02)  # asyncio polls from 1 ms, doubling up to 20 ms
 RECLAIM_EVERY = 0.05
 FULL = lib.SG_R_BULKHEAD_FULL
 QUIET, WAITED, REFRESH = int(lib.SG_BH_QUIET), int(lib.SG_BH_WAITED), int(lib.SG_BH_REFRESH)
@@ -50,25 +49,41 @@ def take(ep: Endpoint, mode: int, wait_s: float | None) -> int:
         raise
 
 
+def _bound(ep: Endpoint, wait_s: float | None) -> tuple[float, bool]:
+    """The wait allowed (``wait_s``, or the policy's ``max_wait``) cut to the deadline in
+    force; and whether the deadline is what bounds it."""
+    if wait_s is None:
+        wait_s = max_wait(ep)
+    left = remaining()
+    if left is not None and left < wait_s:
+        return max(0.0, left), True
+    return wait_s, False
+
+
 def _take(ep: Endpoint, mode: int, wait_s: float | None, buf: Any) -> int:
     wait = lib.sg_bulkhead_wait
     t = wait(ep.h, mode, 0, buf)
     if t == FULL and reclaim(ep):
         t = wait(ep.h, mode, 0, buf)
-    if t == FULL and wait_s is None:
-        wait_s = max_wait(ep)
+    cut = False
+    if t == FULL:
+        wait_s, cut = _bound(ep, wait_s)
     if t == FULL and wait_s:
         deadline = time.monotonic() + wait_s
         while t == FULL and (left := deadline - time.monotonic()) > 0:
             t = wait(ep.h, mode | WAITED, max(1, int(min(left, SLICE) * NS)), buf)
             if t == FULL and reclaim(ep):
                 t = wait(ep.h, mode | WAITED, 0, buf)
-    return done(ep, t)
+    return done(ep, t, cut)
 
 
-def done(ep: Endpoint, t: int) -> int:
+def done(ep: Endpoint, t: int, cut: bool = False) -> int:
+    """Returns the ticket ``t``; raises the refusal (the deadline's, when it cut the wait)."""
     if t == FULL:
         lib.sg_bulkhead_give_up(ep.h.slot)
+        if cut:
+            raise DeadlineExceededError(f"deadline passed while waiting for a ticket of the "
+                                        f"bulkhead of endpoint {ep.name!r}")
         raise full_error(ep)
     if t < 0:
         raise ep.rc_error(t)
@@ -78,30 +93,31 @@ def done(ep: Endpoint, t: int) -> int:
 
 
 async def take_async(ep: Endpoint, mode: int, wait_s: float | None) -> int:
-    """:func:`take` for asyncio: polls with ``asyncio.sleep`` (1 ms doubling to 20 ms).
+    """:func:`take` for asyncio: awaits a release (see :mod:`shmguard._bulkwait`).
 
-    The loop never blocks. Nothing is held between two polls, so a task
-    cancelled while it waits leaves no ticket behind; a ticket won by the
-    last poll is given back if the task is cancelled before it returns.
-    Why not the futex in an executor thread: it would tie up a pool thread
-    per waiting task (the default pool has a few), and a thread cannot be
-    cancelled, so it could win a ticket for a task already gone. A poll is
-    one C call (~100 ns) per tick; a release is seen within 20 ms.
+    The loop never blocks and nothing polls: the endpoint's watcher thread
+    sleeps on the futex word and lets the first waiting task try when a
+    release moves it. The task takes the ticket itself, so a task cancelled
+    while it waits leaves no ticket behind; a ticket won by its last try is
+    given back if it is cancelled before it returns.
     """
     ep.live_slot()  # raises once closed or removed
     buf = ffi.new("int64_t[2]")
     try:
         t = lib.sg_bulkhead_wait(ep.h, mode, 0, buf)
-        if t == FULL and wait_s is None:
-            wait_s = max_wait(ep)
+        if t == FULL and reclaim(ep):
+            t = lib.sg_bulkhead_wait(ep.h, mode, 0, buf)
+        cut = False
+        if t == FULL:
+            wait_s, cut = _bound(ep, wait_s)
         if t == FULL and wait_s:
-            deadline, tick = time.monotonic() + wait_s, ASYNC_TICKS[0]
+            deadline, first = time.monotonic() + wait_s, False
             while t == FULL and (left := deadline - time.monotonic()) > 0:
-                await asyncio.sleep(min(tick, left))
-                tick = min(tick * 2, ASYNC_TICKS[1])
-                reclaim(ep)
+                await _bulkwait.wait_turn(ep, left, first)
+                first = True
+                ep.seg.base  # closed meanwhile: its error
                 t = lib.sg_bulkhead_wait(ep.h, mode | WAITED, 0, buf)
-        return done(ep, t)
+        return done(ep, t, cut)
     except BaseException:
         if buf[0] > 0:
             lib.sg_bulkhead_release(ep.h, buf[0])
@@ -140,7 +156,8 @@ def reclaim(ep: Endpoint) -> int:
         pid, started = v.holder_pid[i], wall - v.held_ns[i] / NS
         alive = seen.get((pid, v.word[i] & 0xFFFFFFFF))
         if alive is None:
-            alive = seen[(pid, v.word[i] & 0xFFFFFFFF)] = probes.holder_alive(pid, started)
+            alive = seen[(pid, v.word[i] & 0xFFFFFFFF)] = probes.holder_alive(pid, started,
+                                                                              seg=ep.seg)
         if not alive:
             freed += lib.sg_bulkhead_reclaim(ep.h.slot, i, v.word[i]) == lib.SG_OK
     if v.quota_ppm and v.quota_age_ns >= lib.SG_BH_REFRESH_NS:

@@ -20,7 +20,7 @@ import functools
 import inspect
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
-from shmguard import retry
+from shmguard import _tickets, retry
 from shmguard.deadline import check as _check_deadline
 from shmguard.deadline import on_first_use
 from shmguard._admission import admit_slow
@@ -29,6 +29,8 @@ from shmguard._endpoint import LEASE_BITS as _LEASE
 from shmguard.limiter import NS, pack, wait_ns
 from shmguard.policy import Outcome, Priority
 from shmguard.stats import BreakerState
+
+_QUIET = _tickets.QUIET
 
 if TYPE_CHECKING:
     from shmguard._endpoint import Endpoint
@@ -123,7 +125,10 @@ async def execute_async(svc: ResilienceService, endpoint: str,
         ep, tok = await _admit(svc, endpoint, priority, timeout)
     if tok & _LEASE and ep.probe is not None:
         tok = await _probe_instead(svc, ep, tok, priority, timeout)
-    bt = await enter_bulkhead_async(ep, tok, priority)
+    # one C call: 0 when the policy has no bulkhead (the common case), else a ticket
+    bt = lib.sg_bulkhead_acquire(ep.h, int(priority) | _QUIET)
+    if bt != 0:
+        bt = await _bulkhead_slow(ep, tok, priority, bt)
     try:
         result = await coro_fn(*args, **kwargs)
     except BaseException as exc:  # CancelledError is not an Exception: ignored
@@ -137,12 +142,22 @@ async def execute_async(svc: ResilienceService, endpoint: str,
     return result
 
 
+async def _bulkhead_slow(ep: Endpoint, tok: int, priority: Priority, bt: int) -> int:
+    """A first try that was not "no bulkhead": full (wait), an error, or a ticket to finish."""
+    if bt == _tickets.FULL:
+        return await enter_bulkhead_async(ep, tok, priority)
+    try:
+        return _tickets.done(ep, bt)  # a ticket (recounting a stale quota), or raises
+    except BaseException:
+        lib.sg_release_probe(ep.h, tok)
+        raise
+
+
 async def enter_bulkhead_async(ep: Endpoint, tok: int, priority: Priority) -> int:
     """Returns a bulkhead ticket for the admitted call ``tok`` (0: none), awaiting up to ``max_wait``.
 
     On refusal or cancellation the probe permit ``tok`` may hold is given back.
     """
-    from shmguard import _tickets
     try:
         return await _tickets.take_async(ep, int(priority) | _tickets.QUIET, None)
     except BaseException:

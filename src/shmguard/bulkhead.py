@@ -117,7 +117,7 @@ class Bulkhead:
 
     async def acquire_async(self, timeout: float | None = None,
                             priority: Priority = Priority.NORMAL) -> Any:
-        """Like :meth:`acquire`, awaiting with ``asyncio.sleep`` (never blocks the loop)."""
+        """Like :meth:`acquire`, awaiting a release (never blocks the loop; see shmguard._bulkwait)."""
         ep = self._ep
         return Ticket(ep, await take_async(ep, _prio(priority), self._wait(timeout))
                       or _no_bulkhead(ep))

@@ -12,10 +12,11 @@ raised at once. Each step's exception has the previous one as its
 The async variant (every step an ``async def``) awaits the steps; ``last``
 may be a plain function or a coroutine function.
 
-Statistics (:meth:`FallbackChain.stats`) are per process: which step served
-how often, how often ``last`` did, how often everything failed. The steps'
-endpoints show in ``shmguard inspect`` as usual; the chain itself does not
-(it lives in one process, not in the segment).
+Statistics (:meth:`FallbackChain.stats`): which step served how often, how
+often ``last`` did, how often everything failed. A chain given a ``name=``
+counts host-wide, beside the segment (:mod:`shmguard._chain_shm`): every
+process that builds the chain under that name adds to the same counts, and
+``shmguard inspect`` shows them. An unnamed chain counts in its process.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import inspect
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from shmguard._chain_shm import FAILED as _FC_FAILED, LAST as _FC_LAST, ChainCounters
 from shmguard._endpoint import validate_endpoint
 from shmguard.errors import PolicyError
 from shmguard.retry import moves_on
@@ -74,13 +76,30 @@ class FallbackChain:
         self.svc, self.steps, self.last, self.name = svc, tuple(checked), last, name
         self._lock = threading.Lock()
         self._counts = dict.fromkeys([ep for ep, _ in checked] + [LAST, FAILED], 0)
+        self._shared: ChainCounters | None = None
+        if name is not None:
+            if len({ep for ep, _ in checked}) != len(checked):
+                raise PolicyError(f"a named chain lists each endpoint once, got {checked!r}")
+            self._shared = ChainCounters(svc.segment, name, [ep for ep, _ in checked])
+        self._index = {ep: i for i, (ep, _) in enumerate(checked)}
+        self._index.update({LAST: _FC_LAST, FAILED: _FC_FAILED})
 
     def _count(self, key: str) -> None:
+        if self._shared is not None:
+            self._shared.count(self._index[key])  # steps 0.., then LAST, FAILED
+            return
         with self._lock:
             self._counts[key] += 1
 
     def stats(self) -> dict[str, int]:
-        """Returns how often each step served, then ``last`` and ``failed`` (this process)."""
+        """Returns how often each step served, then ``last`` and ``failed``.
+
+        Host-wide for a named chain (every process's calls), else this process's.
+        """
+        if self._shared is not None:
+            snap = self._shared.snapshot()
+            out = {st["endpoint"]: st["served"] for st in snap["steps"]}
+            return {**out, LAST: snap["last"], FAILED: snap["failed"]}
         with self._lock:
             return dict(self._counts)
 

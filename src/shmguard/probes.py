@@ -1,13 +1,41 @@
-"""Process liveness, judged with psutil (pid + start time, so pid reuse is not life)."""
+"""Process liveness, judged with psutil (pid + start time, so pid reuse is not life).
+
+This is the one place where shmguard judges a lease or claim owner by its
+pid. Pass the owner's segment (``seg=``): when the segment is shared across
+pid namespaces (``shared_namespaces=True``, recorded in its header) or this
+process cannot look its own pid up in /proc, no pid proves anything, so
+every owner counts as alive and leases end by their deadline only.
+"""
 from __future__ import annotations
+
+import os
+from typing import Any
 
 import psutil
 
-__all__ = ["pid_alive", "holder_alive"]
+from shmguard import _hostid
+from shmguard._capi import lib
+
+__all__ = ["pid_alive", "holder_alive", "judges_pids"]
+
+_PROC_OK: tuple[int, bool] = (0, False)  # (pid it was judged in, /proc shows our pids)
 
 
-def pid_alive(pid: int) -> bool:
-    """Reports whether ``pid`` is a live (non-zombie) process."""
+def judges_pids(seg: Any = None) -> bool:
+    """Reports whether pids in ``seg`` can prove an owner dead from this process."""
+    global _PROC_OK
+    if _PROC_OK[0] != os.getpid():  # judged again after a fork (or unshare --pid)
+        _PROC_OK = (os.getpid(), _hostid.proc_is_ours())
+    if not _PROC_OK[1]:
+        return False
+    return seg is None or not (lib.sg_segment_mixed(seg.base) & lib.SG_MIX_PID_NS)
+
+
+def pid_alive(pid: int, *, seg: Any = None) -> bool:
+    """Reports whether ``pid`` is a live (non-zombie) process (always True when ``seg``'s
+    pids cannot be judged: see :func:`judges_pids`)."""
+    if not judges_pids(seg):
+        return True
     if pid <= 0:
         return False
     try:
@@ -16,12 +44,14 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def holder_alive(pid: int, started_before: float, slack: float = 1.0) -> bool:
+def holder_alive(pid: int, started_before: float, slack: float = 1.0, *, seg: Any = None) -> bool:
     """Reports whether ``pid`` is alive AND was running at wall time ``started_before``.
 
     A process that started after the lease was granted cannot hold it: the
-    pid was reused.
+    pid was reused. Always True when ``seg``'s pids cannot be judged.
     """
+    if not judges_pids(seg):
+        return True
     if pid <= 0:
         return False
     try:

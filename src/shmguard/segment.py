@@ -1,38 +1,41 @@
 """One POSIX shared-memory segment: create, attach, validate, unlink.
 
 The POSIX object is named ``/shmguard.<uid>.<name>`` so two users never
-collide. The creator makes it with O_CREAT|O_EXCL and mode 0600, sizes it,
-and lets C write and publish the header; an attacher waits (bounded) for
-that and then validates every size the header claims. Attaching to a
-segment of another uid, or one that is group/world accessible, is refused
-unless ``allow_foreign=True``.
+collide. The creator makes it with O_CREAT|O_EXCL and mode 0600, reserves
+its memory, claims the header and lets C write and publish it; an attacher
+waits (bounded) for that, takes a dead creator's claim over (in place), and
+then validates every size the header claims and the host identity (boot,
+namespaces, clock). Attaching to a segment of another uid, or one that is
+group/world accessible, is refused unless ``allow_foreign=True``.
 """
 from __future__ import annotations
 
 import mmap
 import os
 import re
-import stat
 import time
 from typing import Any
 
 import posix_ipc
 
-from shmguard import _capi
+from shmguard import _capi, _hostid
 from shmguard._capi import ffi, lib
-from shmguard.errors import (InvalidNameError, ServiceClosedError, SegmentCorruptError, SegmentError,
-                             SegmentNotFoundError, SegmentPermissionError)
+from shmguard._seginit import SHM_DIR, SegmentInit
+from shmguard.errors import InvalidNameError, SegmentCorruptError, SegmentError, ServiceClosedError
 
 __all__ = ["Segment", "object_name", "validate_name", "unlink", "list_segments", "SHM_DIR",
-           "KEYED_SEP", "keyed_files"]
+           "KEYED_SEP", "CHAIN_SEP", "SIDE_SEP", "keyed_files", "side_files"]
 
-SHM_DIR = "/dev/shm"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 NAME_MAX = 200
 ATTACH_WAIT = 2.0
 #: Joins a segment's name and a keyed limiter's in the table's object name
 #: (``/shmguard.<uid>.<segment>~kl~<name>``): '~' is never in a segment name.
 KEYED_SEP = "~kl~"
+#: ... and a named fallback chain's counters (``/shmguard.<uid>.<segment>~fc~<name>``)
+CHAIN_SEP = "~fc~"
+#: every object that belongs to a segment has '~' after the segment's name
+SIDE_SEP = "~"
 
 
 def validate_name(name: object, what: str = "segment name") -> str:
@@ -58,7 +61,7 @@ def object_name(name: str, uid: int | None = None) -> str:
 
 def unlink(name: str) -> bool:
     """Removes segment ``name`` of this user and its keyed limiter tables; reports whether it existed."""
-    for path in keyed_files(name):
+    for path in side_files(name):
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -70,14 +73,19 @@ def unlink(name: str) -> bool:
         return False
 
 
-def keyed_files(name: str, uid: int | None = None) -> list[str]:
-    """Returns the files of segment ``name``'s keyed limiter tables."""
-    prefix = object_name(name, uid).lstrip("/") + KEYED_SEP
+def keyed_files(name: str, uid: int | None = None, sep: str = KEYED_SEP) -> list[str]:
+    """Returns the files of segment ``name``'s keyed limiter tables (or of ``sep``'s objects)."""
+    prefix = object_name(name, uid).lstrip("/") + sep
     try:
         entries = os.listdir(SHM_DIR)
     except OSError:
         return []
     return sorted(os.path.join(SHM_DIR, e) for e in entries if e.startswith(prefix))
+
+
+def side_files(name: str, uid: int | None = None) -> list[str]:
+    """Returns every object beside segment ``name``: keyed tables and chain counters."""
+    return keyed_files(name, uid, SIDE_SEP)
 
 
 def list_segments(uid: int | None = None) -> list[str]:
@@ -88,10 +96,10 @@ def list_segments(uid: int | None = None) -> list[str]:
     except OSError:
         return []
     return sorted(e[len(prefix):] for e in entries
-                  if e.startswith(prefix) and KEYED_SEP not in e)  # keyed tables are not segments
+                  if e.startswith(prefix) and SIDE_SEP not in e)  # keyed tables, chains: no segments
 
 
-class Segment:
+class Segment(SegmentInit):
     """A mapped segment. Process-local; fork children inherit the mapping.
 
     :param name: the segment name (see :func:`validate_name`).
@@ -100,99 +108,120 @@ class Segment:
         shared by every attached process (tests).
     :param allow_foreign: attach even if another uid owns the segment or it
         is group/world accessible.
+    :param shared_namespaces: attach from another pid or time namespace than
+        the creator's (containers sharing /dev/shm); the header then records
+        it and no process judges a lease or claim owner by its pid.
+    :raises SegmentError: /dev/shm has no room for it (at creation, never a
+        SIGBUS later), or it comes from another boot, namespace or clock.
+
+    The creator reserves the memory (posix_fallocate), claims the header
+    (pid + start time), writes it and publishes it. A creator that died
+    before publishing is replaced IN PLACE by the first attacher to CAS its
+    claim after proving it dead, so every attacher ends on one segment.
     """
 
     def __init__(self, name: str, *, create: bool = True, capacity: int = 256,
-                 manual_clock: bool = False, allow_foreign: bool = False) -> None:
+                 manual_clock: bool = False, allow_foreign: bool = False,
+                 shared_namespaces: bool = False) -> None:
         self.name = validate_name(name)
         if isinstance(capacity, bool) or not isinstance(capacity, int) or not (
                 1 <= capacity <= lib.SG_MAX_CAPACITY):
             raise SegmentError(f"capacity must be 1..{lib.SG_MAX_CAPACITY}, got {capacity!r}")
         self.object_name = object_name(name)
         self.allow_foreign = allow_foreign
+        self.shared_namespaces = shared_namespaces
         self.created = False
         self._mm: mmap.mmap | None = None
         self._buf: Any = None
         self._base: Any = None
-        try:
-            self._open(create, capacity, manual_clock, allow_foreign)
-        except SegmentCorruptError as exc:
-            # A creator that died between O_CREAT and publishing the header
-            # leaves an object nobody can use: no live process can be
-            # initialising it after ATTACH_WAIT, so replace it once.
-            if not (create and exc.args and "never initialised" in str(exc.args[0])):
-                raise
-            unlink(name)
-            self._open(create, capacity, manual_clock, allow_foreign)
+        self.size = 0
+        self._claim = 0  # our init claim word, once won
+        self.header = ffi.new("struct sg_header_view *")
+        for _ in range(3):
+            if self._open(create, capacity, manual_clock):
+                return
+        raise SegmentError(f"segment {name!r} was replaced while attaching, three times")
 
-    def _open(self, create: bool, capacity: int, manual_clock: bool, allow_foreign: bool) -> None:
-        name = self.name
-        shm = None
+    def _open(self, create: bool, capacity: int, manual_clock: bool) -> bool:
+        """Opens, maps and validates; False if the name went to another object meanwhile."""
+        shm, creator = None, False
         if create:
             try:
-                shm = posix_ipc.SharedMemory(self.object_name, posix_ipc.O_CREX, mode=0o600,
-                                             size=int(lib.sg_segment_size(capacity)))
-                self.created = True
+                shm = posix_ipc.SharedMemory(self.object_name, posix_ipc.O_CREX, mode=0o600)
+                creator = True
             except posix_ipc.ExistentialError:
                 shm = None
         if shm is None:
-            try:
-                shm = posix_ipc.SharedMemory(self.object_name)
-            except posix_ipc.ExistentialError:
-                raise SegmentNotFoundError(f"segment {name!r} does not exist") from None
-            except posix_ipc.PermissionsError as exc:
-                raise SegmentPermissionError(f"segment {name!r}: {exc}") from None
-            except OSError as exc:  # e.g. ELOOP: a symlink in its place is never followed
-                raise SegmentPermissionError(f"segment {name!r} cannot be opened safely: "
-                                             f"{exc.strerror or exc}") from None
+            shm = self._open_existing()
         try:
-            self._map(shm, capacity, manual_clock, allow_foreign)
+            self._owner_check(os.fstat(shm.fd))
+            if creator:
+                self._reserve(shm.fd, int(lib.sg_segment_size(capacity)))
+            if self._attach(shm.fd, create, creator, capacity, manual_clock):
+                return True
+            self.close()  # the name went to another object: start again with it
+            self.size = 0
+            return False
         except BaseException:
-            if self.created:
-                unlink(name)
+            if creator and not self.created and self._claim_word() in (0, self._claim):
+                unlink(self.name)  # unclaimed or claimed by us, never published: as if never made
             self.close()
             raise
         finally:
             shm.close_fd()
 
-    def _map(self, shm: Any, capacity: int, manual_clock: bool, allow_foreign: bool) -> None:
-        st = os.fstat(shm.fd)
-        if not allow_foreign:
-            if st.st_uid != os.geteuid():
-                raise SegmentPermissionError(
-                    f"segment {self.name!r} belongs to uid {st.st_uid}, not {os.geteuid()} "
-                    "(pass allow_foreign=True to attach anyway)")
-            if st.st_mode & 0o077:
-                raise SegmentPermissionError(
-                    f"segment {self.name!r} has mode {stat.S_IMODE(st.st_mode):o}; shmguard "
-                    "refuses group/world-accessible segments (pass allow_foreign=True)")
-        size = st.st_size
-        deadline = time.monotonic() + ATTACH_WAIT
-        while not self.created and size < lib.sg_segment_size(1) and time.monotonic() < deadline:
-            time.sleep(0.001)  # the creator has not sized it yet
-            size = os.fstat(shm.fd).st_size
-        if size < lib.SG_HEADER_SIZE:
-            raise _capi.raise_segment(lib.SG_E_TRUNCATED if size else lib.SG_E_NOT_READY, self.name)
-        # an anonymous range owned by Python (no fd kept), the segment mapped over it: a
-        # close() under concurrent use can swap it for zero pages (_registry.py)
-        self._mm = mmap.mmap(-1, size)
-        self._buf = ffi.from_buffer(self._mm)
-        self._base = ffi.cast("void *", self._buf)
-        if lib.sg_segment_map(self._base, size, shm.fd) != lib.SG_OK:
-            raise SegmentError(f"segment {self.name!r} could not be mapped")
-        self.size = size
-        if self.created:
-            flags = lib.SG_HDR_MANUAL_CLOCK if manual_clock else 0
-            _capi.check(lib.sg_segment_init(self.base, size, capacity, os.geteuid(), os.getpid(),
-                                            time.time_ns(), flags), "init", self.name)
-        self.header = ffi.new("struct sg_header_view *")
+    def _attach(self, fd: int, create: bool, creator: bool, capacity: int,
+                manual_clock: bool) -> bool:
+        me = _hostid.current()
+        if creator and self._remap(fd):
+            self._initialise(0, me, manual_clock)
+        if not self._wait_ready(fd, create, capacity, manual_clock, me):
+            return False
+        mix = _hostid.check_host(self.header.host, me, self.name, self.shared_namespaces,
+                                 time.monotonic_ns())
+        if mix and (int(self.header.host.mixed) & mix) != mix:
+            _capi.check(lib.sg_segment_mix(self.base, mix), "mark namespaces", self.name)
+            self.refresh()
+        return True
+
+    def _wait_ready(self, fd: int, create: bool, capacity: int, manual_clock: bool,
+                    me: _hostid.HostId) -> bool:
+        """Waits for the header; takes over a creator's claim only on proof of its death, or an
+        unclaimed header after ATTACH_WAIT. False if the name went to another object."""
+        deadline, last = time.monotonic() + ATTACH_WAIT, -1
         while True:
-            rc = lib.sg_segment_check(self.base, self.size, self.header)
-            if rc != lib.SG_E_NOT_READY or time.monotonic() >= deadline:
-                break
+            self._remap(fd)
+            claim = self._claim_word()
+            if claim == -1:
+                break  # published (or refused by sg_segment_check below)
+            if claim != last:  # a new holder: it gets its own time
+                deadline, last = time.monotonic() + ATTACH_WAIT, claim
+            late = time.monotonic() >= deadline
+            if create and ((claim == 0 and late) or _hostid.claimant_dead(claim, me)):
+                if not self._still_named(fd):
+                    return False
+                if self.size < lib.sg_segment_size(1):
+                    self._reserve(fd, int(lib.sg_segment_size(capacity)))
+                    self._remap(fd)
+                self._initialise(claim, me, manual_clock)
+                continue
+            if late:
+                self._raise_unready(claim)
             time.sleep(0.001)
-        if rc != lib.SG_OK:
-            _capi.raise_segment(rc, self.name)
+        self._remap(fd)  # it may have grown (a takeover's reserve) since the last look
+        self.refresh()
+        return True
+
+    def _raise_unready(self, claim: int) -> None:
+        if self.size < lib.SG_HEADER_SIZE:
+            _capi.raise_segment(lib.SG_E_TRUNCATED if self.size else lib.SG_E_NOT_READY, self.name)
+        if claim:
+            pid = _hostid.claim_pid(claim)
+            raise SegmentCorruptError(
+                f"segment {self.name!r} was never initialised: pid {pid} claimed it "
+                f"{ATTACH_WAIT:g} s ago and is alive (or in another pid namespace); "
+                f"`shmguard rm {self.name}` once it is gone")
+        _capi.raise_segment(lib.SG_E_NOT_READY, self.name)
 
     # -- queries ------------------------------------------------------------
     @property

@@ -57,6 +57,9 @@ class ResilienceService(Calls):
         at import time then costs nothing (no mapping, no fd) in processes that
         never use it, and does not keep the segment attached for ``shmguard rm``.
         Attach errors (missing, foreign, corrupt) are raised by that first use.
+    :param shared_namespaces: attach although the segment was created in
+        another pid or time namespace (containers sharing /dev/shm; refused
+        otherwise). Lease and claim owners are then judged by deadline only.
 
     >>> with ResilienceService("doc-example") as svc:   # doctest: +SKIP
     ...     svc.register_endpoint("cache", PolicyPresets.network())
@@ -66,11 +69,11 @@ class ResilienceService(Calls):
 
     def __init__(self, name: str | None = None, *, policy: Policy | None = None,
                  capacity: int = 256, manual_clock: bool = False, allow_foreign: bool = False,
-                 create: bool = True, lazy: bool = False,
+                 create: bool = True, lazy: bool = False, shared_namespaces: bool = False,
                  default_policy: Policy | None = None) -> None:
         super().__init__(name, policy=policy, capacity=capacity, manual_clock=manual_clock,
                          allow_foreign=allow_foreign, create=create, lazy=lazy,
-                         default_policy=default_policy)
+                         shared_namespaces=shared_namespaces, default_policy=default_policy)
         _LIVE.add(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -80,7 +83,8 @@ class ResilienceService(Calls):
         """
         args, lazy = self._segment_args, self._segment is None
         return (_reattach, (self.name, self.default_policy, bool(args["allow_foreign"]),
-                            lazy and bool(args["create"]), lazy, self.implicit_policy))
+                            lazy and bool(args["create"]), lazy, bool(args["shared_namespaces"]),
+                            self.implicit_policy))
 
     def __enter__(self) -> ResilienceService:
         return self
@@ -198,6 +202,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _reattach(name: str, policy: Policy, allow_foreign: bool, create: bool = False,
-              lazy: bool = False, default_policy: Policy | None = None) -> ResilienceService:
+              lazy: bool = False, shared_namespaces: bool = False,
+              default_policy: Policy | None = None) -> ResilienceService:
     return ResilienceService(name, policy=policy, create=create, allow_foreign=allow_foreign,
-                             lazy=lazy, default_policy=default_policy)
+                             lazy=lazy, shared_namespaces=shared_namespaces,
+                             default_policy=default_policy)

@@ -193,6 +193,38 @@ def test_asyncio_wait_does_not_block_and_cancel_leaves_nothing(realsvc):
     assert again is not None and bh.in_flight == 1
 
 
+@pytest.mark.parametrize("door", ["guard", "execute_async"])
+def test_async_doors_wait_for_a_ticket_without_blocking_the_loop(realsvc, door):
+    # the C guard (async with, no timeout) and execute_async's fast path: a
+    # full bulkhead with max_wait is awaited; blocking the loop there would
+    # keep the holder (a task of the same loop) from ever giving it back
+    realsvc.register_endpoint("db", sg.Policy(max_concurrent=1, max_wait=5.0))
+    bh = realsvc.bulkhead("db")
+    order: list[str] = []
+
+    async def body(name: str) -> None:
+        order.append(f"{name} in {bh.in_flight}")
+        await asyncio.sleep(0.05)
+        order.append(f"{name} out")
+
+    async def call(name: str) -> None:
+        if door == "guard":
+            async with realsvc.guard("db"):
+                await body(name)
+        else:
+            await realsvc.execute_async("db", body, name)
+
+    async def main() -> None:
+        first = asyncio.create_task(call("first"))
+        await asyncio.sleep(0.01)
+        await asyncio.gather(first, call("second"))
+
+    asyncio.run(main())
+    assert order == ["first in 1", "first out", "second in 1", "second out"]
+    st = bh.stats()
+    assert (st.in_flight, st.acquired, st.waited, st.rejected) == (0, 2, 1, 0)
+
+
 def _interrupted(segname: str, out) -> None:
     svc = sg.ResilienceService(segname, create=False)
     out.put("waiting")
@@ -369,3 +401,56 @@ def test_a_call_recounts_a_stale_quota_by_itself(svc, segname):
         for p in ps:
             p.kill()
             p.join(30)
+
+
+def _hold_until(segname: str, held, go) -> None:
+    svc = sg.ResilienceService(segname, create=False)
+    ticket = svc.bulkhead("db").acquire()
+    held.set()
+    go.wait(30)
+    ticket.release()
+    svc.close()
+
+
+def test_an_async_waiter_sleeps_until_a_release_in_another_process(realsvc, segname):
+    from shmguard import _bulkwait
+    realsvc.register_endpoint("db", sg.Policy(max_concurrent=1, max_wait=30.0))
+    held, go = CTX.Event(), CTX.Event()
+    holder = CTX.Process(target=_hold_until, args=(segname, held, go))
+    holder.start()
+    assert held.wait(30)
+
+    async def main() -> int:
+        before = _bulkwait.tries
+        waiting = asyncio.create_task(realsvc.execute_async("db", asyncio.sleep, 0, "served"))
+        await asyncio.sleep(0.3)             # six slices with the holder alive: no try
+        assert not waiting.done() and _bulkwait.tries - before == 1   # the newcomer's turn
+        go.set()                             # the holder releases, in its own process
+        assert await waiting == "served"
+        return _bulkwait.tries - before
+    assert asyncio.run(main()) == 2          # one turn on joining, one for the release
+    holder.join(30)
+    st = realsvc.bulkhead("db").stats()
+    assert (holder.exitcode, st.in_flight, st.acquired, st.waited) == (0, 0, 2, 1)
+
+
+def test_async_waiters_are_served_in_arrival_order(realsvc):
+    realsvc.register_endpoint("db", sg.Policy(max_concurrent=1, max_wait=30.0))
+    bh = realsvc.bulkhead("db")
+    order: list[str] = []
+
+    async def body(name: str) -> None:
+        order.append(name)
+        await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        held = bh.acquire()
+        tasks = []
+        for name in "abcd":
+            tasks.append(asyncio.create_task(realsvc.execute_async("db", body, name)))
+            await asyncio.sleep(0.02)        # each queues behind the one before
+        held.release()
+        await asyncio.gather(*tasks)
+    asyncio.run(main())
+    assert order == list("abcd")
+    assert bh.stats().in_flight == 0

@@ -160,3 +160,21 @@ def test_a_deadline_never_starts_a_wait(svc):
         svc.execute("slow", never)               # timeout=None: no wait, deadline or not
     lim = svc.stats("slow").limiter_metrics
     assert (lim.accepted, lim.rejected, lim.waited) == (1, 1, 0)
+
+
+@pytest.mark.parametrize("door", ["execute", "execute_async", "acquire"])
+def test_a_bulkhead_wait_is_bounded_by_the_deadline(realsvc, door):
+    realsvc.register_endpoint("db", sg.Policy(max_concurrent=1, max_wait=3.0))
+    bh = realsvc.bulkhead("db")
+    held = bh.acquire()
+    with sg.deadline(0.05):              # max_wait 3 s: the deadline ends the wait first
+        with pytest.raises(sg.DeadlineExceededError, match="bulkhead of endpoint 'db'"):
+            if door == "execute":
+                realsvc.execute("db", never)
+            elif door == "execute_async":
+                asyncio.run(realsvc.execute_async("db", never_async))
+            else:
+                bh.acquire()
+    held.release()
+    st = bh.stats()
+    assert (st.in_flight, st.acquired, st.rejected) == (0, 1, 1)

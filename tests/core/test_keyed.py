@@ -158,7 +158,7 @@ def test_execute_with_key(svc):
     assert svc.execute("api", lambda: 2, key="bob") == 2
     assert svc.try_execute("api", lambda: 3, key="alice").error is not None
     assert asyncio.run(_run_async(svc)) == 4
-    assert kl.stats().accepted == 3
+    assert (kl.stats().accepted, kl.stats().rejected) == (3, 2)   # one decision per refusal
     svc.register_endpoint("plain", sg.Policy())
     with pytest.raises(sg.PolicyError, match="has no keyed limit"):
         svc.execute("plain", lambda: 1, key="alice")

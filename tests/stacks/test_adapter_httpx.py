@@ -98,3 +98,26 @@ def test_async_rate_limit_waits_within_the_pool_timeout(svc: sg.ResilienceServic
     assert asyncio.run(main()) == [200, 200, 200]
     m = svc.stats(origin(server.url)).limiter_metrics
     assert (m.accepted, m.waited, m.rejected) == (3, 2, 0)
+
+
+def test_the_deadline_in_force_cuts_the_request_timeouts(svc: sg.ResilienceService,
+                                                         server: Server) -> None:
+    # cut: a timeout of the request (or, on a starved machine, the deadline passed
+    # before admission); never the 200 the server sends after 0.2 s
+    cut = (httpx.TimeoutException, sg.DeadlineExceededError)
+    with httpx.Client(transport=ResilientTransport(svc, POLICY), base_url=server.url,
+                      timeout=5.0) as c:
+        with sg.deadline(0.05):          # /sleep answers after 0.2 s
+            with pytest.raises(cut):
+                c.get("/sleep")
+        assert c.get("/sleep/free").status_code == 200
+
+    async def main() -> int:
+        async with httpx.AsyncClient(transport=AsyncResilientTransport(svc, POLICY),
+                                     base_url=server.url, timeout=5.0) as c:
+            async with sg.deadline(0.05):
+                with pytest.raises(cut):
+                    await c.get("/sleep")
+            return (await c.get("/sleep/free")).status_code
+    assert asyncio.run(main()) == 200
+    assert server.hits["/sleep/free"] == 2

@@ -152,3 +152,76 @@ def test_a_breaker_opened_in_one_process_stops_every_process(
         with pytest.raises(sg.CircuitOpenError):
             s.get(server.url + "/ok", timeout=5)
     assert server.hits == {"/fail": 3}
+
+
+class _Overloaded(Exception):
+    """Only this narrows throttle_on: a 500 is then a failure but no overload."""
+
+
+def _throttling(**kw: object) -> sg.Policy:
+    return (sg.PolicyBuilder().with_breaker_threshold(0.5).with_min_requests(3)
+            .with_rate_limit(1000, 1000)
+            .with_exceptions(sg.PolicyPresets.network().failure_exceptions)
+            .with_adaptive_throttling(k=2.0, window=60.0, min_requests=5, **kw)  # type: ignore[arg-type]
+            .build())
+
+
+def test_429_counts_as_a_throttling_refusal_but_no_breaker_failure(
+        svc: sg.ResilienceService, server: Server) -> None:
+    with _session(svc, _throttling()) as s:
+        assert [s.get(server.url + "/slow-down/0", timeout=5).status_code
+                for _ in range(5)] == [429] * 5
+        name = origin(server.url)
+        st = svc.stats(name)
+        assert st.throttle is not None
+        assert (st.throttle.requests, st.throttle.accepts) == (5, 0)
+        assert (st.breaker.failures, svc.breaker_state(name)) == (0, sg.BreakerState.CLOSED)
+        # p = (5 - 2*0) / 6 and rising: the client now refuses most calls itself
+        refused = 0
+        for _ in range(30):
+            try:
+                s.get(server.url + "/slow-down/0", timeout=5)
+            except sg.ThrottledError:
+                refused += 1
+    assert refused > 0 and server.total == 35 - refused
+
+
+def test_503_is_a_refusal_even_when_it_is_no_failure_status(
+        svc: sg.ResilienceService, server: Server) -> None:
+    with _session(svc, _throttling(), failure_status=()) as s:
+        assert [s.get(server.url + "/busy/0", timeout=5).status_code
+                for _ in range(3)] == [503] * 3
+        assert s.get(server.url + "/ok", timeout=5).status_code == 200
+    st = svc.stats(origin(server.url))
+    assert st.throttle is not None
+    assert (st.throttle.requests, st.throttle.accepts, st.breaker.failures) == (4, 1, 0)
+
+
+def test_a_500_is_an_accept_when_throttle_on_names_other_overloads(
+        svc: sg.ResilienceService, server: Server) -> None:
+    with _session(svc, _throttling(throttle_on=(_Overloaded,))) as s:
+        assert s.get(server.url + "/fail", timeout=5).status_code == 500
+        assert s.get(server.url + "/busy/0", timeout=5).status_code == 503
+    st = svc.stats(origin(server.url))
+    assert st.throttle is not None
+    # both are breaker failures; only the 503 is an overload refusal
+    assert (st.throttle.requests, st.throttle.accepts, st.breaker.failures) == (2, 1, 2)
+
+
+def test_the_deadline_in_force_cuts_the_request_timeout(svc: sg.ResilienceService,
+                                                        server: Server) -> None:
+    import time
+
+    # cut: a timeout of the request (or, on a starved machine, the deadline passed
+    # before admission); never the 200 the server sends after 0.2 s
+    cut = (requests.exceptions.Timeout, sg.DeadlineExceededError)
+    with _session(svc) as s:
+        with sg.deadline(0.05):          # its own timeout is 5 s
+            with pytest.raises(cut):
+                s.get(server.url + "/sleep", timeout=5)
+        assert s.get(server.url + "/sleep/free", timeout=5).status_code == 200
+        with sg.deadline(0.001):
+            time.sleep(0.01)
+            with pytest.raises(sg.DeadlineExceededError):
+                s.get(server.url + "/ok", timeout=5)
+    assert (server.hits["/sleep/free"], server.hits["/ok"]) == (1, 0)  # no byte after the deadline

@@ -12,13 +12,14 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping
 from urllib.parse import urlsplit
 
+from shmguard.deadline import remaining
 from shmguard.errors import PolicyError
 from shmguard.policy import Outcome, Policy, PolicyPresets, Priority
 
 if TYPE_CHECKING:
     from shmguard.service import ResilienceService
 
-__all__ = ["HttpGuard", "FAILURE_STATUS", "HOLD_STATUS", "origin", "retry_after"]
+__all__ = ["HttpGuard", "FAILURE_STATUS", "HOLD_STATUS", "origin", "retry_after", "bounded"]
 
 #: answers that count as failures of the dependency (the response is still returned)
 FAILURE_STATUS: frozenset[int] = frozenset(range(500, 600))
@@ -120,18 +121,36 @@ class HttpGuard:
             seconds = retry_after(headers)
             if seconds is not None:
                 self.svc.limiter(name).hold(min(seconds, self.max_retry_after))
+        # 429 and 503 are refusals for overload: adaptive throttling counts
+        # them as requests without an accept, whatever the breaker makes of them
+        refused = status in HOLD_STATUS
         if status in self.failure_status:
             outcome = Outcome.FAILURE
-        elif status == 429:
+        elif refused:
             outcome = Outcome.IGNORE  # "slow down" says nothing about the dependency's health
         else:
             outcome = Outcome.SUCCESS
-        self.svc.record(name, token, outcome)
+        self.svc.record(name, token, outcome, overload=refused)
 
     def raised(self, name: str, token: int, exc: BaseException) -> None:
         """Records an exception of the transport (connection errors, timeouts: failures)."""
         outcome = self.policy.classify(exc) if isinstance(exc, Exception) else Outcome.IGNORE
         self.svc.record(name, token, outcome)
+
+
+def bounded(timeout: Any) -> Any:
+    """Returns a requests-style ``timeout`` (None, seconds, or (connect, read)) cut to the
+    deadline in force (:func:`shmguard.remaining`); unchanged without one."""
+    left = remaining()
+    if left is None:
+        return timeout
+    left = max(left, 0.001)  # an expired deadline was refused at admission
+
+    def cut(t: Any) -> Any:
+        ok = isinstance(t, (int, float)) and not isinstance(t, bool)
+        return min(float(t), left) if ok else left if t is None else t
+
+    return tuple(cut(t) for t in timeout) if isinstance(timeout, tuple) else cut(timeout)
 
 
 def wait_budget(timeout: Any) -> float | None:

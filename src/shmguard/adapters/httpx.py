@@ -28,7 +28,7 @@ from typing import Any, Callable, Collection
 
 import httpx
 
-from shmguard.adapters._common import FAILURE_STATUS, HttpGuard, wait_budget
+from shmguard.adapters._common import FAILURE_STATUS, HttpGuard, bounded, wait_budget
 from shmguard.policy import Policy, Priority
 from shmguard.service import ResilienceService
 
@@ -38,6 +38,14 @@ __all__ = ["ResilientTransport", "AsyncResilientTransport"]
 def _wait(request: httpx.Request) -> float | None:
     timeout = request.extensions.get("timeout") or {}
     return wait_budget(timeout.get("pool", timeout.get("connect")))
+
+
+def _bound(request: httpx.Request) -> None:
+    """Cuts the request's timeouts (connect, read, write, pool) to the deadline in force."""
+    timeout = request.extensions.get("timeout") or {}
+    keys = ("connect", "read", "write", "pool")
+    cut = bounded(tuple(timeout.get(k) for k in keys))
+    request.extensions["timeout"] = {**timeout, **dict(zip(keys, cut))}
 
 
 class ResilientTransport(httpx.BaseTransport):
@@ -58,6 +66,7 @@ class ResilientTransport(httpx.BaseTransport):
         guard = self.guard
         name = guard.name(str(request.url))
         token = guard.admit(name, _wait(request))
+        _bound(request)
         try:
             response = self.transport.handle_request(request)
         except BaseException as exc:
@@ -89,6 +98,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         guard = self.guard
         name = guard.name(str(request.url))
         token = await aio.admit_async(guard.svc, name, guard.priority, _wait(request))
+        _bound(request)
         try:
             response = await self.transport.handle_async_request(request)
         except BaseException as exc:

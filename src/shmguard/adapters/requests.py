@@ -21,7 +21,8 @@ Every request goes through the endpoint of its scheme + host + port
   do 5xx answers (``failure_status``), which are still returned;
 - a 429 or 503 with ``Retry-After`` holds the endpoint's limiter, for every
   process, until the time the server asked for (at most ``max_retry_after``);
-  a 429 counts as neither success nor failure. The hold leaves the limiter
+  a 429 counts as neither success nor failure of the breaker, but 429 and
+  503 count as overload refusals for adaptive throttling. The hold leaves the limiter
   empty at that time: a CRITICAL request may go at once, lower priorities
   wait until their share of the burst refills, as after any burst
   (:meth:`shmguard.Limiter.hold`). An endpoint without a rate has no hold.
@@ -35,7 +36,7 @@ from typing import Any, Callable, Collection, Mapping
 from requests.adapters import HTTPAdapter
 from requests.models import PreparedRequest, Response
 
-from shmguard.adapters._common import FAILURE_STATUS, HttpGuard, wait_budget
+from shmguard.adapters._common import FAILURE_STATUS, HttpGuard, bounded, wait_budget
 from shmguard.policy import Policy, Priority
 from shmguard.service import ResilienceService
 
@@ -70,6 +71,7 @@ class ResilientAdapter(HTTPAdapter):
         guard = self.guard
         name = guard.name(request.url or "")
         token = guard.admit(name, wait_budget(timeout))
+        timeout = bounded(timeout)  # the deadline in force (sg.deadline) cuts the request's own
         try:
             response = super().send(request, stream=stream, timeout=timeout, verify=verify,
                                     cert=cert, proxies=None if proxies is None else dict(proxies))

@@ -109,7 +109,7 @@ def set_rate(seg: Segment, endpoint: str, new_rate: float | None, burst: int | N
             raise PolicyError(f"burst {new.burst} at rate {new_rate:g}/s spans beyond the "
                               "limiter's horizon of 2**62 ns")
     from shmguard._slots import publish_policy
-    rc = publish_policy(h, new, f"endpoint {endpoint!r}")   # a stalled writer keeps its lease
+    rc = publish_policy(h, new, f"endpoint {endpoint!r}", seg)   # a stalled writer keeps its lease
     if rc == lib.SG_E_ARG:
         raise PolicyError(f"endpoint {endpoint!r}: the resulting policy is invalid")
     _capi.check(rc, f"publish policy of {endpoint!r}", seg.name)

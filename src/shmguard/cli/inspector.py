@@ -285,7 +285,8 @@ def keyed_snapshot(seg: Segment, now: int, keys: int = 0) -> list[dict[str, Any]
 
 
 def snapshot(seg: Segment, *, commands: bool = True, keys: int = 0) -> dict[str, Any]:
-    """Returns ``{"segment": ..., "endpoints": [...], "keyed": [...], "corrupt_slots": [...]}``.
+    """Returns ``{"segment": ..., "endpoints": [...], "keyed": [...], "chains": [...],
+    "corrupt_slots": [...]}`` (chains: the named fallback chains' host-wide counts).
 
     Every endpoint is read at the same segment time. With ``commands``,
     half-open probe holders get their command line (psutil); ``keys`` hot
@@ -307,8 +308,9 @@ def snapshot(seg: Segment, *, commands: bool = True, keys: int = 0) -> dict[str,
             for p in ep["half_open"]["probes"] + (ep["bulkhead"] or {}).get("holders", []):
                 p["command"] = process_command(p["pid"])
         endpoints.append(ep)
+    from shmguard._chain_shm import chain_snapshot
     return {"segment": info, "endpoints": endpoints, "keyed": keyed_snapshot(seg, now, keys),
-            "corrupt_slots": sorted(corrupt)}
+            "chains": chain_snapshot(seg), "corrupt_slots": sorted(corrupt)}
 
 
 def process_command(pid: int) -> str | None:

@@ -12,7 +12,7 @@ import fnmatch
 import os
 from dataclasses import dataclass, field
 
-from shmguard.segment import KEYED_SEP, SHM_DIR
+from shmguard.segment import SHM_DIR, SIDE_SEP
 
 __all__ = ["SegmentFile", "segment_files", "attached", "scan_proc", "scan_psutil"]
 
@@ -43,8 +43,8 @@ def segment_files(patterns: list[str] | None = None, uid: int | None = None) -> 
         if not e.startswith(prefix):
             continue
         name = e[len(prefix):]
-        if KEYED_SEP in name:
-            continue  # a keyed limiter's table: listed under its segment
+        if SIDE_SEP in name:
+            continue  # a keyed limiter's table or a chain's counters: listed under its segment
         if patterns and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
             continue
         path = os.path.join(SHM_DIR, e)

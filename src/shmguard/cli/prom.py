@@ -173,6 +173,7 @@ def exposition(snap: dict[str, Any]) -> str:
             for prio, counts in e["limiter"]["by_priority"].items():
                 sample(name, counts[key], endpoint=e["name"], priority=prio)
     _keyed(snap.get("keyed") or [], family, sample)
+    _chains(snap.get("chains") or [], family, sample)
     return "\n".join(out) + "\n"
 
 
@@ -202,3 +203,18 @@ def _keyed(tables: list[dict[str, Any]], family: Callable[[str, str, str], None]
         family(name, kind, help_)
         for t in tables:
             sample(name, t[key], keyed=t["name"])
+
+
+def _chains(chains: list[dict[str, Any]], family: Callable[[str, str, str], None],
+            sample: Callable[..., None]) -> None:
+    chains = [c for c in chains if "error" not in c]
+    if not chains:
+        return
+    family("chain_served_total", "counter",
+           "Calls of a named fallback chain, by the step that served (last: the fallback "
+           "function; failed: none did).")
+    for c in chains:
+        for st in c["steps"]:
+            sample("chain_served_total", st["served"], chain=c["name"], step=st["endpoint"])
+        sample("chain_served_total", c["last"], chain=c["name"], step="last")
+        sample("chain_served_total", c["failed"], chain=c["name"], step="failed")

@@ -224,8 +224,9 @@ def inspect_text(snap: dict[str, Any], style: Style, wide: bool = False) -> str:
         out.append("(no endpoints)")
     if snap["corrupt_slots"]:
         out.append(style(f"corrupt slots: {snap['corrupt_slots']}", "red"))
-    from shmguard.cli.render_keyed import keyed_lines
+    from shmguard.cli.render_keyed import chain_lines, keyed_lines
     out.extend(keyed_lines(snap, style))
+    out.extend(chain_lines(snap, style))
     return "\n".join(out)
 
 

@@ -1,11 +1,11 @@
-"""Plain-text lines for the keyed limiters of an inspector snapshot (80 columns)."""
+"""Plain-text lines for the keyed limiters and named fallback chains of an inspector snapshot."""
 from __future__ import annotations
 
 from typing import Any
 
 from shmguard.cli.render import Style, clip, count, duration, rate, size
 
-__all__ = ["keyed_lines"]
+__all__ = ["keyed_lines", "chain_lines"]
 
 HEAD = (f"{'KEYED LIMITER':<20} {'RATE':>7} {'BURST':>6} {'LIVE/CAP':>13} {'ADMITTED':>9}"
         f" {'REJECTED':>9} {'FULL':>7}")
@@ -33,4 +33,21 @@ def keyed_lines(snap: dict[str, Any], style: Style) -> list[str]:
         for h in k["hot"]:
             out.append(f"   key {h['fingerprint']}  tokens {h['tokens']:.1f}  full in "
                        f"{duration(h['refill_seconds'])}")
+    return out
+
+
+def chain_lines(snap: dict[str, Any], style: Style) -> list[str]:
+    """Returns one line per named fallback chain: which step served how often (host-wide)."""
+    chains = snap.get("chains") or []
+    if not chains:
+        return []
+    out = [style(f"{'FALLBACK CHAIN':<20} SERVED BY (host-wide, since creation)", "bold")]
+    for c in chains:
+        if "error" in c:
+            out.append(clip(c["name"], 20))
+            out.append(style(f"   ! {clip(c['error'], 75)}", "red"))
+            continue
+        steps = "  ".join(f"{s['endpoint']} {count(s['served'])}" for s in c["steps"])
+        tail = f"  last {count(c['last'])}  failed {count(c['failed'])}"
+        out.append(f"{clip(c['name'], 20):<20} {steps}" + style(tail, "red" if c["failed"] else None))
     return out

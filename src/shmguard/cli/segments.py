@@ -16,7 +16,7 @@ from typing import Any
 from shmguard.cli.procs import SegmentFile, attached, segment_files
 from shmguard.errors import SegmentNotFoundError, ShmguardError
 from shmguard.cli.inspector import open_segment, process_command, segment_info
-from shmguard.segment import KEYED_SEP, SHM_DIR, keyed_files, unlink, validate_name
+from shmguard.segment import KEYED_SEP, SHM_DIR, SIDE_SEP, keyed_files, side_files, unlink, validate_name
 
 __all__ = ["list_rows", "remove", "collect"]
 
@@ -57,7 +57,7 @@ def _keyed(name: str) -> list[dict[str, Any]]:
 
 
 def _remove_keyed(name: str) -> None:
-    for path in keyed_files(name):
+    for path in side_files(name):
         _unlink_file(path)
 
 
@@ -125,17 +125,17 @@ def collect(patterns: list[str] | None, min_age: float, dry_run: bool) -> list[d
 
 
 def _orphans(patterns: list[str] | None, dry_run: bool) -> list[dict[str, Any]]:
-    """Keyed limiter tables whose segment is gone (removed by other means) and that no
+    """Keyed limiter tables and chain counters whose segment is gone (removed by other means) and that no
     live process maps: removed like dead segments."""
     prefix = f"shmguard.{os.geteuid()}."
     try:
         names = sorted(e[len(prefix):] for e in os.listdir(SHM_DIR)
-                       if e.startswith(prefix) and KEYED_SEP in e)
+                       if e.startswith(prefix) and SIDE_SEP in e)
     except OSError:
         return []
     files = []
     for n in names:
-        seg = n.split(KEYED_SEP, 1)[0]
+        seg = n.split(SIDE_SEP, 1)[0]
         if os.path.exists(os.path.join(SHM_DIR, prefix + seg)):
             continue  # its segment exists: it goes with it
         if patterns and not any(fnmatch.fnmatchcase(seg, p) for p in patterns):
