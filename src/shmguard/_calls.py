@@ -111,14 +111,20 @@ class Calls(Registry):
                     raise
                 self._endpoint(endpoint)  # drops the stale entry: found again, or raises
                 return self.execute(endpoint, fn, *args, priority=priority, **kwargs)  # key: admitted
-        if timeout is None:
-            tok = ep.admit(ep.h, cp)
-            if tok < 0:
-                tok = _admission.admit_slow(ep, tok, priority, None)
-            elif tok & LEASE_BITS:
-                ep.admitted(tok)
-        else:
-            tok = _admission.admit_slow(ep, None, priority, timeout)
+        try:
+            if timeout is None:
+                tok = ep.admit(ep.h, cp)
+                if tok < 0:
+                    tok = _admission.admit_slow(ep, tok, priority, None)
+                elif tok & LEASE_BITS:
+                    ep.admitted(tok)
+            else:
+                tok = _admission.admit_slow(ep, None, priority, timeout)
+        except EndpointRemovedError as exc:  # as on the one-crossing path above
+            if getattr(exc, "stale", None) is not ep:
+                raise
+            self._endpoint(endpoint)
+            return self.execute(endpoint, fn, *args, priority=priority, timeout=timeout, **kwargs)
         if tok & LEASE_BITS and ep.probe is not None:
             tok = _admission.probe_instead(ep, tok, priority, timeout)
         bt = _admission.enter_bulkhead(ep, tok, priority)
