@@ -104,14 +104,18 @@ static void leave(struct sg_bulkhead_area *b)
 
 int64_t sg_bulkhead_acquire(const struct sg_handle *h, uint32_t mode)
 {
-    struct sg_slot *s = sg_hslot(h);
-    if (s == NULL) /* a closed service or a removed endpoint */
+    struct sg_slot *s = h->slot;
+    if (s == NULL) /* a closed service */
         return SG_E_GONE;
     /* Fast "no bulkhead": a limit word synced to the live policy, limit 0.
-     * relaxed: a call racing a policy publish may decide under either one. */
+     * relaxed: a call racing a policy publish may decide under either one.
+     * It writes nothing, so it needs no incarnation check: a caller that
+     * gets 0 from a removed endpoint's slot takes no ticket anywhere. */
     uint64_t lw = atomic_load_explicit(&s->bulkhead.limit, memory_order_relaxed);
     if ((lw & BL_VALID) && BL_LIM(lw) == 0 && BL_SEQ(lw) == (LD(&s->policy_seq) & 0x7fu))
         return 0;
+    if (sg_hslot(h) == NULL) /* a removed endpoint: its slot may be another's */
+        return SG_E_GONE;
     return sg_bulkhead_acquire_at(s, sg_now_h(h), my_pid(), mode);
 }
 

@@ -59,7 +59,8 @@ class ResilienceService(Calls):
         Attach errors (missing, foreign, corrupt) are raised by that first use.
     :param shared_namespaces: attach although the segment was created in
         another pid or time namespace (containers sharing /dev/shm; refused
-        otherwise). Lease and claim owners are then judged by deadline only.
+        otherwise). Lease owners are then judged by deadline only; a slot claim
+        older than 2 s is set aside (its slot stays unused).
 
     >>> with ResilienceService("doc-example") as svc:   # doctest: +SKIP
     ...     svc.register_endpoint("cache", PolicyPresets.network())
