@@ -91,8 +91,6 @@ def publish_policy(h: Any, view: Any, what: str, seg: Segment | None = None) -> 
         time.sleep(0.001)
 
 
-
-
 _PARKED: list[Any] = []  # mmaps detached while other threads lived (see Registry.close)
 
 
