@@ -89,7 +89,9 @@ for t in tests/crash/test_fuzz.py tests/crash/test_fuzz_keyed.py tests/core/test
          tests/crash/test_torture.py tests/core/test_budget_steps.py tests/crash/test_budget_*.py \
          tests/core/test_throttle.py tests/core/test_predict.py \
          tests/core/test_host_identity.py tests/crash/test_half_created.py \
-         tests/fleet/test_fleet_c.py; do
+         tests/fleet/test_fleet_c.py \
+         tests/crash/test_stalls.py tests/core/test_endpoint_lifecycle.py \
+         tests/crash/test_close_concurrent.py; do
     if [ -f "$t" ]; then tests+=("$t"); fi
 done
 set +e

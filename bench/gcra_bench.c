@@ -41,13 +41,13 @@ int main(void)
     p.half_open_max = 1; p.success_threshold = 1; p.backoff_milli = 1000; p.burst = 1000000000u;
     uint32_t idx;
     uint64_t claim;
-    if (sg_table_register(base, size, "bench", 5, &p, 1, 1000000000ULL, &idx, &claim) < 0)
+    if (sg_table_register(base, size, "bench", 5, &p, 1, &idx, &claim) < 0)
         return 2;
     struct sg_handle h, hb;
     sg_handle_init(&h, base, size, idx);
     p.flags = SG_POL_NO_LIMIT;
     p.max_concurrent = 4; /* a bulkhead endpoint: acquire + release of one ticket */
-    if (sg_table_register(base, size, "bh", 2, &p, 1, 1000000000ULL, &idx, &claim) < 0)
+    if (sg_table_register(base, size, "bh", 2, &p, 1, &idx, &claim) < 0)
         return 3;
     sg_handle_init(&hb, base, size, idx);
     double t_decide[REPS], t_allow[REPS], t_br[REPS], t_bh[REPS];

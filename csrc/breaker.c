@@ -428,20 +428,23 @@ int sg_breaker_snapshot_at(const void *slot, uint64_t now, struct sg_breaker_vie
 
 int64_t sg_breaker_acquire(const struct sg_handle *h)
 {
-    return sg_breaker_acquire_at(h->slot, sg_now_h(h), 0);
+    struct sg_slot *s = sg_hslot(h);
+    return s ? sg_breaker_acquire_at(s, sg_now_h(h), 0) : SG_E_GONE;
 }
 
 int sg_breaker_record(const struct sg_handle *h, int64_t token)
 {
     /* a half-open transition made by this token's admission was reported
      * at admission (the token's to-half-open bit), never again here */
-    return sg_breaker_record_at(h->slot, sg_now_h(h), token);
+    struct sg_slot *s = sg_hslot(h);
+    return s ? sg_breaker_record_at(s, sg_now_h(h), token) : SG_E_GONE;
 }
 
 uint64_t sg_breaker_retry_after(const struct sg_handle *h)
 {
     struct sg_breaker_view v;
-    if (sg_breaker_snapshot_at(h->slot, sg_now_h(h), &v) != SG_OK)
+    struct sg_slot *s = sg_hslot(h);
+    if (s == NULL || sg_breaker_snapshot_at(s, sg_now_h(h), &v) != SG_OK)
         return 0;
     if (v.state == SG_OPEN)
         return v.open_remaining_ns;
@@ -456,12 +459,14 @@ uint64_t sg_breaker_retry_after(const struct sg_handle *h)
 
 void sg_release_probe(const struct sg_handle *h, int64_t token)
 {
-    if (token >= 0)
+    if (token >= 0 && sg_hslot(h) != NULL)
         release_lease(h->slot, TK_LEASE(token), TK_GEN(token), (uint32_t)getpid());
 }
 
 static int64_t admit(const struct sg_handle *h, uint64_t cp, int64_t max_wait, struct sg_decision *d)
 {
+    if (sg_hslot(h) == NULL)
+        return SG_E_GONE;
     uint64_t now = sg_now_h(h);
     int64_t tok = sg_breaker_acquire_at(h->slot, now, 0);
     if (tok < 0)

@@ -165,5 +165,6 @@ int sg_budget_snapshot_at(const void *slot, uint64_t now, struct sg_budget_view 
 
 int sg_budget_withdraw(const struct sg_handle *h)
 {
-    return sg_budget_withdraw_at(h->slot, sg_now_h(h));
+    struct sg_slot *s = sg_hslot(h);
+    return s ? sg_budget_withdraw_at(s, sg_now_h(h)) : SG_E_GONE;
 }

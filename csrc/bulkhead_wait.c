@@ -106,18 +106,25 @@ int64_t sg_bulkhead_acquire(const struct sg_handle *h, uint32_t mode)
 {
     struct sg_slot *s = h->slot;
     if (s == NULL) /* a closed service */
-        return SG_E_ARG;
+        return SG_E_GONE;
     /* Fast "no bulkhead": a limit word synced to the live policy, limit 0.
-     * relaxed: a call racing a policy publish may decide under either one. */
+     * relaxed: a call racing a policy publish may decide under either one.
+     * It writes nothing, so it needs no incarnation check: a caller that
+     * gets 0 from a removed endpoint's slot takes no ticket anywhere. */
     uint64_t lw = atomic_load_explicit(&s->bulkhead.limit, memory_order_relaxed);
     if ((lw & BL_VALID) && BL_LIM(lw) == 0 && BL_SEQ(lw) == (LD(&s->policy_seq) & 0x7fu))
         return 0;
+    if (sg_hslot(h) == NULL) /* a removed endpoint: its slot may be another's */
+        return SG_E_GONE;
     return sg_bulkhead_acquire_at(s, sg_now_h(h), my_pid(), mode);
 }
 
 int sg_bulkhead_release(const struct sg_handle *h, int64_t ticket)
 {
-    return ticket == 0 ? SG_OK : sg_bulkhead_release_at(h->slot, my_pid(), ticket);
+    if (ticket == 0)
+        return SG_OK;
+    struct sg_slot *s = sg_hslot(h); /* a removed endpoint's tickets are not the new one's */
+    return s ? sg_bulkhead_release_at(s, my_pid(), ticket) : SG_E_GONE;
 }
 
 /* One slice of a wait: count ourselves a sleeper BEFORE trying (see sg_bulkhead_freed()),
@@ -130,8 +137,8 @@ int64_t sg_bulkhead_wait(const struct sg_handle *h, uint32_t mode, uint64_t time
                          int64_t *out)
 {
     out[0] = out[1] = 0;
-    if (h->slot == NULL) /* a closed service */
-        return out[0] = SG_E_ARG;
+    if (sg_hslot(h) == NULL) /* a closed service or a removed endpoint */
+        return out[0] = SG_E_GONE;
     struct sg_bulkhead_area *b = &((struct sg_slot *)h->slot)->bulkhead;
     if (timeout_ns == 0)
         return out[0] = sg_bulkhead_acquire(h, mode);
@@ -140,7 +147,9 @@ int64_t sg_bulkhead_wait(const struct sg_handle *h, uint32_t mode, uint64_t time
     int64_t t = sg_bulkhead_acquire_at(h->slot, sg_now_h(h), my_pid(), mode | SG_BH_QUIET);
     if (t == SG_R_BULKHEAD_FULL) {
         out[1] = futex_wait(&b->wake_seq, seq, timeout_ns) == 0;
-        if (out[1] || atomic_load_explicit(&b->wake_seq, SC) != seq) /* a release: try again */
+        if (sg_hslot(h) == NULL) /* removed while we slept: take nothing */
+            t = SG_E_GONE;
+        else if (out[1] || atomic_load_explicit(&b->wake_seq, SC) != seq) /* a release: try again */
             t = sg_bulkhead_acquire_at(h->slot, sg_now_h(h), my_pid(), mode | SG_BH_QUIET);
     }
     leave(b);

@@ -14,7 +14,8 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ["segment.c", "table.c", "policy.c", "window.c", "breaker.c", "rate.c", "gcra.c",
            "siphash.c", "keyed.c", "keyed_gcra.c", "keyed_rate.c", "budget.c", "throttle.c",
-           "predict.c", "bulkhead.c", "bulkhead_wait.c", "chain.c"]
+           "predict.c", "bulkhead.c", "bulkhead_wait.c", "chain.c", "slot_detach.c",
+           "slot_life.c"]
 
 
 def _cdef() -> str:

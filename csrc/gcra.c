@@ -209,17 +209,21 @@ int sg_limiter_decide_at(void *slot, uint64_t now_ns, uint64_t cost, uint32_t pr
 
 int sg_allow(const struct sg_handle *h)
 {
-    return decide(h->slot, sg_now_h(h), 1, 1, -1, NULL);
+    struct sg_slot *s = sg_hslot(h);
+    return s ? decide(s, sg_now_h(h), 1, 1, -1, NULL) : SG_E_GONE;
 }
 
 int sg_allow_cp(const struct sg_handle *h, uint64_t cp)
 {
-    return decide(h->slot, sg_now_h(h), cp >> 2, (uint32_t)(cp & 3), -1, NULL);
+    struct sg_slot *s = sg_hslot(h);
+    return s ? decide(s, sg_now_h(h), cp >> 2, (uint32_t)(cp & 3), -1, NULL) : SG_E_GONE;
 }
 
 int sg_reserve(const struct sg_handle *h, uint64_t cp, int64_t max_wait_ns, struct sg_decision *out)
 {
-    return decide(h->slot, sg_now_h(h), cp >> 2, (uint32_t)(cp & 3), max_wait_ns, out);
+    struct sg_slot *s = sg_hslot(h);
+    return s ? decide(s, sg_now_h(h), cp >> 2, (uint32_t)(cp & 3), max_wait_ns, out)
+             : SG_E_GONE;
 }
 
 /* Give back a reservation not yet acted on (now <= its time to act, as
@@ -260,7 +264,8 @@ int sg_limiter_cancel_at(void *slot, uint64_t now, uint64_t cp, const struct sg_
 
 int sg_limiter_cancel(const struct sg_handle *h, uint64_t cp, const struct sg_decision *d)
 {
-    return sg_limiter_cancel_at(h->slot, sg_now_h(h), cp, d);
+    struct sg_slot *s = sg_hslot(h);
+    return s ? sg_limiter_cancel_at(s, sg_now_h(h), cp, d) : SG_E_GONE;
 }
 
 int sg_limiter_snapshot_at(const void *slot, uint64_t now, uint32_t prio, struct sg_limiter_view *out)
@@ -368,7 +373,8 @@ int sg_limiter_hold_at(void *slot, uint64_t now, uint64_t until)
 
 int sg_limiter_hold(const struct sg_handle *h, uint64_t until)
 {
-    return sg_limiter_hold_at(h->slot, sg_now_h(h), until);
+    struct sg_slot *s = sg_hslot(h);
+    return s ? sg_limiter_hold_at(s, sg_now_h(h), until) : SG_E_GONE;
 }
 
 /* The delay decide() would report for cost_prio now, without taking or

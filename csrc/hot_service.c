@@ -30,6 +30,7 @@ static int deadlines_used; /* set once a deadline was set in this process */
 static PyObject *key_gate;  /* _keyed_calls.gate(svc, ep, key): the key's token, or raises */
 static PyObject *key_name;  /* interned "key" */
 static PyObject *omu_name, *eps_name, *events_name, *probe_name; /* interned attribute names */
+static PyObject *stale_name; /* interned "stale" */
 
 PyObject *hot_deadlines_in_use(PyObject *self, PyObject *unused)
 {
@@ -84,6 +85,25 @@ static PyObject *only_key(PyObject *const *a, Py_ssize_t n, PyObject *kwnames)
     return a[n];
 }
 
+/* 1 (error cleared) when the error set is ep's admission finding its endpoint
+ * removed (EndpointRemovedError.stale is ep: fn never ran), so the Python
+ * method may look the name up again; else 0, the error kept. */
+static int removed_at_admission(PyObject *ep)
+{
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    PyObject *st = v != NULL ? PyObject_GetAttr(v, stale_name) : NULL;
+    int yes = st == ep;
+    Py_XDECREF(st);
+    if (yes) {
+        Py_XDECREF(t), Py_XDECREF(v), Py_XDECREF(tb);
+        return 1;
+    }
+    PyErr_Clear(); /* the GetAttr miss */
+    PyErr_Restore(t, v, tb);
+    return 0;
+}
+
 /* Called as a method: a[0] is the service, then endpoint, fn, *args (and key=). */
 static PyObject *execute_call(PyObject *s, PyObject *const *a, size_t nargsf, PyObject *kwnames)
 {
@@ -115,6 +135,8 @@ static PyObject *execute_call(PyObject *s, PyObject *const *a, size_t nargsf, Py
     if (h != NULL) {
         struct hot_call c = {a[2], a + 3, n - 3, NULL};
         r = hot_run(ep, h, 5 /* cost 1, NORMAL */, &c);
+        if (r == NULL && key == NULL && removed_at_admission(ep))
+            r = PyObject_Vectorcall(x->slow, a, nargsf, kwnames); /* it looks the name up again */
     }
     Py_DECREF(ep);
     return r;
@@ -228,7 +250,8 @@ int hot_add_service_types(PyObject *m)
     events_name = PyUnicode_InternFromString("_events");
     probe_name = PyUnicode_InternFromString("probe");
     key_name = PyUnicode_InternFromString("key");
-    if (key_name == NULL)
+    stale_name = PyUnicode_InternFromString("stale");
+    if (key_name == NULL || stale_name == NULL)
         return -1;
     if (!omu_name || !eps_name || !events_name || !probe_name || PyType_Ready(&ExecuteType) < 0)
         return -1;

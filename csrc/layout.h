@@ -9,7 +9,7 @@
  *   3 host identity (boot, namespaces, init claim), 4 fleet agent lease, 5-7 reserved.
  *
  * Slot, one cache line per part (no false sharing between parts):
- *   line 0      control: state word, hash, name length, policy seq + lease
+ *   line 0      control: state word, hash, name length, policy seq + lease, incarnation
  *   line 1      name bytes
  *   lines 2-7   policy[2] (double buffer; seq low bit picks the live one)
  *   line 8      breaker: word, half-open word, streak, baseline, last failure, opens,
@@ -59,11 +59,19 @@ typedef _Atomic uint32_t sg_a32;
  * +--------+----------------------------+-----------------------------+
  * | kind 2 |         pid 30             |  claim time (ns >> 20) 32   |
  * +--------+----------------------------+-----------------------------+
- * kind: 0 EMPTY, 1 CLAIMED (pid, time valid), 2 READY.
+ * kind: 0 EMPTY (word 0) or DELETED (word SK_DELETED: removed, reusable,
+ *       probes pass it); 1 CLAIMED (pid, time valid); 2 READY (low 32 bits:
+ *       the incarnation, handles compare the whole word); 3 ABANDONED (a
+ *       claim whose owner stalled: pid, time kept; nobody reuses it until
+ *       the owner is proven dead or gives it up, so a resumed claimant's
+ *       fill lands in a slot nobody else owns).
  */
 #define SG_SK_EMPTY 0u
 #define SG_SK_CLAIMED 1u
 #define SG_SK_READY 2u
+#define SG_SK_ABANDONED 3u
+#define SK_DELETED (1ULL << 61)
+#define SK_GONE UINT64_MAX /* a handle bound to no READY word: every call fails */
 #define SK_KIND(w) ((uint32_t)((w) >> 62))
 #define SK_PID(w) ((uint32_t)(((w) >> 32) & 0x3fffffffu))
 #define SK_TIME(w) ((uint32_t)((w) & 0xffffffffu))
@@ -300,6 +308,7 @@ struct sg_slot {
     uint32_t pad0;
     sg_a64 policy_seq;                   /**< publish count; low bit = live buffer */
     sg_a64 policy_lease;                 /**< writer lease: pid 22 | deadline 42 */
+    sg_a64 incarn;                       /**< last incarnation published (table.c) */
     /* line 1 */
     alignas(SG_CACHE_LINE) char name[SG_NAME_MAX]; /**< not NUL-terminated at 64 */
     /* lines 2-7 */
@@ -350,6 +359,7 @@ _Static_assert(offsetof(struct sg_host_line, boot_id) == offsetof(struct sg_host
 _Static_assert(offsetof(struct sg_header, agent) == 4 * 64, "fleet agent line");
 _Static_assert(sizeof(struct sg_policy_raw) == 192, "policy is 3 cache lines");
 _Static_assert(sizeof(struct sg_slot) == SG_SLOT_SIZE, "slot is 2 KiB");
+_Static_assert(offsetof(struct sg_slot, incarn) < 64, "control line is one line");
 _Static_assert(offsetof(struct sg_slot, bword) == 8 * 64, "breaker line");
 _Static_assert(offsetof(struct sg_slot, judged) == 8 * 64 + 56, "breaker line is one line");
 _Static_assert(offsetof(struct sg_slot, tat) == 14 * 64, "limiter line");
@@ -574,6 +584,23 @@ static inline uint64_t sg_mul_ppm(uint64_t a, uint64_t ppm)
         return UINT64_MAX;
     return sg_sat_add(hi, lo / SG_PPM);
 }
+
+/* The handle's slot while it still holds the incarnation the handle was
+ * bound to (sg_handle_init), else NULL: a closed service (slot NULL) or a
+ * removed endpoint whose slot may now be another's. relaxed: a check, not
+ * an ordering; a call stalled between this check and its CAS is the one
+ * window left (the fill resets every word, so such a CAS fails). */
+static inline struct sg_slot *sg_hslot(const struct sg_handle *h)
+{
+    struct sg_slot *s = h->slot;
+    return s != NULL && LD(&s->state) == h->ready ? s : NULL;
+}
+
+/* Test hook: raise(SIGSTOP), once per process, when env SHMGUARD_TEST_STALL
+ * names `point` (cold paths only: registration fill, policy publish). */
+void sg_test_stall(const char *point);
+/* table.c: the slot holds `name` (its fields as published before READY) */
+int sg_slot_named(const struct sg_slot *s, const char *name, uint32_t n);
 
 /* Internal, shared between csrc files. */
 uint64_t sg_now_h(const struct sg_handle *h);

@@ -2,8 +2,9 @@
  * policy.c -- the policy every process of the host sees for one slot.
  *
  * Two buffers and a sequence word: a writer (holding the slot's writer
- * lease) fills the buffer that is NOT live, then publishes it by bumping
- * policy_seq with release order (R2). Readers copy the live buffer and
+ * lease, taken over only from a holder proven dead) fills the buffer that
+ * is NOT live, then publishes it by a CAS of policy_seq with release order
+ * (R2). Readers copy the live buffer and
  * re-check the sequence (seqlock over two buffers), so a reader never
  * blocks and a writer that dies mid-write leaves the live buffer intact.
  */
@@ -135,8 +136,10 @@ void sg_policy_load(const struct sg_slot *s, struct sg_policy_view *out)
 
 int sg_policy_read(const struct sg_handle *h, struct sg_policy_view *out)
 {
-    if (!h || !h->slot || !out)
+    if (!h || !out)
         return SG_E_ARG;
+    if (sg_hslot(h) == NULL)
+        return SG_E_GONE;
     sg_policy_load(h->slot, out);
     return SG_OK;
 }
@@ -164,33 +167,59 @@ int sg_policy_check(const struct sg_policy_view *v)
     return SG_OK;
 }
 
-int sg_policy_publish(const struct sg_handle *h, const struct sg_policy_view *pol, uint32_t pid)
+/* Publishes `pol` for every process. The writer lease (pid 22 | deadline
+ * 42, ns >> 20) is taken only when free: a held one gives SG_E_BUSY with
+ * the word in *lease_out, and the caller frees it with sg_policy_takeover()
+ * once it proved the holder dead (pid + start time); its deadline alone
+ * never hands it over (DESIGN round 2: a stalled writer is alive). The
+ * final stores are CASes, so a writer whose lease was taken anyway (an
+ * opt-in deadline-only judgement) cannot publish: its seq CAS fails. */
+int sg_policy_publish(const struct sg_handle *h, const struct sg_policy_view *pol, uint32_t pid,
+                      uint64_t *lease_out)
 {
-    if (!h || !h->slot)
+    if (!h)
         return SG_E_ARG;
+    struct sg_slot *s = sg_hslot(h);
+    if (s == NULL)
+        return SG_E_GONE;
     int rc = sg_policy_check(pol);
     if (rc != SG_OK)
         return rc;
-    struct sg_slot *s = h->slot;
     uint64_t now = sg_mono_ns();
     uint64_t mine = ((uint64_t)(pid & 0x3fffffu) << 42) |
                     (((now + LEASE_NS) >> LEASE_SHIFT) & ((1ULL << 42) - 1));
-    uint64_t cur = atomic_load_explicit(&s->policy_lease, memory_order_acquire);
-    uint64_t now_u = (now >> LEASE_SHIFT) & ((1ULL << 42) - 1);
-    /* Free, or its holder's deadline passed (died mid-publish): take it.
-     * Serial compare over 42 bits. */
-    int expired = cur != 0 && ((cur - now_u) & ((1ULL << 42) - 1)) > (1ULL << 41);
-    if (cur != 0 && !expired)
-        return SG_E_BUSY;
+    uint64_t cur = 0;
     /* acq_rel: owning the lease orders our writes after the previous
-     * holder's; on failure cur is refreshed and we report BUSY. */
+     * holder's; on failure cur is refreshed and reported. */
     if (!atomic_compare_exchange_strong_explicit(&s->policy_lease, &cur, mine,
-                                                 memory_order_acq_rel, memory_order_acquire))
+                                                 memory_order_acq_rel, memory_order_acquire)) {
+        if (lease_out)
+            *lease_out = cur;
         return SG_E_BUSY;
+    }
+    sg_test_stall("publish");
     uint64_t seq = LD(&s->policy_seq); /* relaxed: the lease orders writers */
     sg_policy_store(&s->policy[(seq + 1) & 1], pol);
-    /* R2: publishes the buffer just written; pairs with A2. */
-    atomic_store_explicit(&s->policy_seq, seq + 1, memory_order_release);
-    atomic_store_explicit(&s->policy_lease, 0, memory_order_release);
-    return SG_OK;
+    /* R2: publishes the buffer just written; pairs with A2. A CAS: a seq
+     * moved by another writer means our lease was taken: publish nothing. */
+    int ok = atomic_compare_exchange_strong_explicit(&s->policy_seq, &seq, seq + 1,
+                                                     memory_order_release, memory_order_relaxed);
+    uint64_t held = mine;
+    atomic_compare_exchange_strong_explicit(&s->policy_lease, &held, 0, memory_order_release,
+                                            memory_order_relaxed);
+    return ok ? SG_OK : SG_E_BUSY;
+}
+
+/* Frees a writer lease whose holder the caller proved dead (exact word). */
+int sg_policy_takeover(const struct sg_handle *h, uint64_t lease_word)
+{
+    struct sg_slot *s = h ? sg_hslot(h) : NULL;
+    if (s == NULL)
+        return SG_E_GONE;
+    if (lease_word == 0)
+        return SG_E_ARG;
+    /* acq_rel: pairs with the holder's lease CAS */
+    return atomic_compare_exchange_strong_explicit(&s->policy_lease, &lease_word, 0,
+                                                   memory_order_acq_rel, memory_order_relaxed)
+               ? SG_OK : SG_E_BUSY;
 }

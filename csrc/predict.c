@@ -89,7 +89,7 @@ static int fold(struct sg_slot *s, sg_a64 *wp, uint32_t nb, uint64_t cur, uint64
     for (;;) {
         struct holt h;
         int have = decode(w, cur, nb, floor, &h);
-        uint64_t from = have ? h.last + 1 : cur + 1 > nb ? cur + 1 - nb : 0;
+        uint64_t from = have ? h.last + 1 : cur >= nb ? cur - nb + 1 : 0; /* no wrap at cur = max */
         if (from < floor)
             from = floor;
         for (uint64_t e = from; e < cur; e++) {

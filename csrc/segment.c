@@ -246,6 +246,9 @@ int sg_handle_init(struct sg_handle *hd, void *base, uint64_t len, uint32_t inde
     hd->index = index;
     hd->slot = sg_slot_at(base, index);
     hd->clock = (v.flags & SG_HDR_MANUAL_CLOCK) ? (void *)&h->manual_now_ns : NULL;
+    /* A1: the incarnation the handle is bound to (see sg_hslot) */
+    uint64_t w = atomic_load_explicit(&((struct sg_slot *)hd->slot)->state, memory_order_acquire);
+    hd->ready = SK_KIND(w) == SG_SK_READY ? w : SK_GONE;
     return SG_OK;
 }
 

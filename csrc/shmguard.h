@@ -17,8 +17,8 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-#define SG_LAYOUT_VERSION 4
-#define SG_ABI_VERSION 3
+#define SG_LAYOUT_VERSION 5
+#define SG_ABI_VERSION 4
 #define SG_HEADER_SIZE 512
 #define SG_SLOT_SIZE 2048
 #define SG_NAME_MAX 64
@@ -50,6 +50,7 @@ enum sg_rc {
     SG_E_NOT_FOUND = -12,
     SG_E_ARG = -13,          /**< bad argument (index, length, enum) */
     SG_E_COST = -14,         /**< cost can never conform (exceeds burst) */
+    SG_E_GONE = -15,         /**< handle: its endpoint was removed (or the service closed) */
     SG_E_NOT_READY = -20,    /**< segment header not published yet */
     SG_E_MAGIC = -21,
     SG_E_VERSION = -22,
@@ -78,6 +79,8 @@ enum sg_outcome { SG_SUCCESS = 1, SG_FAILURE = 2, SG_IGNORE = 3 };
 #define SG_SLOT_EMPTY 0
 #define SG_SLOT_CLAIMED 1
 #define SG_SLOT_READY 2
+#define SG_SLOT_DELETED 3        /* removed endpoint: reusable */
+#define SG_SLOT_ABANDONED 4      /* claim of a stalled (live) registrant: skipped */
 
 /* Header flags. */
 #define SG_HDR_MANUAL_CLOCK 1
@@ -158,6 +161,7 @@ struct sg_slot_view {
     uint32_t claim_pid;
     uint32_t claim_age_ms;
     uint64_t policy_seq;
+    uint64_t word;               /* the raw state word (takeover / abandon) */
 };
 
 struct sg_breaker_view {
@@ -213,6 +217,7 @@ struct sg_handle {
     uint64_t map_len;
     uint32_t index;
     uint32_t pad;
+    uint64_t ready;              /* the READY word (incarnation) the handle is bound to */
 };
 
 /* segment.c */
@@ -234,20 +239,37 @@ uint64_t sg_segment_mixed(const void *base);
 int sg_segment_check(const void *base, uint64_t len, struct sg_header_view *out);
 int sg_handle_init(struct sg_handle *h, void *base, uint64_t len, uint32_t index);
 uint64_t sg_clock_now(const void *base);
+/* slot_detach.c: replaces a mapping with private zero pages (close under concurrent use) */
+int sg_segment_detach(void *base, uint64_t len);
+int sg_segment_map(void *base, uint64_t len, int fd);
 int sg_clock_set(void *base, uint64_t now_ns);
 
 /* table.c */
+/* register: SG_E_BUSY with index_out and claim_out naming a claim in the way;
+ * the caller judges its owner (proven dead: takeover; alive past a bound:
+ * abandon) and calls again. A claim is never taken over by age here. */
 int sg_table_register(void *base, uint64_t len, const char *name, uint32_t name_len,
-                      const struct sg_policy_view *pol, uint32_t pid, uint64_t stale_ns,
+                      const struct sg_policy_view *pol, uint32_t pid,
                       uint32_t *index_out, uint64_t *claim_out);
 int sg_table_find(void *base, uint64_t len, const char *name, uint32_t name_len,
                   uint32_t *index_out);
+/* takeover: a CLAIMED or ABANDONED word whose owner is proven dead -> DELETED;
+ * abandon: a CLAIMED word of a live owner -> ABANDONED (its publish fails) */
 int sg_table_takeover(void *base, uint64_t len, uint32_t index, uint64_t claim_word);
+int sg_table_abandon(void *base, uint64_t len, uint32_t index, uint64_t claim_word);
+/* unregister: READY name -> DELETED (handles bound to it get SG_E_GONE) */
+int sg_table_unregister(void *base, uint64_t len, const char *name, uint32_t name_len);
+/* bind: sg_handle_init, then checks the slot is READY with `name` (else SG_E_NOT_FOUND) */
+int sg_handle_bind(struct sg_handle *h, void *base, uint64_t len, uint32_t index,
+                   const char *name, uint32_t name_len);
+/* SG_OK while the handle's endpoint is the one it was bound to, else SG_E_GONE */
+int sg_handle_check(const struct sg_handle *h);
 int sg_slot_snapshot(const void *base, uint64_t len, uint32_t index,
                      struct sg_slot_view *out);
 int sg_policy_read(const struct sg_handle *h, struct sg_policy_view *out);
 int sg_policy_publish(const struct sg_handle *h, const struct sg_policy_view *pol,
-                      uint32_t pid);
+                      uint32_t pid, uint64_t *lease_out);
+int sg_policy_takeover(const struct sg_handle *h, uint64_t lease_word);
 int sg_policy_check(const struct sg_policy_view *pol);
 
 /* breaker.c: explicit-time core, then handle forms that read the clock */

@@ -1,13 +1,22 @@
 /*
  * table.c -- the slot table: open addressing on FNV-1a of the name.
  *
- * Slot lifecycle by CAS on the state word:
- *   EMPTY -> CLAIMED(pid, time) -> READY
- * A claim older than `stale_ns` is taken over by CAS (its owner died or
- * stalled); a younger one makes the caller retry (SG_E_BUSY) after judging
- * the claimant's liveness itself. Two processes registering one name at
- * once: the second sees the first's CLAIMED slot on its probe path and
- * waits, so the name ends in ONE slot. Slots are never freed.
+ * Slot lifecycle by CAS on the state word (layout.h):
+ *   EMPTY or DELETED -> CLAIMED(pid, time) -> READY(incarnation) -> DELETED
+ *   CLAIMED -> ABANDONED (owner alive but stalled) -> DELETED (owner proven
+ *   dead, or the owner itself once its publish failed)
+ * A name's chain runs from its home slot to the first EMPTY; DELETED and
+ * ABANDONED slots are passed. A CLAIMED slot on the chain makes the caller
+ * wait (SG_E_BUSY): its name is not known yet. The caller (Python, with
+ * psutil) judges the claimant: proven dead (pid + start time) -> takeover;
+ * alive past a bound -> abandon. Age alone never hands the slot to another
+ * owner (DESIGN round 2), so a claimant resuming inside its fill writes
+ * only into a slot nobody else owns, and its publish CAS fails.
+ *
+ * One name, one slot: a claimant re-scans its whole chain after its claim
+ * (a seq_cst fence between the two, so of two overlapping claimants at
+ * least one sees the other) and gives its claim up if it finds the name
+ * READY or another claim.
  */
 #include <string.h>
 
@@ -39,6 +48,11 @@ static int name_matches(const struct sg_slot *s, uint64_t hash, const char *name
 {
     /* Fields below were published before READY (R1) and are read after A1. */
     return s->name_hash == hash && s->name_len == n && memcmp(s->name, name, n) == 0;
+}
+
+int sg_slot_named(const struct sg_slot *s, const char *name, uint32_t n)
+{
+    return check_name(name, n) == SG_OK && name_matches(s, fnv1a(name, n), name, n);
 }
 
 static uint32_t claim_age_ms(uint64_t w, uint64_t now)
@@ -104,26 +118,94 @@ static void fill_slot(struct sg_slot *s, uint64_t hash, const char *name, uint32
     zero_area(s->fleet.w, sizeof s->fleet);
 }
 
-/* Fill a claimed slot and publish it; fails if our claim was taken over. */
+/* Gives up our claim (or the ABANDONED form of it): the slot is reusable. */
+static void release_claim(struct sg_slot *s, uint64_t claim)
+{
+    uint64_t w = claim;
+    /* release: our fill writes happen before the slot is reusable; on
+     * failure w is refreshed and tells whether it was abandoned. */
+    if (!atomic_compare_exchange_strong_explicit(&s->state, &w, SK_DELETED, memory_order_release,
+                                                 memory_order_relaxed)) {
+        w = (claim & ~(3ULL << 62)) | ((uint64_t)SG_SK_ABANDONED << 62);
+        atomic_compare_exchange_strong_explicit(&s->state, &w, SK_DELETED, memory_order_release,
+                                                memory_order_relaxed);
+    }
+}
+
+/* Fill a claimed slot and publish it as a new incarnation; SG_E_BUSY if our
+ * claim was abandoned meanwhile (the slot is then given up). */
 static int publish(struct sg_header *h, struct sg_slot *s, uint64_t claim, uint64_t hash,
                    const char *name, uint32_t n, const struct sg_policy_view *pol)
 {
+    sg_test_stall("fill");
     fill_slot(s, hash, name, n, pol, sg_clock_now(h));
+    /* relaxed: only the claim owner bumps it; R1 below publishes it */
+    uint64_t inc = (atomic_fetch_add_explicit(&s->incarn, 1, memory_order_relaxed) + 1) & 0xffffffffu;
     uint64_t expected = claim;
     /* R1: publishes name, hash and policy before READY; pairs with A1 in
-     * probe(). CAS (not store) so a claimant that was taken over while
-     * stalled cannot publish over the new owner. */
+     * scan() and sg_handle_init(). CAS (not store): an abandoned claimant
+     * cannot publish. */
     if (!atomic_compare_exchange_strong_explicit(&s->state, &expected,
-                                                 SK_MAKE(SG_SK_READY, 0, 0),
-                                                 memory_order_release, memory_order_relaxed))
+                                                 SK_MAKE(SG_SK_READY, 0, inc ? inc : 1),
+                                                 memory_order_release, memory_order_relaxed)) {
+        release_claim(s, claim);
         return SG_E_BUSY;
+    }
     atomic_fetch_add_explicit(&h->used, 1, memory_order_relaxed); /* statistic */
     return SG_CREATED;
 }
 
+struct chain {
+    uint32_t idx;    /* found name, or the claim in the way */
+    uint64_t word;   /* that slot's word */
+    uint32_t free;   /* first reusable slot (cap: none) */
+    uint64_t fword;  /* its word */
+};
+
+/* Walks name's chain. SG_OK: READY with the name at c->idx. SG_E_BUSY: a
+ * claim (not `skip`) at c->idx (lookups pass claims). SG_E_NOT_FOUND:
+ * not there; c->free names the first reusable slot. */
+static int scan(void *base, uint32_t cap, uint64_t hash, const char *name, uint32_t n,
+                uint32_t skip, int lookup, struct chain *c)
+{
+    c->free = cap;
+    for (uint32_t i = 0; i < cap; i++) {
+        uint32_t idx = (uint32_t)((hash + i) % cap);
+        struct sg_slot *s = sg_slot_at(base, idx);
+        /* A1: pairs with R1 in publish(); seq_cst after a claim (see top) */
+        uint64_t w = atomic_load_explicit(&s->state, memory_order_seq_cst);
+        if (idx == skip)
+            continue;
+        switch (SK_KIND(w)) {
+        case SG_SK_READY:
+            if (name_matches(s, hash, name, n)) {
+                c->idx = idx, c->word = w;
+                return SG_OK;
+            }
+            continue;
+        case SG_SK_EMPTY:
+            if (w != 0 && w != SK_DELETED)
+                return SG_E_CORRUPT;
+            if (c->free == cap)
+                c->free = idx, c->fword = w;
+            if (w == 0)
+                return SG_E_NOT_FOUND; /* the chain ends here */
+            continue;
+        case SG_SK_CLAIMED:
+            if (lookup)
+                continue;
+            c->idx = idx, c->word = w;
+            return SG_E_BUSY;
+        default:
+            continue; /* ABANDONED: nobody's, skipped */
+        }
+    }
+    return SG_E_NOT_FOUND;
+}
+
 static int probe(void *base, uint64_t len, const char *name, uint32_t n,
-                 const struct sg_policy_view *pol, uint32_t pid, uint64_t stale_ns,
-                 uint32_t *index_out, uint64_t *claim_out)
+                 const struct sg_policy_view *pol, uint32_t pid, uint32_t *index_out,
+                 uint64_t *claim_out)
 {
     struct sg_header_view v;
     int rc = sg_segment_check(base, len, &v);
@@ -132,85 +214,54 @@ static int probe(void *base, uint64_t len, const char *name, uint32_t n,
     if ((rc = check_name(name, n)) != SG_OK || !index_out)
         return rc ? rc : SG_E_ARG;
     uint64_t hash = fnv1a(name, n);
-    uint32_t cap = v.capacity;
-    for (uint32_t i = 0; i < cap; i++) {
-        uint32_t idx = (uint32_t)((hash + i) % cap);
-        struct sg_slot *s = sg_slot_at(base, idx);
-        /* A1: pairs with R1 in publish(). */
-        uint64_t w = atomic_load_explicit(&s->state, memory_order_acquire);
-    again:
-        switch (SK_KIND(w)) {
-        case SG_SK_READY:
-            if (name_matches(s, hash, name, n)) {
-                *index_out = idx;
-                return SG_OK;
-            }
-            continue;
-        case SG_SK_EMPTY:
-            if (!pol)
-                return SG_E_NOT_FOUND; /* lookup: the name would be here */
-            break;                     /* claim it below */
-        case SG_SK_CLAIMED:
-            if ((uint64_t)claim_age_ms(w, sg_mono_ns()) * 1000000ULL < stale_ns) {
-                *index_out = idx;
-                if (claim_out)
-                    *claim_out = w;
-                return SG_E_BUSY;
-            }
-            if (!pol)
-                continue; /* lookup passes a dead claim */
-            break;        /* a dead or stalled claim: take it over below */
-        default:
-            return SG_E_CORRUPT;
-        }
+    struct chain c;
+    for (int tries = 0; tries < 64; tries++) {
+        rc = scan(base, v.capacity, hash, name, n, v.capacity, pol == NULL, &c);
+        if (rc != SG_E_NOT_FOUND || pol == NULL)
+            break;
+        if (c.free == v.capacity)
+            return SG_E_FULL;
+        struct sg_slot *s = sg_slot_at(base, c.free);
         uint64_t claim = SK_MAKE(SG_SK_CLAIMED, pid, sg_mono_ns() >> CLAIM_SHIFT);
-        /* acq_rel: on success we own the slot; on failure w is refreshed
-         * (acquire, as A1) and we look at the slot again. */
-        if (atomic_compare_exchange_strong_explicit(&s->state, &w, claim, memory_order_acq_rel,
-                                                    memory_order_acquire)) {
-            *index_out = idx;
-            return publish(base, s, claim, hash, name, n, pol);
+        /* seq_cst: the claim is ordered before our re-scan's loads (and
+         * another claimant's) ; on failure the slot changed: scan again. */
+        if (!atomic_compare_exchange_strong_explicit(&s->state, &c.fword, claim,
+                                                     memory_order_seq_cst, memory_order_relaxed))
+            continue;
+        *index_out = c.free;
+        rc = scan(base, v.capacity, hash, name, n, c.free, 0, &c);
+        if (rc != SG_E_NOT_FOUND) { /* the name elsewhere, or a claim: not ours to take */
+            release_claim(s, claim);
+            break;
         }
-        goto again;
+        rc = publish(base, s, claim, hash, name, n, pol);
+        if (rc != SG_E_BUSY)
+            return rc;
     }
-    return pol ? SG_E_FULL : SG_E_NOT_FOUND;
+    if (rc == SG_OK || rc == SG_E_BUSY) {
+        *index_out = c.idx;
+        if (claim_out)
+            *claim_out = c.word;
+    }
+    return rc;
 }
 
 int sg_table_register(void *base, uint64_t len, const char *name, uint32_t name_len,
-                      const struct sg_policy_view *pol, uint32_t pid, uint64_t stale_ns,
-                      uint32_t *index_out, uint64_t *claim_out)
+                      const struct sg_policy_view *pol, uint32_t pid, uint32_t *index_out,
+                      uint64_t *claim_out)
 {
     if (!pol)
         return SG_E_ARG;
     int rc = sg_policy_check(pol);
     if (rc != SG_OK)
         return rc;
-    return probe(base, len, name, name_len, pol, pid, stale_ns, index_out, claim_out);
+    return probe(base, len, name, name_len, pol, pid, index_out, claim_out);
 }
 
 int sg_table_find(void *base, uint64_t len, const char *name, uint32_t name_len,
                   uint32_t *index_out)
 {
-    return probe(base, len, name, name_len, NULL, 0, 2000000000ULL, index_out, NULL);
-}
-
-/* Take over a claim the caller judged dead (its pid is gone). */
-int sg_table_takeover(void *base, uint64_t len, uint32_t index, uint64_t claim_word)
-{
-    struct sg_header_view v;
-    int rc = sg_segment_check(base, len, &v);
-    if (rc != SG_OK)
-        return rc;
-    if (index >= v.capacity || SK_KIND(claim_word) != SG_SK_CLAIMED)
-        return SG_E_ARG;
-    struct sg_slot *s = sg_slot_at(base, index);
-    uint64_t mine = SK_MAKE(SG_SK_EMPTY, 0, 0);
-    /* Back to EMPTY: the next registrant claims it through the normal path.
-     * acq_rel: pairs with the claimant's CAS. */
-    if (!atomic_compare_exchange_strong_explicit(&s->state, &claim_word, mine,
-                                                 memory_order_acq_rel, memory_order_relaxed))
-        return SG_E_BUSY;
-    return SG_OK;
+    return probe(base, len, name, name_len, NULL, 0, index_out, NULL);
 }
 
 int sg_slot_snapshot(const void *base, uint64_t len, uint32_t index, struct sg_slot_view *out)
@@ -225,7 +276,12 @@ int sg_slot_snapshot(const void *base, uint64_t len, uint32_t index, struct sg_s
     memset(out, 0, sizeof *out);
     uint64_t w = atomic_load_explicit(&s->state, memory_order_acquire); /* A1 */
     out->kind = SK_KIND(w);
-    if (out->kind == SG_SK_CLAIMED) {
+    out->word = w;
+    if (out->kind == SG_SK_ABANDONED)
+        out->kind = SG_SLOT_ABANDONED;
+    else if (w == SK_DELETED)
+        out->kind = SG_SLOT_DELETED;
+    if (out->kind == SG_SK_CLAIMED || out->kind == SG_SLOT_ABANDONED) {
         out->claim_pid = SK_PID(w);
         out->claim_age_ms = claim_age_ms(w, sg_mono_ns());
     } else if (out->kind == SG_SK_READY) {
@@ -235,7 +291,7 @@ int sg_slot_snapshot(const void *base, uint64_t len, uint32_t index, struct sg_s
         memcpy(out->name, s->name, n);
         out->name_len = n;
         out->policy_seq = atomic_load_explicit(&s->policy_seq, memory_order_acquire);
-    } else if (out->kind != SG_SK_EMPTY) {
+    } else if (out->kind == SG_SK_EMPTY && w != 0) {
         return SG_E_CORRUPT;
     }
     return SG_OK;

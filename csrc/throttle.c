@@ -217,9 +217,11 @@ int sg_throttle_record_at(void *slot, uint64_t now, int outcome)
 int sg_throttle_report(const struct sg_handle *h, int overload)
 {
     struct thr t;
-    if (!h || !h->slot)
+    if (!h)
         return SG_E_ARG;
-    struct sg_slot *s = h->slot;
+    struct sg_slot *s = sg_hslot(h);
+    if (s == NULL)
+        return SG_E_GONE;
     if (thr_load(s, &t))
         count(&s->throttle, t.bucket_ns, sg_now_h(h), 1, !overload, overload != 0);
     return SG_OK;

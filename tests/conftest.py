@@ -40,8 +40,9 @@ def segname(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def svc(segname: str) -> sg.ResilienceService:
-    """A service on a fresh segment with a manual clock at T0."""
-    s = sg.ResilienceService(segname, capacity=64, manual_clock=True)
+    """A service on a fresh segment with a manual clock at T0 (registers endpoints on first use)."""
+    s = sg.ResilienceService(segname, capacity=64, manual_clock=True,
+                             default_policy=sg.PolicyPresets.standard())
     s.set_clock(T0)
     yield s
     s.close()
@@ -50,8 +51,8 @@ def svc(segname: str) -> sg.ResilienceService:
 
 @pytest.fixture
 def realsvc(segname: str) -> sg.ResilienceService:
-    """A service on a fresh segment with the real monotonic clock."""
-    s = sg.ResilienceService(segname, capacity=64)
+    """A service on a fresh segment with the real monotonic clock (registers on first use)."""
+    s = sg.ResilienceService(segname, capacity=64, default_policy=sg.PolicyPresets.standard())
     yield s
     s.close()
     s.unlink()

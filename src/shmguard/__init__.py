@@ -9,7 +9,7 @@ from shmguard.errors import (BulkheadFullError, CapacityError, CircuitOpenError,
                              PolicyError, RateLimitedError, RejectedError, SegmentCorruptError,
                              SegmentError, SegmentIncompatibleError, SegmentNotFoundError,
                              SegmentPermissionError, ServiceClosedError, ShmguardError,
-                             ThrottledError)
+                             ThrottledError, UnknownEndpointError, EndpointRemovedError)
 from shmguard.executor import ResilientExecutor
 from shmguard.fallback import AsyncFallbackChain, FallbackChain
 from shmguard.fleet.config import RedisFleet
@@ -35,5 +35,6 @@ __all__ = [
     "RateLimitedError", "RejectedError", "Reservation", "ResilienceService", "ResilientExecutor", "SegmentCorruptError",
     "SegmentError", "SegmentIncompatibleError", "SegmentNotFoundError", "SegmentPermissionError",
     "ServiceClosedError", "ShmguardError", "Ticket", "list_segments", "unlink",
-    "PredictionStats", "ThrottleStats", "ThrottledError", "RedisFleet",
+    "PredictionStats", "ThrottleStats", "ThrottledError", "RedisFleet", "UnknownEndpointError",
+    "EndpointRemovedError",
 ]

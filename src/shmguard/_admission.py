@@ -45,7 +45,10 @@ def admit_slow(ep: Endpoint, tok: int | None, priority: Priority, timeout: float
         raise rate_limited(ep, priority)
     if rc == lib.SG_R_THROTTLED:
         raise overload.throttled_error(ep)
-    raise ep.rc_error(rc)
+    err = ep.rc_error(rc)
+    if rc == lib.SG_E_GONE:
+        err.stale = ep  # type: ignore[attr-defined]  # execute looks the name up again
+    raise err
 
 
 def rate_limited(ep: Endpoint, priority: Priority) -> RateLimitedError:

@@ -14,6 +14,7 @@ from shmguard import _admission, _capi, _keyed_calls, aio, retry
 from shmguard.deadline import check as _check_deadline
 from shmguard.deadline import deadline_ns as _deadline_ns
 from shmguard.deadline import on_first_use
+from shmguard.errors import EndpointRemovedError
 from shmguard._endpoint import LEASE_BITS
 from shmguard._registry import Registry
 from shmguard.limiter import pack
@@ -103,15 +104,27 @@ class Calls(Registry):
             return retry.execute(ep, priority, timeout, fn, args, kwargs, plan)
         if timeout is None and _hot_execute is not None and self._events.on_metrics_update is None:
             # admit, call and record in one C call (shmguard._hot)
-            return _hot_execute(ep, ep.hp, cp, fn, args, kwargs or None)  # type: ignore[no-any-return]
-        if timeout is None:
-            tok = ep.admit(ep.h, cp)
-            if tok < 0:
-                tok = _admission.admit_slow(ep, tok, priority, None)
-            elif tok & LEASE_BITS:
-                ep.admitted(tok)
-        else:
-            tok = _admission.admit_slow(ep, None, priority, timeout)
+            try:
+                return _hot_execute(ep, ep.hp, cp, fn, args, kwargs or None)  # type: ignore[no-any-return]
+            except EndpointRemovedError as exc:  # at admission (fn did not run): look it up again
+                if getattr(exc, "stale", None) is not ep:
+                    raise
+                self._endpoint(endpoint)  # drops the stale entry: found again, or raises
+                return self.execute(endpoint, fn, *args, priority=priority, **kwargs)  # key: admitted
+        try:
+            if timeout is None:
+                tok = ep.admit(ep.h, cp)
+                if tok < 0:
+                    tok = _admission.admit_slow(ep, tok, priority, None)
+                elif tok & LEASE_BITS:
+                    ep.admitted(tok)
+            else:
+                tok = _admission.admit_slow(ep, None, priority, timeout)
+        except EndpointRemovedError as exc:  # as on the one-crossing path above
+            if getattr(exc, "stale", None) is not ep:
+                raise
+            self._endpoint(endpoint)
+            return self.execute(endpoint, fn, *args, priority=priority, timeout=timeout, **kwargs)
         if tok & LEASE_BITS and ep.probe is not None:
             tok = _admission.probe_instead(ep, tok, priority, timeout)
         bt = _admission.enter_bulkhead(ep, tok, priority)

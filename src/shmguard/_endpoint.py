@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from shmguard import _capi, overload, probes
 from shmguard._capi import ffi, lib
-from shmguard.errors import (CircuitOpenError, InvalidNameError, PolicyError, ServiceClosedError,
-                             ShmguardError)
+from shmguard.errors import (CircuitOpenError, EndpointRemovedError, InvalidNameError, PolicyError,
+                             ServiceClosedError, ShmguardError, UnknownEndpointError)
 from shmguard.policy import Outcome, Policy, Priority
 from shmguard.stats import (BreakerMode, BreakerSnapshot, BreakerState, BulkheadStats,
                             EndpointStats, LimiterMetrics, Probe, RetryBudgetStats)
@@ -67,7 +67,11 @@ class Endpoint:
         self.index = index
         self.policy = policy
         self.h = ffi.new("struct sg_handle *")
-        _capi.check(lib.sg_handle_init(self.h, seg.base, seg.size, index), "handle", seg.name)
+        raw = name.encode("ascii")
+        rc = lib.sg_handle_bind(self.h, seg.base, seg.size, index, raw, len(raw))
+        if rc == lib.SG_E_NOT_FOUND:  # removed (or replaced) between the lookup and here
+            raise UnknownEndpointError(f"endpoint {name!r} does not exist in segment {seg.name!r}")
+        _capi.check(rc, "handle", seg.name)
         self.bind()
         self.next_reclaim = 0.0
         self.next_metrics = 0.0
@@ -94,6 +98,12 @@ class Endpoint:
     def closed_error(self) -> NoReturn:
         raise ServiceClosedError(f"segment {self.seg.name!r} is closed in this process")
 
+    def live_slot(self) -> Any:
+        """The slot, while this handle's endpoint exists; else raises (closed or removed)."""
+        if lib.sg_handle_check(self.h) != lib.SG_OK:
+            raise self.rc_error(lib.SG_E_GONE)
+        return self.h.slot
+
     def slow_admit(self, tok: int, cp: int) -> int:
         """A rejection or a probe permit: raise, reclaim, or run the health probe."""
         from shmguard import _admission
@@ -119,6 +129,8 @@ class Endpoint:
         permit (if ``tok`` holds one) is given back before raising.
         """
         from shmguard import _tickets
+        if bt == lib.SG_E_GONE:
+            raise self.rc_error(bt)
         try:
             if bt >= 0:  # granted; the quota asks for a recount of the processes
                 try:
@@ -151,7 +163,7 @@ class Endpoint:
 
     def sync_bulkhead(self) -> None:
         """Makes the slot's ticket limit follow its policy (and counts processes for a quota)."""
-        lib.sg_bulkhead_sync_at(self.h.slot, self.seg.now_ns())
+        lib.sg_bulkhead_sync_at(self.live_slot(), self.seg.now_ns())
         if self.policy_view().quota_ppm:
             from shmguard import _tickets
             _tickets.refresh_quota(self)
@@ -197,7 +209,7 @@ class Endpoint:
 
     def reclaim_probes(self) -> int:
         """Frees half-open permits whose holder died; returns how many."""
-        self.seg.base  # raises once closed
+        slot = self.live_slot()  # raises once closed or removed
         now = time.monotonic()
         if now < self.next_reclaim:
             return 0
@@ -208,13 +220,13 @@ class Endpoint:
         for p in snap.probes:
             if not probes.holder_alive(p.pid, started_before=time.time() - (lease - p.lease_left),
                                         seg=self.seg):
-                freed += lib.sg_breaker_reclaim(self.h.slot, p.index, p.word) == lib.SG_OK
+                freed += lib.sg_breaker_reclaim(slot, p.index, p.word) == lib.SG_OK
         return freed
 
     def force(self, state: int) -> None:
         """Moves the breaker to a manual ``state``; reports a change to ``on_state_change``."""
         before = self.breaker_snapshot().state
-        rc = lib.sg_breaker_force_at(self.h.slot, self.seg.now_ns(), state)
+        rc = lib.sg_breaker_force_at(self.live_slot(), self.seg.now_ns(), state)
         if rc == lib.SG_E_ARG:
             raise self.rc_error(rc)
         after = self.breaker_snapshot().state
@@ -225,12 +237,14 @@ class Endpoint:
     def policy_view(self) -> Any:
         self.seg.base  # raises once closed: never touch an unmapped slot
         v = ffi.new("struct sg_policy_view *")
-        lib.sg_policy_read(self.h, v)
+        rc = lib.sg_policy_read(self.h, v)
+        if rc != lib.SG_OK:
+            raise self.rc_error(rc)
         return v
 
     def breaker_snapshot(self) -> BreakerSnapshot:
         v = ffi.new("struct sg_breaker_view *")
-        _capi.check(lib.sg_breaker_snapshot_at(self.h.slot, self.seg.now_ns(), v), "breaker",
+        _capi.check(lib.sg_breaker_snapshot_at(self.live_slot(), self.seg.now_ns(), v), "breaker",
                     self.seg.name)
         state, mode = STATES[v.state]
         pr = tuple(Probe(v.probe_pid[i], v.probe_lease_left_ns[i] / NS, i, v.probe_word[i])
@@ -243,7 +257,7 @@ class Endpoint:
 
     def limiter_metrics(self, priority: Priority = Priority.HIGH) -> LimiterMetrics:
         v = ffi.new("struct sg_limiter_view *")
-        _capi.check(lib.sg_limiter_snapshot_at(self.h.slot, self.seg.now_ns(), int(priority), v),
+        _capi.check(lib.sg_limiter_snapshot_at(self.live_slot(), self.seg.now_ns(), int(priority), v),
                     "limiter", self.seg.name)
         by = {str(p): {"accepted": v.accepted[p], "rejected": v.rejected[p], "waited": v.waited[p]}
               for p in Priority}
@@ -252,7 +266,7 @@ class Endpoint:
                               v.effective_rate, v.scale_ppm / 1e6, v.wait_ns / NS)
 
     def bulkhead_stats(self) -> BulkheadStats | None:
-        self.seg.base  # raises once closed
+        self.live_slot()  # raises once closed or removed
         from shmguard import _tickets
         return _tickets.snapshot(self)
 
@@ -275,6 +289,12 @@ class Endpoint:
 
     # -- errors ---------------------------------------------------------------------
     def rc_error(self, rc: int) -> ShmguardError:
+        if rc == lib.SG_E_GONE:
+            if self.seg.closed or self.h.slot == ffi.NULL:
+                return ServiceClosedError(f"segment {self.seg.name!r} is closed in this process")
+            return EndpointRemovedError(
+                f"endpoint {self.name!r} was removed from segment {self.seg.name!r} "
+                "(unregister_endpoint or `shmguard rm-endpoint`); get it again by name")
         if rc == lib.SG_E_COST:
             return PolicyError(f"cost exceeds burst {self.policy_view().burst} of "
                                f"endpoint {self.name!r}")

@@ -7,17 +7,20 @@ process wins, every other one finds the same slot) and publishes policies.
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 import warnings
 from typing import Any, Callable
 
-from shmguard import _capi, policychange, probes
+from shmguard import _capi, _slots, policychange
+from shmguard._slots import (CLAIM_STALE_NS, REGISTER_WAIT, close_segment, judge_claim,
+                             publish_policy, reclaim_abandoned)
 from shmguard._capi import ffi, lib
 from shmguard._endpoint import NS, Endpoint, validate_endpoint
 from shmguard._events import Events
 from shmguard.errors import (CapacityError, PolicyConflictError, PolicyError, SegmentError,
-                             ServiceClosedError, ShmguardError)
+                             ServiceClosedError, ShmguardError, UnknownEndpointError)
 from shmguard.limiter import change_rate
 from shmguard.policy import Policy, PolicyPresets
 from shmguard.segment import Segment, validate_name
@@ -26,21 +29,21 @@ from shmguard.stats import BreakerState, EndpointStats
 
 __all__ = ["Registry", "REGISTER_WAIT", "CLAIM_STALE_NS"]
 
-REGISTER_WAIT = 5.0
-CLAIM_STALE_NS = 2 * NS
-
-
 class Registry:
     """Segment, endpoint table, clock and callbacks of one service (see ResilienceService)."""
 
     def __init__(self, name: str | None = None, *, policy: Policy | None = None,
                  capacity: int = 256, manual_clock: bool = False, allow_foreign: bool = False,
-                 create: bool = True, lazy: bool = False, shared_namespaces: bool = False) -> None:
+                 create: bool = True, lazy: bool = False, shared_namespaces: bool = False,
+                 default_policy: Policy | None = None) -> None:
         if name is None:
             name = os.environ.get("SHMGUARD_SEGMENT") or "default"
-        if policy is not None and not isinstance(policy, Policy):
-            raise PolicyError(f"policy must be a shmguard.Policy, got {policy!r}")
-        self.default_policy = policy or PolicyPresets.standard()
+        for what, p in (("policy", policy), ("default_policy", default_policy)):
+            if p is not None and not isinstance(p, Policy):
+                raise PolicyError(f"{what} must be a shmguard.Policy, got {p!r}")
+        self.default_policy = policy or default_policy or PolicyPresets.standard()
+        #: registers endpoints absent from the segment on first use (None: they raise)
+        self.implicit_policy = default_policy
         self.name = validate_name(name)
         if isinstance(capacity, bool) or not isinstance(capacity, int) or not (
                 1 <= capacity <= lib.SG_MAX_CAPACITY):  # checked now, also for a lazy service
@@ -104,14 +107,21 @@ class Registry:
         return self._segment is not None and not self._segment.closed
 
     def close(self) -> None:
-        """Detaches this process; the segment stays for the others. Idempotent."""
+        """Detaches this process; the segment stays for the others. Idempotent.
+
+        Safe while other threads use the service: their calls in flight finish
+        or raise :class:`ServiceClosedError`. With other threads alive the
+        shared pages are swapped for private zero pages at once (a call still
+        inside C reads those, never unmapped memory) and the address range is
+        released when the process next closes a service with no other thread.
+        """
         self._closed = True
-        for ep in self._eps.values():
+        for ep in list(self._eps.values()):
             ep.unbind()
-        for kl in self._keyed.values():
+        for kl in list(self._keyed.values()):
             kl.close()
         if self._segment is not None:
-            self._segment.close()
+            close_segment(self._segment)
 
     def unlink(self) -> bool:
         """Removes the segment's name (and its keyed limiters') from the host; reports whether it existed."""
@@ -181,12 +191,9 @@ class Registry:
                 f"endpoint {name!r} already exists in segment {self.name!r} with another policy "
                 f"({policychange.describe(diff)}); pass on_conflict='replace' to replace it "
                 "for every process")
-        deadline = time.monotonic() + REGISTER_WAIT
-        while (rc := lib.sg_policy_publish(ep.h, new, os.getpid())) == lib.SG_E_BUSY:
-            if time.monotonic() > deadline:
-                raise ShmguardError(f"endpoint {name!r}: policy writer lease stayed busy")
-            time.sleep(0.001)
-        _capi.check(rc, f"publish policy of {name!r}", self.name)
+        rc = publish_policy(ep.h, new, f"endpoint {name!r}", self.segment)
+        if rc != lib.SG_OK:
+            raise ep.rc_error(rc)
         change_rate(lambda: lib.sg_limiter_retune_at(ep.h.slot, self.segment.now_ns()),
                     f"new rate of {name!r}", self.name)   # the debt is kept in tokens
         ep.sync_bulkhead()
@@ -204,39 +211,77 @@ class Registry:
         raw = validate_endpoint(name)
         view = policy.fill_view(ffi.new("struct sg_policy_view *"))
         idx, claim = ffi.new("uint32_t *"), ffi.new("uint64_t *")
-        deadline = time.monotonic() + REGISTER_WAIT
+        deadline = time.monotonic() + _slots.REGISTER_WAIT
         seg = self.segment
         while True:
             rc = lib.sg_table_register(seg.base, seg.size, raw, len(raw), view, os.getpid(),
-                                       CLAIM_STALE_NS, idx, claim)
+                                       idx, claim)
+            if rc == lib.SG_E_FULL and reclaim_abandoned(seg):
+                continue
             if rc != lib.SG_E_BUSY:
                 break
-            # a claim by another process is in the way: is its owner alive?
-            if not probes.pid_alive((claim[0] >> 32) & 0x3FFFFFFF, seg=seg):
-                lib.sg_table_takeover(seg.base, seg.size, idx[0], claim[0])
+            # a claim is in the way: dead owner -> free it; stalled -> set it aside
+            if judge_claim(seg, idx[0], claim[0]):
                 continue
             if time.monotonic() > deadline:
                 raise ShmguardError(f"endpoint {name!r}: a slot claim stayed busy")
-            time.sleep(0.0005)
+            time.sleep(random.uniform(0.0002, 0.001))  # jitter: two claimants never lockstep
         if rc == lib.SG_E_FULL:
             raise CapacityError(f"cannot register endpoint {name!r}: segment {self.name!r} is "
                                 f"full ({seg.capacity} slots); create it with a larger capacity")
         _capi.check(rc, f"register {name!r}", self.name)
-        with self._lock:
-            ep = self._eps.get(name)
-            if ep is None or ep.index != idx[0]:
-                ep = Endpoint(seg, self._events, name, idx[0], policy)
-                self._eps[name] = ep
+        ep = self._bind(name, idx[0], policy)
         ep.sync_bulkhead()
         return ep, rc == lib.SG_CREATED
 
-    def _endpoint(self, name: str) -> Endpoint:
-        ep = self._eps.get(name)
+    def _bind(self, name: str, index: int, policy: Policy) -> Endpoint:
+        with self._lock:
+            ep = self._eps.get(name)
+            if ep is None or ep.index != index or lib.sg_handle_check(ep.h) != lib.SG_OK:
+                ep = Endpoint(self.segment, self._events, name, index, policy)
+                self._eps[name] = ep
+        return ep
+
+    def _endpoint(self, name: str, create: bool = True) -> Endpoint:
+        """The endpoint ``name`` of the segment; absent: registered with ``default_policy``
+        if the service has one and ``create``, else :class:`UnknownEndpointError`."""
         if self._closed:
             raise ServiceClosedError(f"segment {self.name!r} is closed in this process")
-        if ep is None:
-            ep, _ = self._register(name, self.default_policy)
-        return ep
+        ep = self._eps.get(name)
+        if ep is not None and lib.sg_handle_check(ep.h) == lib.SG_OK:
+            return ep
+        raw = validate_endpoint(name)
+        seg, idx = self.segment, ffi.new("uint32_t *")
+        rc = lib.sg_table_find(seg.base, seg.size, raw, len(raw), idx)
+        if rc == lib.SG_OK:
+            return self._bind(name, idx[0], ep.policy if ep is not None else self.default_policy)
+        if rc != lib.SG_E_NOT_FOUND:
+            _capi.check(rc, f"find {name!r}", self.name)
+        if create and self.implicit_policy is not None:
+            return self._register(name, self.implicit_policy)[0]
+        raise UnknownEndpointError(
+            f"endpoint {name!r} does not exist in segment {self.name!r}; register it first "
+            "(register_endpoint), or create the service with default_policy= to register "
+            "endpoints on first use")
+
+    def unregister_endpoint(self, name: str) -> None:
+        """Removes endpoint ``name`` from the segment, for every process; its slot becomes reusable.
+
+        Every process still holding it (a handle, a cached endpoint, a bulkhead
+        ticket) gets :class:`EndpointRemovedError` on its next call, never the
+        state of an endpoint that later reuses the slot; ``execute`` by name
+        looks the name up again.
+
+        :raises UnknownEndpointError: no endpoint of that name exists.
+        """
+        raw = validate_endpoint(name)
+        seg = self.segment
+        rc = lib.sg_table_unregister(seg.base, seg.size, raw, len(raw))
+        if rc == lib.SG_E_NOT_FOUND:
+            raise UnknownEndpointError(f"endpoint {name!r} does not exist in segment {self.name!r}")
+        _capi.check(rc, f"unregister {name!r}", self.name)
+        with self._lock:
+            self._eps.pop(name, None)
 
     def set_health_probe(self, endpoint: str, probe: Callable[[], Any] | None) -> None:
         """Lets ``probe()`` stand in for real traffic as the half-open probe.
@@ -258,3 +303,4 @@ class Registry:
             if lib.sg_slot_snapshot(seg.base, seg.size, i, v) == 0 and v.kind == lib.SG_SLOT_READY:
                 out.append(ffi.unpack(v.name, v.name_len).decode("ascii", "replace"))
         return sorted(out)
+

@@ -84,9 +84,14 @@ class SegmentInit:
         size = os.fstat(fd).st_size
         if size >= lib.SG_HEADER_SIZE and size != self.size:
             self.close()
-            self._mm = mmap.mmap(fd, size)
+            # an anonymous range owned by Python (no fd kept), the segment mapped over it: a
+            # close() under concurrent use can swap it for zero pages (_slots.close_segment)
+            self._mm = mmap.mmap(-1, size)
             self._buf = ffi.from_buffer(self._mm)
             self._base = ffi.cast("void *", self._buf)
+            if lib.sg_segment_map(self._base, size, fd) != lib.SG_OK:
+                self.close()
+                raise SegmentError(f"segment {self.name!r} could not be mapped")
             self.size = size
         return self._mm is not None
 

@@ -39,7 +39,7 @@ def take(ep: Endpoint, mode: int, wait_s: float | None) -> int:
     Whatever interrupts it (KeyboardInterrupt included), no ticket stays taken:
     C writes the token into ``buf`` before returning, and it is given back here.
     """
-    ep.seg.base  # raises once the service is closed
+    ep.live_slot()  # raises once closed or removed
     buf = ffi.new("int64_t[2]")
     try:
         return _take(ep, mode, wait_s, buf)
@@ -101,7 +101,7 @@ async def take_async(ep: Endpoint, mode: int, wait_s: float | None) -> int:
     while it waits leaves no ticket behind; a ticket won by its last try is
     given back if it is cancelled before it returns.
     """
-    ep.seg.base  # raises once the service is closed
+    ep.live_slot()  # raises once closed or removed
     buf = ffi.new("int64_t[2]")
     try:
         t = lib.sg_bulkhead_wait(ep.h, mode, 0, buf)

@@ -165,7 +165,7 @@ def _no_bulkhead(ep: Endpoint) -> int:
 def _try(ep: Endpoint, priority: Priority = Priority.NORMAL) -> Any:
     """try_acquire's every case: arguments, a full bulkhead (dead holders first), a recount."""
     mode = _MODES[priority] if type(priority) is Priority else _prio(priority)
-    ep.seg.base  # raises once the service is closed
+    ep.live_slot()  # raises once closed or removed
     buf = _BUFS.pop() if _BUFS else ffi.new("int64_t[2]")
     try:
         t = lib.sg_bulkhead_wait(ep.h, mode, 0, buf)

@@ -18,6 +18,26 @@ class InvalidNameError(ShmguardError, ValueError):
     """A segment or endpoint name is not acceptable."""
 
 
+class UnknownEndpointError(ShmguardError, KeyError):
+    """The endpoint does not exist in the segment (never registered, or removed).
+
+    A ``KeyError`` too: ``svc.stats(name)`` reads like a mapping lookup.
+    Read-only calls never create an endpoint; ``execute`` and the handle
+    getters create one only on a service made with ``default_policy=``.
+    """
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class EndpointRemovedError(UnknownEndpointError):
+    """A handle (or a ticket, or a call in flight) refers to an endpoint that was removed.
+
+    Its slot may now hold another endpoint; nothing was read or written
+    there. Get the endpoint again by name.
+    """
+
+
 class CapacityError(ShmguardError):
     """The segment's slot table is full."""
 

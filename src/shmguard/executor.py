@@ -28,7 +28,7 @@ from shmguard.deadline import until
 from shmguard.errors import (DeadlineExceededError, RejectedError, SegmentError,
                              ThrottledError)
 from shmguard.limiter import pack, wait_ns
-from shmguard.policy import Policy, Priority
+from shmguard.policy import Policy, PolicyPresets, Priority
 from shmguard._endpoint import validate_endpoint
 from shmguard.service import ResilienceService
 
@@ -157,7 +157,8 @@ class ResilientExecutor:
         if not isinstance(executor, Executor):
             raise TypeError(f"executor must be a concurrent.futures.Executor, got {executor!r}")
         self.executor = executor
-        self.service = ResilienceService(segment, policy=policy)
+        self.service = ResilienceService(segment, policy=policy,  # registers on first use
+                                         default_policy=policy or PolicyPresets.standard())
         self.segment = self.service.name
         self._ticket = _Ticket(self.segment, _identity(self.service), policy)
         self._known: set[str] = set()

@@ -69,7 +69,7 @@ def wait_ns(seconds: float | None) -> int:
 
 def delay_of(ep: Endpoint, cp: int) -> float:
     """Returns how long (seconds) until the packed ``cp`` conforms at ``ep``; takes nothing."""
-    ep.seg.base  # raises once closed
+    ep.live_slot()  # raises once closed or removed
     out = ffi.new("int64_t *")
     lib.sg_limiter_delay_at(ep.h.slot, ep.seg.now_ns(), cp, out)
     return max(0, int(out[0])) / NS
@@ -121,6 +121,8 @@ def allow(ep: Endpoint, cost: int = 1, priority: Priority = _NORMAL) -> bool:
         return True
     if rc == lib.SG_R_RATE_LIMITED:
         return False
+    if rc == lib.SG_E_GONE:  # removed, or the service closed
+        raise ep.rc_error(rc)
     burst = ep.policy_view().burst
     raise PolicyError(f"allow(cost={cost}) exceeds burst {burst} of limiter "
                       f"{ep.name!r} at priority {Priority(priority)}")
@@ -155,7 +157,7 @@ class Limiter:
         ep = self._ep
         cp = pack(cost, priority)
         d = ffi.new("struct sg_decision *")
-        ep.seg.base  # raises ServiceClosedError once closed
+        ep.live_slot()  # raises once closed or removed
         rc = lib.sg_reserve(ep.h, cp, wait_ns(max_wait), d)
         if rc not in (0, lib.SG_R_RATE_LIMITED):
             raise self._cost_error(verb, cost, priority)
@@ -194,7 +196,7 @@ class Limiter:
                 not 0 <= seconds <= 86400 * 365:
             raise PolicyError(f"hold seconds must be in [0, 1 year], got {seconds!r}")
         ep = self._ep
-        ep.seg.base  # raises once closed
+        ep.live_slot()  # raises once closed or removed
         lib.sg_limiter_hold(ep.h, ep.seg.now_ns() + int(seconds * NS))
 
     def tokens(self, priority: Priority = Priority.HIGH) -> float:

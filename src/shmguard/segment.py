@@ -269,6 +269,18 @@ class Segment(SegmentInit):
             self._mm.close()
             self._mm = None
 
+    def detach(self) -> Any:
+        """Closes the segment in this process but hands back its mmap, still mapped.
+
+        For a caller that has made the range harmless (Registry.close) and
+        unmaps it later, when no thread can be inside it.
+        """
+        mm, self._mm = self._mm, None
+        if self._buf is not None:
+            ffi.release(self._buf)
+            self._buf = None
+        return mm
+
     def unlink(self) -> bool:
         """Removes the segment's name from the host (mappings stay valid)."""
         return unlink(self.name)

@@ -21,8 +21,7 @@ from shmguard._endpoint import LEASE_BITS
 from shmguard._registry import CLAIM_STALE_NS, REGISTER_WAIT
 from shmguard.breaker import Breaker
 from shmguard.bulkhead import Bulkhead
-from shmguard.errors import PolicyError, ShmguardError
-from shmguard.errors import PolicyConflictError, PolicyError, ShmguardError
+from shmguard.errors import PolicyConflictError, PolicyError, ShmguardError, UnknownEndpointError
 from shmguard.keyed import KeyedLimiter
 from shmguard.limiter import Limiter, change_rate
 from shmguard.policy import Policy
@@ -45,8 +44,13 @@ class ResilienceService(Calls):
     ``on_policy_change(endpoint, {field: (old, new)})`` runs in the process
     whose registration changed a policy (see :meth:`register_endpoint`).
 
-    :param policy: default policy for endpoints registered implicitly
+    :param policy: the policy ``register_endpoint(name)`` uses when given none
         (``PolicyPresets.standard()``).
+    :param default_policy: register endpoints absent from the segment on first
+        use (``execute``, ``breaker()``, ``limiter()``...) with this policy.
+        Without it such calls raise :class:`UnknownEndpointError` (a typo
+        never takes a slot); an endpoint any process registered works
+        everywhere. Read-only calls (``breaker_state``, ``stats``) never register.
     :param capacity: slots when creating (ignored when attaching).
     :param manual_clock: on creation, a clock that only moves when told
         (:meth:`set_clock`, :meth:`advance`), shared by all processes (tests).
@@ -60,7 +64,8 @@ class ResilienceService(Calls):
         Attach errors (missing, foreign, corrupt) are raised by that first use.
     :param shared_namespaces: attach although the segment was created in
         another pid or time namespace (containers sharing /dev/shm; refused
-        otherwise). Lease and claim owners are then judged by deadline only.
+        otherwise). Lease owners are then judged by deadline only; a slot claim
+        older than 2 s is set aside (its slot stays unused).
 
     >>> with ResilienceService("doc-example") as svc:   # doctest: +SKIP
     ...     svc.register_endpoint("cache", PolicyPresets.network())
@@ -71,7 +76,8 @@ class ResilienceService(Calls):
     def __init__(self, name: str | None = None, *, policy: Policy | None = None,
                  capacity: int = 256, manual_clock: bool = False, allow_foreign: bool = False,
                  create: bool = True, lazy: bool = False, shared_namespaces: bool = False,
-                 fleet: Any = None, host_id: str | None = None) -> None:
+                 default_policy: Policy | None = None, fleet: Any = None,
+                 host_id: str | None = None) -> None:
         self._fleet: Any = None
         if fleet is not None:
             from shmguard.fleet.agent import Agent
@@ -79,7 +85,7 @@ class ResilienceService(Calls):
             self._fleet = Agent(lambda: self.segment, coerce(fleet), default_host_id(host_id))
         super().__init__(name, policy=policy, capacity=capacity, manual_clock=manual_clock,
                          allow_foreign=allow_foreign, create=create, lazy=lazy,
-                         shared_namespaces=shared_namespaces)
+                         shared_namespaces=shared_namespaces, default_policy=default_policy)
         _LIVE.add(self)
         if self._fleet is not None and not lazy:
             self._fleet.start()
@@ -102,7 +108,8 @@ class ResilienceService(Calls):
         """
         args, lazy = self._segment_args, self._segment is None
         return (_reattach, (self.name, self.default_policy, bool(args["allow_foreign"]),
-                            lazy and bool(args["create"]), lazy, bool(args["shared_namespaces"])))
+                            lazy and bool(args["create"]), lazy, bool(args["shared_namespaces"]),
+                            self.implicit_policy))
 
     def __enter__(self) -> ResilienceService:
         return self
@@ -112,15 +119,15 @@ class ResilienceService(Calls):
 
     # -- handles ------------------------------------------------------------------------
     def breaker(self, endpoint: str) -> Breaker:
-        """Returns the breaker handle of ``endpoint`` (registering it if new)."""
+        """Returns the breaker handle of ``endpoint`` (see ``default_policy`` for a new one)."""
         return Breaker(self._endpoint(endpoint))
 
     def limiter(self, endpoint: str) -> Limiter:
-        """Returns the limiter handle of ``endpoint`` (registering it if new)."""
+        """Returns the limiter handle of ``endpoint`` (see ``default_policy`` for a new one)."""
         return Limiter(self._endpoint(endpoint))
 
     def bulkhead(self, endpoint: str) -> Bulkhead:
-        """Returns the bulkhead handle of ``endpoint`` (registering it if new)."""
+        """Returns the bulkhead handle of ``endpoint`` (see ``default_policy`` for a new one)."""
         return Bulkhead(self._endpoint(endpoint))
     def keyed_limiter(self, name: str, rate: float, burst: int, *, capacity: int = 100_000,
                       on_full: str = "reject", replace: bool = False) -> KeyedLimiter:
@@ -173,12 +180,18 @@ class ResilienceService(Calls):
 
     # -- state and statistics --------------------------------------------------------------
     def breaker_state(self, endpoint: str) -> BreakerState:
-        """Reports the endpoint's breaker state (host-wide)."""
-        return self._endpoint(endpoint).breaker_snapshot().state
+        """Reports the endpoint's breaker state (host-wide); never registers it.
+
+        :raises UnknownEndpointError: no such endpoint in the segment.
+        """
+        return self._endpoint(endpoint, create=False).breaker_snapshot().state
 
     def stats(self, endpoint: str) -> EndpointStats:
-        """Returns the endpoint's statistics, read from the segment."""
-        ep = self._endpoint(endpoint)
+        """Returns the endpoint's statistics, read from the segment; never registers it.
+
+        :raises UnknownEndpointError: no such endpoint in the segment.
+        """
+        ep = self._endpoint(endpoint, create=False)
         st, pv = ep.stats(), ep.policy_view()
         if pv.flags & lib.SG_POL_FLEET_RATE:
             from shmguard.fleet.view import fleet_stats
@@ -189,7 +202,13 @@ class ResilienceService(Calls):
 
     def all_stats(self) -> list[EndpointStats]:
         """Returns statistics for every endpoint in the segment."""
-        return [self.stats(n) for n in self.endpoints()]
+        out = []
+        for n in self.endpoints():
+            try:
+                out.append(self.stats(n))
+            except UnknownEndpointError:  # removed meanwhile
+                pass
+        return out
 
     def adjust_rate(self, endpoint: str, health: float) -> None:
         """Scales the endpoint's rate by a health score in [0, 1] (drops at once, recovers gradually)."""
@@ -197,7 +216,7 @@ class ResilienceService(Calls):
             raise PolicyError(f"health must be in [0, 1], got {health!r}")
         ep = self._endpoint(endpoint)
         ppm = round(health * 1e6)
-        change_rate(lambda: lib.sg_limiter_scale_at(ep.h.slot, self.now_ns(), ppm),
+        change_rate(lambda: lib.sg_limiter_scale_at(ep.live_slot(), self.now_ns(), ppm),
                     f"adjust_rate({endpoint!r})", self.name)
 
 
@@ -215,6 +234,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _reattach(name: str, policy: Policy, allow_foreign: bool, create: bool = False,
-              lazy: bool = False, shared_namespaces: bool = False) -> ResilienceService:
+              lazy: bool = False, shared_namespaces: bool = False,
+              default_policy: Policy | None = None) -> ResilienceService:
     return ResilienceService(name, policy=policy, create=create, allow_foreign=allow_foreign,
-                             lazy=lazy, shared_namespaces=shared_namespaces)
+                             lazy=lazy, shared_namespaces=shared_namespaces,
+                             default_policy=default_policy)

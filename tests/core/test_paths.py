@@ -25,7 +25,7 @@ def test_the_core_suite_passes_on_the_cffi_path() -> None:
                                              "test_hardening_limits.py", "test_gcra_steps.py", "test_doors.py",
                                              "test_deadlines.py", "test_fallback.py", "test_keyed.py",
                                              "test_bulkhead.py", "test_bulkhead_steps.py",
-                                             "test_throttle.py")]
+                                             "test_throttle.py", "test_endpoint_lifecycle.py")]
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                         "-p", "no:xdist", *files], env=env, capture_output=True, text=True,
                        timeout=600)

@@ -120,6 +120,7 @@ def test_url_endpoint_names_are_fine(svc):
 
 def test_closed_service_raises_not_crashes(segname):
     svc = sg.ResilienceService(segname, capacity=4)
+    svc.register_endpoint("e")
     lim = svc.limiter("e")
     svc.close()
     with pytest.raises(sg.ShmguardError, match="closed"):
@@ -151,5 +152,6 @@ def test_creator_that_died_before_publishing_is_replaced(segname):
     with pytest.raises(sg.SegmentCorruptError, match="never initialised"):
         sg.ResilienceService(segname, create=False)
     with sg.ResilienceService(segname, capacity=4) as svc:   # replaces it
+        svc.register_endpoint("e")
         assert svc.segment.created and svc.execute("e", lambda: 3) == 3
         svc.unlink()

@@ -200,7 +200,7 @@ def test_adjust_rate(svc):
 
 
 def test_all_stats_is_host_wide(segname, svc):
-    other = sg.ResilienceService(segname, create=False)
+    other = sg.ResilienceService(segname, create=False, default_policy=sg.PolicyPresets.standard())
     try:
         other.execute("x", lambda: 1)
         svc.execute("y", lambda: 1)

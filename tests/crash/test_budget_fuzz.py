@@ -29,7 +29,7 @@ def test_fuzz_budget_words_and_policy(svc, area, window, ratio, minimum, nows):
     ep = svc._eps["dep"]
     pv = ep.policy_view()
     pv.retry_window_ns, pv.retry_ratio_ppm, pv.retry_min_milli = window, ratio, minimum
-    assert lib.sg_policy_publish(ep.h, pv, 1) == lib.SG_OK
+    assert lib.sg_policy_publish(ep.h, pv, 1, ffi.NULL) == lib.SG_OK
     words = ffi.cast("uint64_t *", ffi.cast("char *", ep.h.slot) + 27 * 64)
     for i, w in enumerate(area):
         words[i] = w

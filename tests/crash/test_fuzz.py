@@ -113,7 +113,7 @@ def _segment(cap: int, manual: bool) -> Buf:
 
 def _register(b: Buf, name: bytes) -> int:
     idx = ffi.new("uint32_t *")
-    rc = lib.sg_table_register(b.ptr, b.n, name, len(name), POLICY, 1, 2 * NS, idx, ffi.NULL)
+    rc = lib.sg_table_register(b.ptr, b.n, name, len(name), POLICY, 1, idx, ffi.NULL)
     assert rc in (lib.SG_OK, lib.SG_CREATED)
     return idx[0]
 
@@ -158,7 +158,7 @@ def _table_calls(b: Buf, index: int, name: bytes) -> None:
         _slot_ops(b, h, [("acquire", 5, 1, 0), ("record", 5, 0, 1), ("decide", 5, 1, 2),
                          ("snapshot", 5, 0, 0), ("lsnap", 5, 0, 0), ("policy", 0, 0, 0)])
     idx, claim = ffi.new("uint32_t *"), ffi.new("uint64_t *")
-    rr = lib.sg_table_register(b.ptr, b.n, name, len(name), POLICY, 7, 2 * NS, idx, claim)
+    rr = lib.sg_table_register(b.ptr, b.n, name, len(name), POLICY, 7, idx, claim)
     assert rr in CHECK_RCS | {lib.SG_CREATED, lib.SG_E_BUSY, lib.SG_E_FULL, lib.SG_E_ARG,
                               lib.SG_E_CORRUPT}
     if rr in (lib.SG_OK, lib.SG_CREATED):
@@ -173,7 +173,7 @@ def _table_calls(b: Buf, index: int, name: bytes) -> None:
         rs = lib.sg_slot_snapshot(b.ptr, b.n, i & U32, v)
         assert rs in CHECK_RCS | {lib.SG_E_ARG, lib.SG_E_CORRUPT}
         if rs == lib.SG_OK:
-            assert v.kind in (0, 1, 2) and v.name_len <= 64
+            assert v.kind in (0, 1, 2, 3, 4) and v.name_len <= 64
     rt = lib.sg_table_takeover(b.ptr, b.n, index, claim[0])
     assert rt in CHECK_RCS | {lib.SG_E_ARG, lib.SG_E_BUSY}
     if b.n >= HDR:
@@ -201,8 +201,9 @@ OPS += OVERLOAD_OPS
 ops = st.lists(st.tuples(st.sampled_from(OPS), words, words, i64), min_size=1, max_size=25)
 
 ADMIT_NEG = {lib.SG_R_OPEN, lib.SG_R_PROBES_FULL, lib.SG_R_RATE_LIMITED, lib.SG_E_ARG,
-             lib.SG_E_COST, lib.SG_E_CORRUPT, lib.SG_R_THROTTLED}
-DECIDE_RCS = {lib.SG_OK, lib.SG_R_RATE_LIMITED, lib.SG_E_ARG, lib.SG_E_COST}
+             lib.SG_E_COST, lib.SG_E_CORRUPT, lib.SG_R_THROTTLED, lib.SG_E_GONE}
+# SG_E_GONE: a handle whose slot word is not the READY word it was bound to (scribbled)
+DECIDE_RCS = {lib.SG_OK, lib.SG_R_RATE_LIMITED, lib.SG_E_ARG, lib.SG_E_COST, lib.SG_E_GONE}
 
 
 def _slot_ops(b: Buf, h, seq) -> None:
@@ -215,7 +216,7 @@ def _slot_ops(b: Buf, h, seq) -> None:
         now, u32 = a, c & U32
         if op == "acquire":
             t = lib.sg_breaker_acquire_at(slot, now, u32)
-            assert t >= 0 or t in {lib.SG_R_OPEN, lib.SG_R_PROBES_FULL, lib.SG_E_CORRUPT}
+            assert t >= 0 or t in {lib.SG_R_OPEN, lib.SG_R_PROBES_FULL, lib.SG_E_CORRUPT, lib.SG_E_GONE}
         elif op == "record":
             t = lib.sg_breaker_record_at(slot, now, x)
             assert t in (0, 1, 2, 3, lib.SG_T_STALE, lib.SG_E_ARG)
@@ -253,7 +254,8 @@ def _slot_ops(b: Buf, h, seq) -> None:
                 assert math.isfinite(lv.effective_rate) and lv.effective_rate >= 0
                 assert 1 <= lv.scale_ppm <= 10**6
         elif op == "policy":
-            assert lib.sg_policy_read(h, pv) == lib.SG_OK
+            if lib.sg_policy_read(h, pv) == lib.SG_E_GONE:
+                continue
             assert 1 <= pv.buckets <= lib.SG_MAX_BUCKETS
             assert 1 <= pv.half_open_max <= lib.SG_MAX_PROBES
             assert pv.emission_ns >= 1 and pv.bucket_ns >= 1 and pv.burst >= 1
@@ -262,7 +264,8 @@ def _slot_ops(b: Buf, h, seq) -> None:
             ffi.memmove(pv, POLICY, ffi.sizeof(pv[0]))
             fields = ["buckets", "half_open_max", "burst", "failure_ppm", "emission_ns"]
             setattr(pv, fields[u32 % 5], a & (U32 if u32 % 5 < 4 else U64))
-            assert lib.sg_policy_publish(h, pv, u32) in (lib.SG_OK, lib.SG_E_ARG, lib.SG_E_BUSY)
+            assert lib.sg_policy_publish(h, pv, u32, ffi.NULL) in (lib.SG_OK, lib.SG_E_ARG, lib.SG_E_BUSY,
+                                                                   lib.SG_E_GONE)
         elif op in ("admit", "admit_wait"):
             t = (lib.sg_admit(h, c) if op == "admit" else lib.sg_admit_wait(h, c, x, d))
             assert t >= 0 or t in ADMIT_NEG
@@ -278,11 +281,11 @@ def _slot_ops(b: Buf, h, seq) -> None:
             assert lib.sg_reserve(h, c, x, d) in DECIDE_RCS
         elif op == "h_acquire":
             t = lib.sg_breaker_acquire(h)
-            assert t >= 0 or t in {lib.SG_R_OPEN, lib.SG_R_PROBES_FULL, lib.SG_E_CORRUPT}
+            assert t >= 0 or t in {lib.SG_R_OPEN, lib.SG_R_PROBES_FULL, lib.SG_E_CORRUPT, lib.SG_E_GONE}
         elif op == "h_record":
             lib.sg_breaker_record(h, x)
         elif op == "h_cancel":
-            assert lib.sg_limiter_cancel(h, c, d) in (lib.SG_OK, lib.SG_E_ARG)
+            assert lib.sg_limiter_cancel(h, c, d) in (lib.SG_OK, lib.SG_E_ARG, lib.SG_E_GONE)
         elif op in OVERLOAD_OPS:
             _overload_op(h, op, now, c, x)
 
@@ -294,7 +297,7 @@ def _overload_op(h, op: str, now: int, c: int, x: int) -> None:
     elif op == "t_record":
         assert lib.sg_throttle_record_at(h.slot, now, x % 5) in (lib.SG_OK, lib.SG_E_ARG)
     elif op == "t_report":
-        assert lib.sg_throttle_report(h, c & 1) == lib.SG_OK
+        assert lib.sg_throttle_report(h, c & 1) in (lib.SG_OK, lib.SG_E_GONE)
     elif op == "t_snap":
         v = ffi.new("struct sg_throttle_view *")
         assert lib.sg_throttle_snapshot_at(h.slot, now, v) == lib.SG_OK
@@ -358,7 +361,7 @@ def test_fuzz_policy_views(fields, seq):
             setattr(pv, f, value & (U64 if f.endswith("_ns") else U32))
     with _segment(1, True) as b:
         idx = ffi.new("uint32_t *")
-        rc = lib.sg_table_register(b.ptr, b.n, b"p", 1, pv, 1, 2 * NS, idx, ffi.NULL)
+        rc = lib.sg_table_register(b.ptr, b.n, b"p", 1, pv, 1, idx, ffi.NULL)
         assert rc == (lib.SG_CREATED if lib.sg_policy_check(pv) == lib.SG_OK else lib.SG_E_ARG)
         if rc == lib.SG_CREATED:
             h = ffi.new("struct sg_handle *")

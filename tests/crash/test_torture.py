@@ -105,22 +105,29 @@ def test_claim_left_by_a_killed_registrant_is_taken_over(svc):
         corpse.wait()
 
 
-def test_claim_of_a_stalled_live_registrant_is_taken_over_after_the_bound(svc):
-    # a live pid (ours) whose claim is older than the bound (2 s): stalled, not dead
+def _kind(svc, idx: int) -> int:
+    v = ffi.new("struct sg_slot_view *")
+    assert lib.sg_slot_snapshot(svc.segment.base, svc.segment.size, idx, v) == lib.SG_OK
+    return int(v.kind)
+
+
+def test_claim_of_a_stalled_live_registrant_is_set_aside_after_the_bound(svc):
+    # a live pid (ours) whose claim is older than the bound (2 s): stalled, not dead. Its slot
+    # is set aside (never reused while the owner lives: it may resume inside its fill)
     idx = _torture.plant_claim(svc, "orders", os.getpid(), time.monotonic_ns() - STALE - NS)
     assert idx is not None
     svc.register_endpoint("orders", sg.Policy())
-    assert svc._eps["orders"].index == idx
+    assert svc._eps["orders"].index != idx and _kind(svc, idx) == lib.SG_SLOT_ABANDONED
     assert _torture.table_report(svc, {"orders"})[1] == []
 
 
-def test_young_claim_of_a_live_registrant_is_waited_for_then_taken_over(svc):
-    # 0.3 s short of the bound: the registrant waits (the claimant may finish), then takes it
+def test_young_claim_of_a_live_registrant_is_waited_for_then_set_aside(svc):
+    # 0.3 s short of the bound: the registrant waits (the claimant may finish), then sets it aside
     young = time.monotonic_ns() - STALE + 3 * NS // 10
     idx = _torture.plant_claim(svc, "orders", os.getpid(), young)
     assert idx is not None
     svc.register_endpoint("orders", sg.Policy())
-    assert svc._eps["orders"].index == idx
+    assert svc._eps["orders"].index != idx and _kind(svc, idx) == lib.SG_SLOT_ABANDONED
     table, bad = _torture.table_report(svc, {"orders"})
     assert bad == [] and table["ready"] == 1
 

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keyed", action="store_true",
                    help="ENDPOINT names a keyed limiter (each key keeps its debt in tokens)")
 
+    s = sub.add_parser("rm-endpoint", parents=[common], help="remove an endpoint from a segment")
+    s.add_argument("name", metavar="NAME", help=_NAME)
+    s.add_argument("endpoint", metavar="ENDPOINT", help=_ENDPOINT)
+
     s = sub.add_parser("rm", parents=[common], help="remove a segment")
     s.add_argument("name", metavar="NAME", help=_NAME)
     s.add_argument("--force", action="store_true", help="even while processes are attached")
@@ -205,13 +209,15 @@ def _run(args: argparse.Namespace) -> int:
     if cmd == "serve-metrics":
         from shmguard.cli import serve
         return serve.run(args.names, args.host, args.port)
-    if cmd in _CONTROL or cmd == "set-rate":
+    if cmd in _CONTROL or cmd in ("set-rate", "rm-endpoint"):
         from shmguard.cli import control as ctl
         from shmguard.cli.inspector import open_segment
         with open_segment(args.name) as seg:
             if cmd == "set-rate" and args.keyed:
                 print(ctl.set_keyed_rate(seg, args.endpoint, ctl.parse_rate(args.rate),
                                          args.burst))
+            elif cmd == "rm-endpoint":
+                print(ctl.remove_endpoint(seg, args.endpoint))
             elif cmd == "set-rate":
                 print(ctl.set_rate(seg, args.endpoint, ctl.parse_rate(args.rate), args.burst))
             else:

@@ -7,8 +7,6 @@ rate by publishing a new policy view with ``sg_policy_publish``.
 from __future__ import annotations
 
 import math
-import os
-import time
 from typing import Any
 
 from shmguard import _capi
@@ -16,14 +14,15 @@ from shmguard._capi import ffi, lib
 from shmguard.cli.render import count, rate
 from shmguard.errors import PolicyError, ShmguardError
 from shmguard.limiter import change_rate
-from shmguard.cli.inspector import STATES, find_endpoint, policy_view, slot_handle
+from shmguard._endpoint import validate_endpoint
+from shmguard.cli.inspector import (STATES, EndpointNotFoundError, find_endpoint, policy_view,
+                                    slot_handle)
 from shmguard.policy import MAX_RATE
 from shmguard.segment import Segment
 
 __all__ = ["FORCE", "force", "set_rate", "parse_rate"]
 
 NS = 1_000_000_000
-PUBLISH_WAIT = 5.0
 #: command -> C breaker state it forces
 FORCE = {"force-open": lib.SG_FORCED_OPEN, "force-closed": lib.SG_FORCED_CLOSED,
          "reset": lib.SG_CLOSED, "metrics-only": lib.SG_METRICS_ONLY}
@@ -46,6 +45,16 @@ def force(seg: Segment, endpoint: str, command: str) -> str:
         _capi.check(rc, command, seg.name)
     after, gen1 = _state(h, now)
     return f"{endpoint}: {before} -> {after} (generation {gen0} -> {gen1})"
+
+
+def remove_endpoint(seg: Segment, endpoint: str) -> str:
+    """Removes ``endpoint`` from the segment for every process (its slot becomes reusable)."""
+    raw = validate_endpoint(endpoint)
+    rc = lib.sg_table_unregister(seg.base, seg.size, raw, len(raw))
+    if rc == lib.SG_E_NOT_FOUND:
+        raise EndpointNotFoundError(f"endpoint {endpoint!r} not found in segment {seg.name!r}")
+    _capi.check(rc, f"rm-endpoint {endpoint!r}", seg.name)
+    return f"{endpoint}: removed from segment {seg.name} (processes holding it get an error)"
 
 
 def parse_rate(text: str) -> float | None:
@@ -99,11 +108,8 @@ def set_rate(seg: Segment, endpoint: str, new_rate: float | None, burst: int | N
         if new.burst * new.emission_ns > 2**62:
             raise PolicyError(f"burst {new.burst} at rate {new_rate:g}/s spans beyond the "
                               "limiter's horizon of 2**62 ns")
-    deadline = time.monotonic() + PUBLISH_WAIT
-    while (rc := lib.sg_policy_publish(h, new, os.getpid())) == lib.SG_E_BUSY:
-        if time.monotonic() > deadline:
-            raise ShmguardError(f"endpoint {endpoint!r}: the policy writer lease stayed busy")
-        time.sleep(0.001)
+    from shmguard._slots import publish_policy
+    rc = publish_policy(h, new, f"endpoint {endpoint!r}", seg)   # a stalled writer keeps its lease
     if rc == lib.SG_E_ARG:
         raise PolicyError(f"endpoint {endpoint!r}: the resulting policy is invalid")
     _capi.check(rc, f"publish policy of {endpoint!r}", seg.name)

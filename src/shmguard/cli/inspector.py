@@ -21,7 +21,7 @@ import dataclasses
 
 from shmguard import _capi, overload
 from shmguard._capi import ffi, lib
-from shmguard.errors import SegmentCorruptError, ShmguardError
+from shmguard.errors import SegmentCorruptError, ShmguardError, UnknownEndpointError
 from shmguard.segment import SHM_DIR, Segment, object_name
 from shmguard._endpoint import validate_endpoint
 from shmguard.stats import BreakerMode, BreakerState
@@ -45,7 +45,7 @@ _READY = 2
 _FULL_BURST = 2  # Priority.HIGH: the priority that sees the whole burst
 
 
-class EndpointNotFoundError(ShmguardError, LookupError):
+class EndpointNotFoundError(UnknownEndpointError):
     """The segment has no endpoint of that name."""
 
 

@@ -1,0 +1,75 @@
+"""close() while other threads are inside calls: they finish or raise ShmguardError, no crash.
+
+Runs in a subprocess (a crash there is a signal exit, not a dead test
+worker), on both paths: shmguard._hot (GIL held in C) and cffi (GIL
+released inside every C call).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = r"""
+import sys, threading, time
+import shmguard as sg
+
+seg = sys.argv[1]
+for rnd in range(int(sys.argv[2])):
+    svc = sg.ResilienceService(seg, capacity=8)
+    svc.register_endpoint("a", sg.Policy(rate=1e9, burst=10**9, max_concurrent=8))
+    lim, br, bh = svc.limiter("a"), svc.breaker("a"), svc.bulkhead("a")
+    bad, go, stop = [], threading.Barrier(8), threading.Event()
+
+    def permit():
+        p = br.allow()
+        if p is not None:
+            p.success()
+
+    def ticket():
+        t = bh.try_acquire()
+        if t is not None:
+            t.release()
+
+    doors = [lambda: svc.execute("a", time.sleep, 0), lim.allow, permit, ticket,
+             lambda: lim.reserve(), lambda: svc.stats("a"),
+             lambda: svc.execute("a", lambda: None, timeout=0.01)]
+
+    def hammer(door):
+        go.wait()
+        while not stop.is_set():
+            try:
+                door()
+            except sg.ShmguardError:
+                pass   # ServiceClosedError, or a closed error of a door in flight
+            except BaseException as exc:
+                bad.append(repr(exc))
+                return
+
+    threads = [threading.Thread(target=hammer, args=(d,)) for d in doors]
+    for t in threads:
+        t.start()
+    go.wait()
+    time.sleep(0.02 + 0.01 * (rnd % 5))
+    svc.close()
+    time.sleep(0.02)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not bad, bad
+    assert svc.closed
+    with_closed = sg.ResilienceService(seg, create=False)   # the segment is intact for others
+    assert with_closed.stats("a").endpoint == "a"
+    with_closed.close()
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("hot", ["1", "0"])
+def test_close_under_concurrent_calls_never_crashes(segname, hot):
+    env = {**os.environ, "SHMGUARD_NO_HOT": "0" if hot == "1" else "1"}
+    r = subprocess.run([sys.executable, "-c", SCRIPT, segname, "12"], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert (r.returncode, r.stdout.strip()) == (0, "ok"), r.stderr[-2000:]
