@@ -37,7 +37,7 @@ PyObject *hot_guard_make(PyTypeObject *t, PyObject *ep, const struct sg_handle *
 PyObject *hot_bind_execute(PyObject *self, PyObject *const *a, Py_ssize_t n);
 PyObject *hot_bind_guard(PyObject *self, PyObject *const *a, Py_ssize_t n);
 PyObject *hot_deadlines_in_use(PyObject *self, PyObject *unused);
-PyObject *hot_set_key_gate(PyObject *self, PyObject *fn);
+PyObject *hot_set_key_gate(PyObject *self, PyObject *const *a, Py_ssize_t n);
 int hot_add_service_types(PyObject *m);
 
 int64_t hot_bulkhead_enter(PyObject *ep, const struct sg_handle *h, int64_t tok,

@@ -27,8 +27,9 @@ typedef struct {
 } ExecuteObject;
 
 static int deadlines_used; /* set once a deadline was set in this process */
-static PyObject *key_gate;  /* _keyed_calls.gate(svc, ep, key): the key's token, or raises */
-static PyObject *key_name;  /* interned "key" */
+static PyObject *key_gate;   /* _keyed_calls.gate(svc, ep, key): the key's token, or raises */
+static PyObject *key_refuse; /* _keyed_calls.refuse(svc, ep, key): raises the key's refusal */
+static PyObject *key_name, *key_allow_name, *key_for_name, *policy_name; /* interned */
 static PyObject *omu_name, *eps_name, *events_name, *probe_name; /* interned attribute names */
 static PyObject *stale_name; /* interned "stale" */
 
@@ -67,17 +68,62 @@ static PyObject *bound_endpoint(PyObject *svc, PyObject *name)
     return ep;
 }
 
-PyObject *hot_set_key_gate(PyObject *self, PyObject *fn)
+PyObject *hot_set_key_gate(PyObject *self, PyObject *const *a, Py_ssize_t n)
 {
     (void)self;
-    Py_XSETREF(key_gate, Py_NewRef(fn));
+    if (n != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_key_gate(gate, refuse)");
+        return NULL;
+    }
+    Py_XSETREF(key_gate, Py_NewRef(a[0]));
+    Py_XSETREF(key_refuse, Py_NewRef(a[1]));
     Py_RETURN_NONE;
+}
+
+/* The keyed allow the gate cached on ep (ep.key_allow, while ep.policy is
+ * ep.key_for): 1 admitted, 0 refused, -1 not cached or it raised (the gate
+ * then decides, and says why). Never leaves an exception set. */
+static int cached_key_allow(PyObject *ep, PyObject *key)
+{
+    PyObject *ka = PyObject_GetAttr(ep, key_allow_name);
+    PyObject *kf = ka && ka != Py_None ? PyObject_GetAttr(ep, key_for_name) : NULL;
+    PyObject *pol = kf ? PyObject_GetAttr(ep, policy_name) : NULL;
+    int r = -1;
+    if (pol != NULL && pol == kf) {
+        PyObject *ok = PyObject_Vectorcall(ka, &key, 1, NULL);
+        r = ok == NULL ? -1 : ok == Py_True;
+        Py_XDECREF(ok);
+    }
+    Py_XDECREF(ka);
+    Py_XDECREF(kf);
+    Py_XDECREF(pol);
+    PyErr_Clear();
+    return r;
+}
+
+/* execute's key=: 0 with the key's token taken, or -1 with the refusal raised. */
+static int take_key(PyObject *svc, PyObject *ep, PyObject *key)
+{
+    int r = cached_key_allow(ep, key);
+    if (r == 1)
+        return 0;
+    PyObject *args[3] = {svc, ep, key};
+    PyObject *g = PyObject_Vectorcall(r == 0 ? key_refuse : key_gate, args, 3, NULL);
+    if (g == NULL)
+        return -1;
+    Py_DECREF(g);
+    if (r == 0) { /* refuse() returned instead of raising: a bug, say so */
+        PyErr_SetString(PyExc_SystemError, "shmguard: refuse() did not raise");
+        return -1;
+    }
+    return 0;
 }
 
 /* The only keyword is key= (execute's keyed limit): its value, else NULL. */
 static PyObject *only_key(PyObject *const *a, Py_ssize_t n, PyObject *kwnames)
 {
-    if (kwnames == NULL || PyTuple_GET_SIZE(kwnames) != 1 || key_gate == NULL)
+    if (kwnames == NULL || PyTuple_GET_SIZE(kwnames) != 1 || key_gate == NULL ||
+        key_refuse == NULL)
         return NULL;
     PyObject *k = PyTuple_GET_ITEM(kwnames, 0);
     if (k != key_name && PyUnicode_Compare(k, key_name) != 0)
@@ -121,14 +167,9 @@ static PyObject *execute_call(PyObject *s, PyObject *const *a, size_t nargsf, Py
             return NULL;
         return PyObject_Vectorcall(x->slow, a, nargsf, kwnames);
     }
-    if (key != NULL) { /* the key's token first, as the Python method takes it */
-        PyObject *args[3] = {a[0], ep, key};
-        PyObject *g = PyObject_Vectorcall(key_gate, args, 3, NULL);
-        if (g == NULL) {
-            Py_DECREF(ep);
-            return NULL;
-        }
-        Py_DECREF(g);
+    if (key != NULL && take_key(a[0], ep, key) < 0) { /* the key's token first */
+        Py_DECREF(ep);
+        return NULL;
     }
     const struct sg_handle *h = hot_handle_of(ep);
     PyObject *r = NULL;
@@ -251,7 +292,10 @@ int hot_add_service_types(PyObject *m)
     probe_name = PyUnicode_InternFromString("probe");
     key_name = PyUnicode_InternFromString("key");
     stale_name = PyUnicode_InternFromString("stale");
-    if (key_name == NULL || stale_name == NULL)
+    key_allow_name = PyUnicode_InternFromString("key_allow");
+    key_for_name = PyUnicode_InternFromString("key_for");
+    policy_name = PyUnicode_InternFromString("policy");
+    if (!key_name || !stale_name || !key_allow_name || !key_for_name || !policy_name)
         return -1;
     if (!omu_name || !eps_name || !events_name || !probe_name || PyType_Ready(&ExecuteType) < 0)
         return -1;

@@ -45,16 +45,30 @@ def limiter_of(svc: Any, ep: Endpoint) -> KeyedLimiter:
 
 
 def gate(svc: Any, ep: Endpoint, key: Key) -> None:
-    """execute(..., key=) from the C method (csrc/hot_service.c): the key's token, or raises."""
-    kl = svc._keyed.get(ep.policy.keyed_limit)
+    """execute(..., key=) from the C method (csrc/hot_service.c): the key's token, or raises.
+
+    Caches the keyed limiter's C ``allow`` on the endpoint for the policy in
+    force (``ep.key_allow``, ``ep.key_for``): the C method then calls it
+    directly, and comes back here only for what it cannot decide.
+    """
+    policy = ep.policy
+    kl = svc._keyed.get(policy.keyed_limit)
     if kl is None or kl.closed:  # not attached yet, or no keyed limit: the full path
         keyed_admit(svc, ep, key, _NORMAL, None)
+        kl = svc._keyed.get(policy.keyed_limit)
     elif not kl.allow(key):
         raise _refused(kl, ep, key, _NORMAL)
+    if kl is not None and not kl.closed:
+        ep.key_allow, ep.key_for = kl.allow, policy
+
+
+def refuse(svc: Any, ep: Endpoint, key: Key) -> None:
+    """The C method's cached ``allow`` said no: raises the key's RateLimitedError."""
+    raise _refused(limiter_of(svc, ep), ep, key, _NORMAL)
 
 
 if hot is not None:
-    hot.set_key_gate(gate)
+    hot.set_key_gate(gate, refuse)
 
 
 def _refused(kl: KeyedLimiter, ep: Endpoint, key: Key, priority: Priority) -> RateLimitedError:

@@ -273,3 +273,18 @@ def test_a_dead_rate_writers_lease_is_taken_over(svc):
         assert kl.stats().rate == 5.0 and kl._t.refresh().lease == 0
     finally:
         p.wait()
+
+
+def test_execute_with_key_follows_the_policy_and_a_closed_limiter(svc):
+    a = svc.keyed_limiter("a", rate=1, burst=100)
+    b = svc.keyed_limiter("b", rate=1, burst=100)
+    svc.register_endpoint("api", sg.PolicyBuilder().with_keyed_limit("a").build())
+    for _ in range(3):
+        svc.execute("api", int, key="k")
+    svc.register_endpoint("api", sg.PolicyBuilder().with_keyed_limit("b").build(),
+                          on_conflict="replace")
+    svc.execute("api", int, key="k")                 # the new policy's limiter, not a cached one
+    assert (a.stats().accepted, b.stats().accepted) == (3, 1)
+    b.close()                                        # this process's handle of it
+    svc.execute("api", int, key="k")                 # attached again by name
+    assert svc.keyed_limiter("b", rate=1, burst=100).stats().accepted == 2
