@@ -463,11 +463,14 @@ void sg_release_probe(const struct sg_handle *h, int64_t token)
         release_lease(h->slot, TK_LEASE(token), TK_GEN(token), (uint32_t)getpid());
 }
 
-static int64_t admit(const struct sg_handle *h, uint64_t cp, int64_t max_wait, struct sg_decision *d)
+static int64_t admit(const struct sg_handle *h, uint64_t cp, int64_t max_wait, struct sg_decision *d,
+                     uint64_t *now_out)
 {
     if (sg_hslot(h) == NULL)
         return SG_E_GONE;
     uint64_t now = sg_now_h(h);
+    if (now_out)
+        *now_out = now;
     int64_t tok = sg_breaker_acquire_at(h->slot, now, 0);
     if (tok < 0)
         return tok;
@@ -487,13 +490,18 @@ static int64_t admit(const struct sg_handle *h, uint64_t cp, int64_t max_wait, s
 
 int64_t sg_admit(const struct sg_handle *h, uint64_t cp)
 {
-    return admit(h, cp, -1, NULL);
+    return admit(h, cp, -1, NULL, NULL);
+}
+
+int64_t sg_admit_now(const struct sg_handle *h, uint64_t cp, uint64_t *now_out)
+{
+    return admit(h, cp, -1, NULL, now_out);
 }
 
 int64_t sg_admit_wait(const struct sg_handle *h, uint64_t cp, int64_t max_wait_ns,
                       struct sg_decision *out)
 {
-    return admit(h, cp, max_wait_ns, out);
+    return admit(h, cp, max_wait_ns, out, NULL);
 }
 
 /* fleet/ (the host's fleet agent): moves the breaker to OPEN or CLOSED on

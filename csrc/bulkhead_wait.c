@@ -104,6 +104,13 @@ static void leave(struct sg_bulkhead_area *b)
 
 int64_t sg_bulkhead_acquire(const struct sg_handle *h, uint32_t mode)
 {
+    return sg_bulkhead_acquire_now(h, mode, 0);
+}
+
+/* sg_bulkhead_acquire with the caller's clock reading `now` (0: read it here):
+ * execute's one crossing grants the ticket at its admission time. */
+int64_t sg_bulkhead_acquire_now(const struct sg_handle *h, uint32_t mode, uint64_t now)
+{
     struct sg_slot *s = h->slot;
     if (s == NULL) /* a closed service */
         return SG_E_GONE;
@@ -116,7 +123,7 @@ int64_t sg_bulkhead_acquire(const struct sg_handle *h, uint32_t mode)
         return 0;
     if (sg_hslot(h) == NULL) /* a removed endpoint: its slot may be another's */
         return SG_E_GONE;
-    return sg_bulkhead_acquire_at(s, sg_now_h(h), my_pid(), mode);
+    return sg_bulkhead_acquire_at(s, now ? now : sg_now_h(h), my_pid(), mode);
 }
 
 int sg_bulkhead_release(const struct sg_handle *h, int64_t ticket)

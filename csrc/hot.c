@@ -47,10 +47,12 @@ static PyObject *hot_execute(PyObject *self, PyObject *const *a, Py_ssize_t n)
 PyObject *hot_run(PyObject *ep, const struct sg_handle *h, unsigned long long cp,
                   const struct hot_call *c)
 {
-    int64_t tok = sg_admit(h, cp);
+    uint64_t now = 0; /* the admission's clock reading: the bulkhead grant's time too */
+    int64_t tok = sg_admit_now(h, cp, &now);
     if (tok < 0 || ((uint64_t)tok & LEASE_BITS)) {
         /* rejection (raise, or reclaim a dead probe holder) or a probe permit
          * (a health probe may stand in): Python decides, returns the token */
+        now = 0; /* Python may have taken a while (a health probe): read it again */
         PyObject *r = PyObject_CallMethod(ep, "slow_admit", "LK", (long long)tok, cp);
         if (r == NULL)
             return NULL;
@@ -59,7 +61,7 @@ PyObject *hot_run(PyObject *ep, const struct sg_handle *h, unsigned long long cp
         if (tok == -1 && PyErr_Occurred())
             return NULL;
     }
-    int64_t bt = hot_bulkhead_enter(ep, h, tok, cp);
+    int64_t bt = hot_bulkhead_enter(ep, h, tok, cp, now);
     if (bt < 0)
         return NULL;
     PyObject *res = c->kw ? PyObject_VectorcallDict(c->fn, c->args, (size_t)c->n, c->kw)
@@ -96,13 +98,14 @@ PyObject *hot_run(PyObject *ep, const struct sg_handle *h, unsigned long long cp
     return res;
 }
 
-/* The bulkhead, after breaker and limiter: a ticket (> 0), 0 when the policy
+/* The bulkhead, after breaker and limiter (granted at `now`, 0: read the
+ * clock): a ticket (> 0), 0 when the policy
  * has none, or -1 with the error set (refused: Python gave the probe permit
  * of `tok` back). A full bulkhead or a quota recount goes to Python. */
 int64_t hot_bulkhead_enter(PyObject *ep, const struct sg_handle *h, int64_t tok,
-                           unsigned long long cp)
+                           unsigned long long cp, uint64_t now)
 {
-    int64_t bt = sg_bulkhead_acquire(h, (uint32_t)(cp & 3) | SG_BH_QUIET);
+    int64_t bt = sg_bulkhead_acquire_now(h, (uint32_t)(cp & 3) | SG_BH_QUIET, now);
     if (bt >= 0 && !((uint64_t)bt & SG_BH_REFRESH))
         return bt;
     PyObject *r = PyObject_CallMethod(ep, "slow_bulkhead", "LLK", (long long)bt, (long long)tok,

@@ -41,7 +41,7 @@ PyObject *hot_set_key_gate(PyObject *self, PyObject *const *a, Py_ssize_t n);
 int hot_add_service_types(PyObject *m);
 
 int64_t hot_bulkhead_enter(PyObject *ep, const struct sg_handle *h, int64_t tok,
-                           unsigned long long cp);
+                           unsigned long long cp, uint64_t now);
 
 /* hot_bulkhead.c: bulkhead.try_acquire -> Ticket */
 PyObject *hot_bind_bulkhead(PyObject *self, PyObject *const *a, Py_ssize_t n);

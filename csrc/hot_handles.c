@@ -203,7 +203,7 @@ static PyObject *guard_enter(PyObject *s, PyObject *u)
     int64_t tok = guard_admit(g);
     if (tok < 0)
         return NULL;
-    int64_t bt = hot_bulkhead_enter(g->ep, g->h, tok, g->cp);
+    int64_t bt = hot_bulkhead_enter(g->ep, g->h, tok, g->cp, 0);
     if (bt < 0)
         return NULL;
     g->tok = tok;

@@ -29,7 +29,7 @@ typedef struct {
 static int deadlines_used; /* set once a deadline was set in this process */
 static PyObject *key_gate;   /* _keyed_calls.gate(svc, ep, key): the key's token, or raises */
 static PyObject *key_refuse; /* _keyed_calls.refuse(svc, ep, key): raises the key's refusal */
-static PyObject *key_name, *key_allow_name, *key_for_name, *policy_name; /* interned */
+static PyObject *key_name, *key_allow_name; /* interned */
 static PyObject *omu_name, *eps_name, *events_name, *probe_name; /* interned attribute names */
 static PyObject *stale_name; /* interned "stale" */
 
@@ -80,23 +80,19 @@ PyObject *hot_set_key_gate(PyObject *self, PyObject *const *a, Py_ssize_t n)
     Py_RETURN_NONE;
 }
 
-/* The keyed allow the gate cached on ep (ep.key_allow, while ep.policy is
- * ep.key_for): 1 admitted, 0 refused, -1 not cached or it raised (the gate
- * then decides, and says why). Never leaves an exception set. */
+/* The keyed allow the gate cached on ep (ep.key_allow; None again whenever
+ * ep.policy is replaced): 1 admitted, 0 refused, -1 not cached or it raised
+ * (the gate then decides, and says why). Never leaves an exception set. */
 static int cached_key_allow(PyObject *ep, PyObject *key)
 {
     PyObject *ka = PyObject_GetAttr(ep, key_allow_name);
-    PyObject *kf = ka && ka != Py_None ? PyObject_GetAttr(ep, key_for_name) : NULL;
-    PyObject *pol = kf ? PyObject_GetAttr(ep, policy_name) : NULL;
     int r = -1;
-    if (pol != NULL && pol == kf) {
+    if (ka != NULL && ka != Py_None) {
         PyObject *ok = PyObject_Vectorcall(ka, &key, 1, NULL);
         r = ok == NULL ? -1 : ok == Py_True;
         Py_XDECREF(ok);
     }
     Py_XDECREF(ka);
-    Py_XDECREF(kf);
-    Py_XDECREF(pol);
     PyErr_Clear();
     return r;
 }
@@ -293,9 +289,7 @@ int hot_add_service_types(PyObject *m)
     key_name = PyUnicode_InternFromString("key");
     stale_name = PyUnicode_InternFromString("stale");
     key_allow_name = PyUnicode_InternFromString("key_allow");
-    key_for_name = PyUnicode_InternFromString("key_for");
-    policy_name = PyUnicode_InternFromString("policy");
-    if (!key_name || !stale_name || !key_allow_name || !key_for_name || !policy_name)
+    if (!key_name || !stale_name || !key_allow_name)
         return -1;
     if (!omu_name || !eps_name || !events_name || !probe_name || PyType_Ready(&ExecuteType) < 0)
         return -1;

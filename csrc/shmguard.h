@@ -310,6 +310,8 @@ int sg_limiter_delay_at(const void *slot, uint64_t now_ns, uint64_t cost_prio, i
 
 /* admit.c: breaker + limiter in one crossing (execute's hot path) */
 int64_t sg_admit(const struct sg_handle *h, uint64_t cost_prio);
+/* sg_admit, also reporting the clock reading it decided at (for the bulkhead grant) */
+int64_t sg_admit_now(const struct sg_handle *h, uint64_t cost_prio, uint64_t *now_out);
 int64_t sg_admit_wait(const struct sg_handle *h, uint64_t cost_prio, int64_t max_wait_ns,
                       struct sg_decision *out);
 void sg_release_probe(const struct sg_handle *h, int64_t token);
@@ -348,6 +350,7 @@ int sg_bulkhead_snapshot_at(const void *slot, uint64_t now_ns, struct sg_bulkhea
 int64_t sg_bulkhead_wait(const struct sg_handle *h, uint32_t mode, uint64_t timeout_ns,
                          int64_t *out);  /* out[0]: the token (also returned); out[1]: woken */
 int64_t sg_bulkhead_acquire(const struct sg_handle *h, uint32_t mode);
+int64_t sg_bulkhead_acquire_now(const struct sg_handle *h, uint32_t mode, uint64_t now_ns);
 int sg_bulkhead_release(const struct sg_handle *h, int64_t ticket);
 int sg_bulkhead_park_begin(const struct sg_handle *h, uint32_t *seq); /* the asyncio watcher */
 int sg_bulkhead_park_wait(const struct sg_handle *h, uint32_t seq, uint64_t timeout_ns);

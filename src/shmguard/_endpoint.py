@@ -57,7 +57,7 @@ class Endpoint:
 
     __slots__ = ("name", "index", "h", "hp", "policy", "seg", "events", "admit", "record",
                  "acquire", "allow1", "allow_cp", "next_reclaim", "next_metrics", "probe",
-                 "next_bh", "key_allow", "key_for")
+                 "next_bh", "key_allow")
 
     def __init__(self, seg: Segment, events: Events, name: str, index: int,
                  policy: Policy) -> None:
@@ -77,9 +77,9 @@ class Endpoint:
         self.next_metrics = 0.0
         self.next_bh = 0.0
         self.probe: Callable[[], Any] | None = None
-        # execute(key=)'s keyed allow, cached for the C method while the policy is key_for
+        # execute(key=)'s keyed allow, cached for the C method (csrc/hot_service.c);
+        # whoever assigns self.policy sets it back to None
         self.key_allow: Any = None
-        self.key_for: Policy | None = None
 
     def bind(self) -> None:
         self.admit, self.record, self.acquire = lib.sg_admit, lib.sg_breaker_record, lib.sg_breaker_acquire

@@ -47,8 +47,8 @@ def limiter_of(svc: Any, ep: Endpoint) -> KeyedLimiter:
 def gate(svc: Any, ep: Endpoint, key: Key) -> None:
     """execute(..., key=) from the C method (csrc/hot_service.c): the key's token, or raises.
 
-    Caches the keyed limiter's C ``allow`` on the endpoint for the policy in
-    force (``ep.key_allow``, ``ep.key_for``): the C method then calls it
+    Caches the keyed limiter's C ``allow`` on the endpoint (``ep.key_allow``,
+    cleared whenever ``ep.policy`` is replaced): the C method then calls it
     directly, and comes back here only for what it cannot decide.
     """
     policy = ep.policy
@@ -58,8 +58,8 @@ def gate(svc: Any, ep: Endpoint, key: Key) -> None:
         kl = svc._keyed.get(policy.keyed_limit)
     elif not kl.allow(key):
         raise _refused(kl, ep, key, _NORMAL)
-    if kl is not None and not kl.closed:
-        ep.key_allow, ep.key_for = kl.allow, policy
+    if kl is not None and not kl.closed and ep.policy is policy:
+        ep.key_allow = kl.allow
 
 
 def refuse(svc: Any, ep: Endpoint, key: Key) -> None:

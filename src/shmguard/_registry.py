@@ -182,7 +182,7 @@ class Registry:
         overridden = bool(old.flags & lib.SG_POL_OVERRIDDEN)
         if created or (old.fingerprint == policy.fingerprint and not overridden) \
                 or on_conflict == "keep":
-            ep.policy = policy
+            ep.policy, ep.key_allow = policy, None  # execute(key=) re-reads the keyed limit
             return
         new = policy.fill_view(ffi.new("struct sg_policy_view *"))
         diff = policychange.changes(old, new)
@@ -197,7 +197,7 @@ class Registry:
         change_rate(lambda: lib.sg_limiter_retune_at(ep.h.slot, self.segment.now_ns()),
                     f"new rate of {name!r}", self.name)   # the debt is kept in tokens
         ep.sync_bulkhead()
-        ep.policy = policy
+        ep.policy, ep.key_allow = policy, None  # execute(key=) re-reads the keyed limit
         if on_conflict is None:
             what = "restored the registered policy over a CLI override" if \
                 old.fingerprint == policy.fingerprint else "replaced the policy"
