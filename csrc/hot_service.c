@@ -40,10 +40,11 @@ PyObject *hot_deadlines_in_use(PyObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* 1: no on_metrics_update callback is set on the service; 0: one is; -1: error */
-static int plain(PyObject *svc)
+/* 1: no on_metrics_update callback is set on the endpoint's service; 0: one is; -1: error */
+static int plain(PyObject *ep)
 {
-    PyObject *events = PyObject_GetAttr(svc, events_name);
+    /* the endpoint's Events are its service's (a __slots__ read, cheaper than svc._events) */
+    PyObject *events = PyObject_GetAttr(ep, events_name);
     if (events == NULL)
         return -1;
     PyObject *cb = PyObject_GetAttr(events, omu_name);
@@ -156,7 +157,7 @@ static PyObject *execute_call(PyObject *s, PyObject *const *a, size_t nargsf, Py
         !PyUnicode_CheckExact(a[1]))
         return PyObject_Vectorcall(x->slow, a, nargsf, kwnames);
     PyObject *ep = bound_endpoint(a[0], a[1]);
-    int p = ep != NULL ? plain(a[0]) : 0;
+    int p = ep != NULL ? plain(ep) : 0;
     if (p <= 0) {
         Py_XDECREF(ep);
         if (PyErr_Occurred())
@@ -188,7 +189,7 @@ static PyObject *guard_call(PyObject *s, PyObject *const *a, size_t nargsf, PyOb
     if (kwnames != NULL || n != 2 || deadlines_used || !PyUnicode_CheckExact(a[1]))
         return PyObject_Vectorcall(x->slow, a, nargsf, kwnames);
     PyObject *ep = bound_endpoint(a[0], a[1]);
-    int p = ep != NULL ? plain(a[0]) : 0;
+    int p = ep != NULL ? plain(ep) : 0;
     if (p > 0) {
         PyObject *probe = PyObject_GetAttr(ep, probe_name);
         p = probe == NULL ? -1 : probe == Py_None;
@@ -284,7 +285,7 @@ int hot_add_service_types(PyObject *m)
 {
     omu_name = PyUnicode_InternFromString("on_metrics_update");
     eps_name = PyUnicode_InternFromString("_eps");
-    events_name = PyUnicode_InternFromString("_events");
+    events_name = PyUnicode_InternFromString("events");
     probe_name = PyUnicode_InternFromString("probe");
     key_name = PyUnicode_InternFromString("key");
     stale_name = PyUnicode_InternFromString("stale");
