@@ -134,12 +134,30 @@ int sg_bulkhead_release(const struct sg_handle *h, int64_t ticket)
     return s ? sg_bulkhead_release_at(s, my_pid(), ticket) : SG_E_GONE;
 }
 
-/* One slice of a wait: count ourselves a sleeper BEFORE trying (see sg_bulkhead_freed()),
- * try, and if every ticket is out sleep until a release or the slice ends.
- * After a wake-up it tries once more. timeout 0: one try, no sleep. Returns
- * the token (also written to out[0] before returning, so a caller
- * interrupted right after the call still finds it and gives it back) or
- * SG_R_BULKHEAD_FULL; out[1] = 1 if a release woke us. */
+/* Counts the caller a sleeper BEFORE it tries (see sg_bulkhead_freed()) and
+ * reads wake_seq: a release after this moves the word. */
+static uint32_t count_in(struct sg_bulkhead_area *b)
+{
+    atomic_fetch_add_explicit(&b->sleepers, 1, SC);
+    return atomic_load_explicit(&b->wake_seq, SC);
+}
+
+/* Sleeps until a release moves wake_seq past `seq` or timeout_ns ends; 1: it
+ * moved (a release since count_in), 0: the slice ended. */
+static int sleep_moved(struct sg_bulkhead_area *b, uint32_t seq, uint64_t timeout_ns)
+{
+    if (atomic_load_explicit(&b->wake_seq, SC) != seq)
+        return 1;
+    return (timeout_ns > 0 && futex_wait(&b->wake_seq, seq, timeout_ns) == 0) ||
+           atomic_load_explicit(&b->wake_seq, SC) != seq;
+}
+
+/* One slice of a wait: count ourselves a sleeper, try, and if every ticket
+ * is out sleep until a release or the slice ends. After a wake-up it tries
+ * once more. timeout 0: one try, no sleep. Returns the token (also written to
+ * out[0] before returning, so a caller interrupted right after the call
+ * still finds it and gives it back) or SG_R_BULKHEAD_FULL; out[1] = 1 if a
+ * release moved the word meanwhile. */
 int64_t sg_bulkhead_wait(const struct sg_handle *h, uint32_t mode, uint64_t timeout_ns,
                          int64_t *out)
 {
@@ -149,14 +167,13 @@ int64_t sg_bulkhead_wait(const struct sg_handle *h, uint32_t mode, uint64_t time
     struct sg_bulkhead_area *b = &((struct sg_slot *)h->slot)->bulkhead;
     if (timeout_ns == 0)
         return out[0] = sg_bulkhead_acquire(h, mode);
-    atomic_fetch_add_explicit(&b->sleepers, 1, SC);
-    uint32_t seq = atomic_load_explicit(&b->wake_seq, SC);
+    uint32_t seq = count_in(b);
     int64_t t = sg_bulkhead_acquire_at(h->slot, sg_now_h(h), my_pid(), mode | SG_BH_QUIET);
     if (t == SG_R_BULKHEAD_FULL) {
-        out[1] = futex_wait(&b->wake_seq, seq, timeout_ns) == 0;
+        out[1] = sleep_moved(b, seq, timeout_ns);
         if (sg_hslot(h) == NULL) /* removed while we slept: take nothing */
             t = SG_E_GONE;
-        else if (out[1] || atomic_load_explicit(&b->wake_seq, SC) != seq) /* a release: try again */
+        else if (out[1]) /* a release: try again */
             t = sg_bulkhead_acquire_at(h->slot, sg_now_h(h), my_pid(), mode | SG_BH_QUIET);
     }
     leave(b);
@@ -164,32 +181,28 @@ int64_t sg_bulkhead_wait(const struct sg_handle *h, uint32_t mode, uint64_t time
 }
 
 /* ---- parking: a process's one watcher thread for its asyncio waiters ---------
- * The watcher counts itself a sleeper and reads wake_seq (park_begin), lets a
- * waiter try (in Python, on its event loop), then sleeps until a release
- * moves wake_seq or the slice ends (park_wait). A release after park_begin
- * moves wake_seq, so park_wait returns at once: no wake-up is lost between the
- * waiter's failed try and the sleep, exactly as in sg_bulkhead_wait(). */
+ * The watcher counts itself a sleeper (park_begin), lets a waiter try (in
+ * Python, on its event loop), then sleeps until a release moves wake_seq or
+ * the slice ends (park_wait): the two halves of sg_bulkhead_wait() with the
+ * try in between done elsewhere, so no wake-up is lost between the waiter's
+ * failed try and the sleep. */
 int sg_bulkhead_park_begin(const struct sg_handle *h, uint32_t *seq)
 {
-    if (h->slot == NULL || seq == NULL) /* a closed service */
-        return SG_E_ARG;
-    struct sg_bulkhead_area *b = &((struct sg_slot *)h->slot)->bulkhead;
-    atomic_fetch_add_explicit(&b->sleepers, 1, SC);
-    *seq = atomic_load_explicit(&b->wake_seq, SC);
+    if (sg_hslot(h) == NULL || seq == NULL) /* a closed service or a removed endpoint */
+        return SG_E_GONE;
+    *seq = count_in(&((struct sg_slot *)h->slot)->bulkhead);
     return SG_OK;
 }
 
-/* 1: a release moved wake_seq since park_begin; 0: the slice ended. Leaves
- * the sleepers count either way. */
+/* 1: a release moved wake_seq since park_begin; 0: the slice ended;
+ * SG_E_GONE: the service was closed or the endpoint removed meanwhile. Leaves
+ * the sleepers count (of the slot it counted in) unless the mapping is gone. */
 int sg_bulkhead_park_wait(const struct sg_handle *h, uint32_t seq, uint64_t timeout_ns)
 {
     if (h->slot == NULL) /* closed meanwhile: the count heals at the next release */
-        return SG_E_ARG;
+        return SG_E_GONE;
     struct sg_bulkhead_area *b = &((struct sg_slot *)h->slot)->bulkhead;
-    int moved = atomic_load_explicit(&b->wake_seq, SC) != seq;
-    if (!moved && timeout_ns > 0)
-        moved = futex_wait(&b->wake_seq, seq, timeout_ns) == 0 ||
-                atomic_load_explicit(&b->wake_seq, SC) != seq;
+    int moved = sleep_moved(b, seq, timeout_ns);
     leave(b);
-    return moved;
+    return sg_hslot(h) == NULL ? SG_E_GONE : moved;
 }
