@@ -42,25 +42,38 @@ static PyObject *hot_execute(PyObject *self, PyObject *const *a, Py_ssize_t n)
     return hot_run(ep, h, cp, &c);
 }
 
+/* Breaker + limiter admission (execute and the C guard): the token, or -1
+ * with the error set. *now is the clock reading it decided at (the bulkhead
+ * grant's time too), 0 when Python took over: a rejection (raise, or reclaim
+ * a dead probe holder, SG_E_GONE for a closed service or a removed endpoint)
+ * or a probe permit (a health probe may stand in) may have taken a while. */
+int64_t hot_admit(PyObject *ep, const struct sg_handle *h, unsigned long long cp, uint64_t *now)
+{
+    int64_t tok = sg_admit_now(h, cp, now);
+    if (tok >= 0 && !((uint64_t)tok & LEASE_BITS))
+        return tok;
+    *now = 0;
+    PyObject *r = PyObject_CallMethod(ep, "slow_admit", "LK", (long long)tok, cp);
+    if (r == NULL)
+        return -1;
+    tok = PyLong_AsLongLong(r);
+    Py_DECREF(r);
+    if (tok >= 0)
+        return tok;
+    if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_SystemError, "slow_admit returned a negative token");
+    return -1;
+}
+
 /* Admit, call c, record: the one crossing of execute() (also svc.execute's
  * bound form, hot_service.c). */
 PyObject *hot_run(PyObject *ep, const struct sg_handle *h, unsigned long long cp,
                   const struct hot_call *c)
 {
-    uint64_t now = 0; /* the admission's clock reading: the bulkhead grant's time too */
-    int64_t tok = sg_admit_now(h, cp, &now);
-    if (tok < 0 || ((uint64_t)tok & LEASE_BITS)) {
-        /* rejection (raise, or reclaim a dead probe holder) or a probe permit
-         * (a health probe may stand in): Python decides, returns the token */
-        now = 0; /* Python may have taken a while (a health probe): read it again */
-        PyObject *r = PyObject_CallMethod(ep, "slow_admit", "LK", (long long)tok, cp);
-        if (r == NULL)
-            return NULL;
-        tok = PyLong_AsLongLong(r);
-        Py_DECREF(r);
-        if (tok == -1 && PyErr_Occurred())
-            return NULL;
-    }
+    uint64_t now = 0;
+    int64_t tok = hot_admit(ep, h, cp, &now);
+    if (tok < 0)
+        return NULL;
     int64_t bt = hot_bulkhead_enter(ep, h, tok, cp, now);
     if (bt < 0)
         return NULL;

@@ -28,6 +28,7 @@ struct hot_call {
 };
 PyObject *hot_run(PyObject *ep, const struct sg_handle *h, unsigned long long cp,
                   const struct hot_call *c);
+int64_t hot_admit(PyObject *ep, const struct sg_handle *h, unsigned long long cp, uint64_t *now);
 
 /* hot_handles.c: a Guard of ep (t NULL: the Guard type) */
 PyObject *hot_guard_make(PyTypeObject *t, PyObject *ep, const struct sg_handle *h,

@@ -178,32 +178,15 @@ typedef struct {
     int64_t bt; /* bulkhead ticket of the block (0: none) */
 } GuardObject;
 
-/* Breaker + limiter admission of the block: the token, or -1 with an exception set. */
-static int64_t guard_admit(GuardObject *g)
-{
-    if (g->h->slot == NULL) {
-        Py_XDECREF(PyObject_CallMethod(g->ep, "closed_error", NULL));
-        return -1;
-    }
-    int64_t tok = sg_admit(g->h, g->cp);
-    if (tok < 0 || ((uint64_t)tok & LEASE_BITS)) {
-        PyObject *r = PyObject_CallMethod(g->ep, "slow_admit", "LK", (long long)tok, g->cp);
-        if (r == NULL)
-            return -1;
-        tok = PyLong_AsLongLong(r);
-        Py_DECREF(r);
-    }
-    return tok;
-}
-
 static PyObject *guard_enter(PyObject *s, PyObject *u)
 {
     (void)u;
     GuardObject *g = (GuardObject *)s;
-    int64_t tok = guard_admit(g);
+    uint64_t now = 0;
+    int64_t tok = hot_admit(g->ep, g->h, g->cp, &now);
     if (tok < 0)
         return NULL;
-    int64_t bt = hot_bulkhead_enter(g->ep, g->h, tok, g->cp, 0);
+    int64_t bt = hot_bulkhead_enter(g->ep, g->h, tok, g->cp, now);
     if (bt < 0)
         return NULL;
     g->tok = tok;
@@ -269,10 +252,11 @@ static PyObject *guard_aenter(PyObject *s, PyObject *u)
 {
     (void)u;
     GuardObject *g = (GuardObject *)s;
-    int64_t tok = guard_admit(g);
+    uint64_t now = 0;
+    int64_t tok = hot_admit(g->ep, g->h, g->cp, &now);
     if (tok < 0)
         return NULL;
-    int64_t bt = sg_bulkhead_acquire(g->h, (uint32_t)(g->cp & 3) | SG_BH_QUIET);
+    int64_t bt = sg_bulkhead_acquire_now(g->h, (uint32_t)(g->cp & 3) | SG_BH_QUIET, now);
     if (bt < 0 || ((uint64_t)bt & SG_BH_REFRESH))
         return PyObject_CallMethod(g->ep, "slow_bulkhead_async", "OLLK", s, (long long)bt,
                                    (long long)tok, g->cp);
