@@ -56,9 +56,11 @@ static int plain(PyObject *ep)
     return r;
 }
 
-/* The endpoint this process bound for a[1] (a new reference), NULL when it
- * has none (or with an error set). */
-static PyObject *bound_endpoint(PyObject *svc, PyObject *name)
+/* The endpoint this process bound for `name` (a new reference) when the C
+ * path may take the call: no metrics callback on the service and, for the
+ * guard (`no_probe`), no health probe. NULL without an error: the Python
+ * method takes the call; NULL with one: raise it. */
+static PyObject *fast_endpoint(PyObject *svc, PyObject *name, int no_probe)
 {
     PyObject *eps = PyObject_GetAttr(svc, eps_name);
     if (eps == NULL)
@@ -66,7 +68,16 @@ static PyObject *bound_endpoint(PyObject *svc, PyObject *name)
     PyObject *ep = PyDict_Check(eps) ? PyDict_GetItemWithError(eps, name) : NULL;
     Py_XINCREF(ep); /* fn may change the dict: keep the endpoint alive */
     Py_DECREF(eps);
-    return ep;
+    int p = ep != NULL ? plain(ep) : 0;
+    if (p > 0 && no_probe) {
+        PyObject *probe = PyObject_GetAttr(ep, probe_name);
+        p = probe == NULL ? -1 : probe == Py_None;
+        Py_XDECREF(probe);
+    }
+    if (p > 0)
+        return ep;
+    Py_XDECREF(ep);
+    return NULL;
 }
 
 PyObject *hot_set_key_gate(PyObject *self, PyObject *const *a, Py_ssize_t n)
@@ -156,14 +167,9 @@ static PyObject *execute_call(PyObject *s, PyObject *const *a, size_t nargsf, Py
     if ((kwnames != NULL && key == NULL) || n < 3 || deadlines_used ||
         !PyUnicode_CheckExact(a[1]))
         return PyObject_Vectorcall(x->slow, a, nargsf, kwnames);
-    PyObject *ep = bound_endpoint(a[0], a[1]);
-    int p = ep != NULL ? plain(ep) : 0;
-    if (p <= 0) {
-        Py_XDECREF(ep);
-        if (PyErr_Occurred())
-            return NULL;
-        return PyObject_Vectorcall(x->slow, a, nargsf, kwnames);
-    }
+    PyObject *ep = fast_endpoint(a[0], a[1], 0);
+    if (ep == NULL)
+        return PyErr_Occurred() ? NULL : PyObject_Vectorcall(x->slow, a, nargsf, kwnames);
     if (key != NULL && take_key(a[0], ep, key) < 0) { /* the key's token first */
         Py_DECREF(ep);
         return NULL;
@@ -188,19 +194,9 @@ static PyObject *guard_call(PyObject *s, PyObject *const *a, size_t nargsf, PyOb
     Py_ssize_t n = PyVectorcall_NARGS(nargsf);
     if (kwnames != NULL || n != 2 || deadlines_used || !PyUnicode_CheckExact(a[1]))
         return PyObject_Vectorcall(x->slow, a, nargsf, kwnames);
-    PyObject *ep = bound_endpoint(a[0], a[1]);
-    int p = ep != NULL ? plain(ep) : 0;
-    if (p > 0) {
-        PyObject *probe = PyObject_GetAttr(ep, probe_name);
-        p = probe == NULL ? -1 : probe == Py_None;
-        Py_XDECREF(probe);
-    }
-    if (p <= 0) {
-        Py_XDECREF(ep);
-        if (PyErr_Occurred())
-            return NULL;
-        return PyObject_Vectorcall(x->slow, a, nargsf, kwnames);
-    }
+    PyObject *ep = fast_endpoint(a[0], a[1], 1);
+    if (ep == NULL)
+        return PyErr_Occurred() ? NULL : PyObject_Vectorcall(x->slow, a, nargsf, kwnames);
     const struct sg_handle *h = hot_handle_of(ep);
     PyObject *g = h != NULL ? hot_guard_make(NULL, ep, h, 5 /* cost 1, NORMAL */) : NULL;
     Py_DECREF(ep);
@@ -290,9 +286,8 @@ int hot_add_service_types(PyObject *m)
     key_name = PyUnicode_InternFromString("key");
     stale_name = PyUnicode_InternFromString("stale");
     key_allow_name = PyUnicode_InternFromString("key_allow");
-    if (!key_name || !stale_name || !key_allow_name)
-        return -1;
-    if (!omu_name || !eps_name || !events_name || !probe_name || PyType_Ready(&ExecuteType) < 0)
+    if (!key_name || !stale_name || !key_allow_name || !omu_name || !eps_name || !events_name ||
+        !probe_name || PyType_Ready(&ExecuteType) < 0)
         return -1;
     return PyModule_AddObjectRef(m, "Execute", (PyObject *)&ExecuteType);
 }
