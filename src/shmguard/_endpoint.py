@@ -142,6 +142,8 @@ class Endpoint:
                     lib.sg_bulkhead_release(self.h, bt)
                     raise
                 return bt
+            if bt != _tickets.FULL:
+                raise self.rc_error(bt)
             return _tickets.take(self, (cp & 3) | _tickets.QUIET, None)
         except BaseException:
             lib.sg_release_probe(self.h, tok)
@@ -150,14 +152,7 @@ class Endpoint:
     async def slow_bulkhead_async(self, guard: Any, bt: int, tok: int, cp: int) -> Any:
         """:meth:`slow_bulkhead` for the C guard's ``async with``: awaits, never blocks the loop."""
         from shmguard import aio
-        if bt < 0 and bt != lib.SG_R_BULKHEAD_FULL:
-            lib.sg_release_probe(self.h, tok)
-            raise self.rc_error(bt)
-        if bt >= 0:
-            bt = self.slow_bulkhead(bt, tok, cp)  # granted: only the quota's recount
-        else:
-            bt = await aio.enter_bulkhead_async(self, tok, Priority(cp & 3))
-        return guard._entered(tok, bt)
+        return guard._entered(tok, await aio.bulkhead_slow(self, tok, Priority(cp & 3), bt))
 
     def refresh_bulkhead(self) -> None:
         """Counts the processes attached to the segment for a quota (shmguard._hot asks)."""

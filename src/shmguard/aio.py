@@ -128,7 +128,7 @@ async def execute_async(svc: ResilienceService, endpoint: str,
     # one C call: 0 when the policy has no bulkhead (the common case), else a ticket
     bt = lib.sg_bulkhead_acquire(ep.h, int(priority) | _QUIET)
     if bt != 0:
-        bt = await _bulkhead_slow(ep, tok, priority, bt)
+        bt = await bulkhead_slow(ep, tok, priority, bt)
     try:
         result = await coro_fn(*args, **kwargs)
     except BaseException as exc:  # CancelledError is not an Exception: ignored
@@ -142,15 +142,13 @@ async def execute_async(svc: ResilienceService, endpoint: str,
     return result
 
 
-async def _bulkhead_slow(ep: Endpoint, tok: int, priority: Priority, bt: int) -> int:
-    """A first try that was not "no bulkhead": full (wait), an error, or a ticket to finish."""
+async def bulkhead_slow(ep: Endpoint, tok: int, priority: Priority, bt: int) -> int:
+    """A first try ``bt`` that was not "no bulkhead": full (await a ticket), an error, or a
+    ticket whose quota is due a recount (:meth:`Endpoint.slow_bulkhead`, which never waits
+    for anything but a full bulkhead)."""
     if bt == _tickets.FULL:
         return await enter_bulkhead_async(ep, tok, priority)
-    try:
-        return _tickets.done(ep, bt)  # a ticket (recounting a stale quota), or raises
-    except BaseException:
-        lib.sg_release_probe(ep.h, tok)
-        raise
+    return ep.slow_bulkhead(bt, tok, int(priority))
 
 
 async def enter_bulkhead_async(ep: Endpoint, tok: int, priority: Priority) -> int:
