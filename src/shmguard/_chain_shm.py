@@ -59,6 +59,20 @@ class ChainCounters:
             raise PolicyError(f"a named chain has 1-{lib.SG_FC_MAX_STEPS} steps, got {len(steps)}")
         self.view = ffi.new("struct sg_fc_view *")
         self._mm: mmap.mmap | None = None
+        try:
+            self._open(steps)
+        except SegmentCorruptError as exc:
+            # statistics only: a creator that died before writing the object must not
+            # stop the chain from being built forever; replace it once
+            if steps is None or "never initialised" not in str(exc):
+                raise
+            posix_ipc.unlink_shared_memory(self.object_name)
+            self._open(steps)
+        if steps is not None and self.steps() != steps:
+            raise PolicyError(f"{self.what} exists with steps {self.steps()}, not {steps}; "
+                              "name the chain differently or remove the segment")
+
+    def _open(self, steps: list[str] | None) -> None:
         created = False
         try:
             shm = posix_ipc.SharedMemory(self.object_name, posix_ipc.O_CREX if steps else 0,
@@ -72,11 +86,11 @@ class ChainCounters:
             raise SegmentPermissionError(f"{self.what} cannot be opened: {exc}") from None
         try:
             self._map(shm.fd, steps if created else None)
+        except BaseException:
+            self.close()
+            raise
         finally:
             shm.close_fd()
-        if steps is not None and self.steps() != steps:
-            raise PolicyError(f"{self.what} exists with steps {self.steps()}, not {steps}; "
-                              "name the chain differently or remove the segment")
 
     def _map(self, fd: int, steps: list[str] | None) -> None:
         st = os.fstat(fd)

@@ -119,3 +119,17 @@ def test_unlinking_the_segment_removes_its_chains(segname: str) -> None:
     svc.close()
     sg.unlink(segname)
     assert not os.path.exists(_chain_file(segname, "users"))
+
+
+def test_a_chain_whose_creator_died_before_writing_it_is_replaced(real: sg.ResilienceService,
+                                                                  segname: str) -> None:
+    import posix_ipc
+    from shmguard.segment import object_name
+    # a creator killed right after O_CREAT|O_EXCL: a sized object that was never written
+    posix_ipc.SharedMemory(object_name(segname) + "~fc~users", posix_ipc.O_CREX, mode=0o600,
+                           size=1024).close_fd()
+    snap = json.loads(cli("inspect", segname, "--json").stdout)
+    assert "never initialised" in snap["chains"][0]["error"]   # reported, not trusted
+    chain = real.fallback_chain([("primary", down), ("replica", replica)], name="users")
+    assert chain("a") == "replica:a"
+    assert chain.stats() == {"primary": 0, "replica": 1, "last": 0, "failed": 0}
