@@ -48,15 +48,23 @@ class _Watcher:
         self.stopping = False  # the service is closing: leave the slot alone
         self.thread: threading.Thread | None = None
 
-    def join(self, fut: asyncio.Future[None], first: bool) -> None:
-        """Queues a waiting task (at the head when it keeps its place); starts the thread."""
+    @staticmethod
+    def join(ep: Endpoint, fut: asyncio.Future[None], first: bool) -> _Watcher:
+        """Queues a waiting task of ``ep`` (at the head when it keeps its place) on the
+        endpoint's watcher, made and started if it has none. Finding the watcher and
+        queueing are one step under the lock, as its thread's exit (empty queue) is:
+        a task never joins a watcher that has just left."""
         with _lock:
-            (self.queue.appendleft if first else self.queue.append)(fut)
-            self.fresh = self.fresh or not first  # a newcomer tried before it queued
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, daemon=True,
-                                               name=f"shmguard-bulkhead-{self.ep.name}")
-                self.thread.start()
+            w = _watchers.get(id(ep))
+            if w is None:
+                w = _watchers[id(ep)] = _Watcher(ep)
+            (w.queue.appendleft if first else w.queue.append)(fut)
+            w.fresh = w.fresh or not first  # a newcomer tried before it queued
+            if w.thread is None:
+                w.thread = threading.Thread(target=w._run, daemon=True,
+                                            name=f"shmguard-bulkhead-{ep.name}")
+                w.thread.start()
+            return w
 
     def leave(self, fut: asyncio.Future[None]) -> None:
         with _lock:
@@ -148,12 +156,8 @@ async def wait_turn(ep: Endpoint, left: float, first: bool) -> None:
     ``first``: the task was let try before and keeps its place at the head.
     """
     global tries
-    with _lock:
-        w = _watchers.get(id(ep))
-        if w is None:
-            w = _watchers[id(ep)] = _Watcher(ep)
     fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    w.join(fut, first)
+    w = _Watcher.join(ep, fut, first)
     try:
         await asyncio.wait_for(fut, left)
     except asyncio.TimeoutError:
