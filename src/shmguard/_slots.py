@@ -94,12 +94,21 @@ def publish_policy(h: Any, view: Any, what: str, seg: Segment | None = None) -> 
 _PARKED: list[Any] = []  # mmaps detached while other threads lived (see Registry.close)
 
 
+def _other_threads() -> bool:
+    """Whether this process runs another thread: every OS thread counts (one started by
+    ``_thread`` or by a C extension is unknown to ``threading`` yet may be inside a call)."""
+    try:
+        return len(os.listdir("/proc/self/task")) > 1
+    except OSError:  # no /proc: what threading knows
+        return threading.active_count() > 1
+
+
 def close_segment(seg: Segment) -> None:
     """Unmaps ``seg``, or, with other threads alive (one may be inside a C call on
     it), swaps its pages for private zero pages and parks it."""
     if seg.closed:
         return
-    if threading.active_count() > 1:
+    if _other_threads():
         lib.sg_segment_detach(seg.base, seg.size)
         _PARKED.append(seg.detach())
         return
