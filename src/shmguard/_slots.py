@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from shmguard.segment import Segment
 
 __all__ = ["REGISTER_WAIT", "CLAIM_STALE_NS", "judge_claim", "reclaim_abandoned",
-           "publish_policy", "close_segment"]
+           "publish_policy", "close_segment", "release_mapping"]
 
 NS = 1_000_000_000
 REGISTER_WAIT = 5.0
@@ -108,10 +108,18 @@ def close_segment(seg: Segment) -> None:
     it), swaps its pages for private zero pages and parks it."""
     if seg.closed:
         return
+    base, size = seg.base, seg.size
+    release_mapping(base, size, seg.detach())
+
+
+def release_mapping(base: Any, size: int, mm: Any) -> None:
+    """Unmaps ``mm`` (mapped at ``base``, ``size`` bytes; its buffer exports released);
+    with other threads alive, detaches the range (private zero pages) and parks it
+    until a release with no other thread: a call still inside C never faults."""
     if _other_threads():
-        lib.sg_segment_detach(seg.base, seg.size)
-        _PARKED.append(seg.detach())
+        lib.sg_segment_detach(base, size)
+        _PARKED.append(mm)
         return
-    seg.close()
+    mm.close()
     while _PARKED:  # no other thread now: nothing can be inside a parked range
         _PARKED.pop().close()
