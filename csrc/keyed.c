@@ -271,7 +271,12 @@ static void top_insert(struct sg_kl_entry_view *top, uint32_t max, uint32_t *n,
 int sg_kl_scan_at(const struct sg_kl_handle *kh, uint64_t now, uint32_t top_max,
                   struct sg_kl_entry_view *top, struct sg_kl_scan *out)
 {
-    if (!kh || !kh->table || !out || top_max > SG_KL_TOP_MAX || (top_max && !top))
+    if (!kh)
+        return SG_E_ARG;
+    struct sg_kl_handle k = *kh; /* read once: a close() in another thread clears
+                                  * kh->table; the range stays mapped (detached) */
+    kh = &k;
+    if (!kh->table || !out || top_max > SG_KL_TOP_MAX || (top_max && !top))
         return SG_E_ARG;
     memset(out, 0, sizeof *out);
     struct sg_kl_now r;

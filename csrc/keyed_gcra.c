@@ -142,7 +142,12 @@ static int decide(const struct sg_kl_handle *kh, uint64_t now, uint64_t hash, ui
                   int64_t max_wait, struct sg_decision *out)
 {
     uint64_t cost = cp >> 2;
-    if (!kh || !kh->table || cost == 0)
+    if (!kh)
+        return SG_E_ARG;
+    struct sg_kl_handle k = *kh; /* read once: a close() in another thread clears
+                                  * kh->table; the range stays mapped (detached) */
+    kh = &k;
+    if (!kh->table || cost == 0)
         return SG_E_ARG;
     struct ask a;
     sg_kl_rate_now(kh, now, &a.r);
@@ -200,7 +205,12 @@ int sg_kl_reserve(const struct sg_kl_handle *kh, const char *key, uint64_t len, 
 int sg_kl_cancel_at(const struct sg_kl_handle *kh, uint64_t now, const char *key, uint64_t len,
                     uint64_t cp, const struct sg_decision *d)
 {
-    if (!kh || !kh->table || !d || (cp >> 2) == 0 || (!key && len))
+    if (!kh)
+        return SG_E_ARG;
+    struct sg_kl_handle k = *kh; /* read once: a close() in another thread clears
+                                  * kh->table; the range stays mapped (detached) */
+    kh = &k;
+    if (!kh->table || !d || (cp >> 2) == 0 || (!key && len))
         return SG_E_ARG;
     if (now >= d->act_ns || d->delay_ns < 0)
         return SG_OK;
@@ -235,7 +245,12 @@ int sg_kl_cancel_at(const struct sg_kl_handle *kh, uint64_t now, const char *key
 int sg_kl_peek_at(const struct sg_kl_handle *kh, uint64_t now, const char *key, uint64_t len,
                   uint64_t cp, double *tokens, int64_t *delay_ns)
 {
-    if (!kh || !kh->table || !tokens || !delay_ns || (cp >> 2) == 0 || (!key && len))
+    if (!kh)
+        return SG_E_ARG;
+    struct sg_kl_handle k = *kh; /* read once: a close() in another thread clears
+                                  * kh->table; the range stays mapped (detached) */
+    kh = &k;
+    if (!kh->table || !tokens || !delay_ns || (cp >> 2) == 0 || (!key && len))
         return SG_E_ARG;
     struct sg_kl_now rn;
     sg_kl_rate_now(kh, now, &rn);

@@ -171,9 +171,13 @@ int sg_policy_check(const struct sg_policy_view *v)
  * 42, ns >> 20) is taken only when free: a held one gives SG_E_BUSY with
  * the word in *lease_out, and the caller frees it with sg_policy_takeover()
  * once it proved the holder dead (pid + start time); its deadline alone
- * never hands it over (DESIGN round 2: a stalled writer is alive). The
- * final stores are CASes, so a writer whose lease was taken anyway (an
- * opt-in deadline-only judgement) cannot publish: its seq CAS fails. */
+ * never hands it over (DESIGN round 2: a stalled writer is alive), so
+ * writers never overlap. Only a deadline-only judgement (opt-in,
+ * shared_namespaces) takes a live writer's lease; the seq CAS then stops
+ * it only if another publish landed between its seq read and its CAS: one
+ * that resumes later publishes whole over the newer policy, and one that
+ * overlaps the next writer shares its buffer (two buffers cannot keep a
+ * stale writer out; README says so). */
 int sg_policy_publish(const struct sg_handle *h, const struct sg_policy_view *pol, uint32_t pid,
                       uint64_t *lease_out)
 {

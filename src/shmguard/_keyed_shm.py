@@ -260,12 +260,13 @@ class KeyedTable:
     def close(self) -> None:
         """Unmaps the table in this process (it stays for the others)."""
         self.kh.table = ffi.NULL
-        if self._buf is not None:
-            ffi.release(self._buf)
-            self._buf = None
-        if self._mm is not None:
-            self._mm.close()
-            self._mm = None
+        if self._mm is None:
+            return
+        from shmguard._slots import release_mapping
+        base = ffi.cast("void *", self._buf)
+        ffi.release(self._buf)
+        mm, self._mm, self._buf = self._mm, None, None
+        release_mapping(base, self.size, mm)  # another thread may be inside a call on it
 
     def unlink(self) -> bool:
         """Removes the table's name from the host (mappings stay valid)."""

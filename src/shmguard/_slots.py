@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from shmguard.segment import Segment
 
 __all__ = ["REGISTER_WAIT", "CLAIM_STALE_NS", "judge_claim", "reclaim_abandoned",
-           "publish_policy", "close_segment"]
+           "publish_policy", "close_segment", "release_mapping"]
 
 NS = 1_000_000_000
 REGISTER_WAIT = 5.0
@@ -94,15 +94,32 @@ def publish_policy(h: Any, view: Any, what: str, seg: Segment | None = None) -> 
 _PARKED: list[Any] = []  # mmaps detached while other threads lived (see Registry.close)
 
 
+def _other_threads() -> bool:
+    """Whether this process runs another thread: every OS thread counts (one started by
+    ``_thread`` or by a C extension is unknown to ``threading`` yet may be inside a call)."""
+    try:
+        return len(os.listdir("/proc/self/task")) > 1
+    except OSError:  # no /proc: what threading knows
+        return threading.active_count() > 1
+
+
 def close_segment(seg: Segment) -> None:
     """Unmaps ``seg``, or, with other threads alive (one may be inside a C call on
     it), swaps its pages for private zero pages and parks it."""
     if seg.closed:
         return
-    if threading.active_count() > 1:
-        lib.sg_segment_detach(seg.base, seg.size)
-        _PARKED.append(seg.detach())
+    base, size = seg.base, seg.size
+    release_mapping(base, size, seg.detach())
+
+
+def release_mapping(base: Any, size: int, mm: Any) -> None:
+    """Unmaps ``mm`` (mapped at ``base``, ``size`` bytes; its buffer exports released);
+    with other threads alive, detaches the range (private zero pages) and parks it
+    until a release with no other thread: a call still inside C never faults."""
+    if _other_threads():
+        lib.sg_segment_detach(base, size)
+        _PARKED.append(mm)
         return
-    seg.close()
+    mm.close()
     while _PARKED:  # no other thread now: nothing can be inside a parked range
         _PARKED.pop().close()

@@ -116,3 +116,24 @@ def test_cli_rm_endpoint(svc, segname):
     one_line_error(cli("rm-endpoint", segname, "a", ok=False), "'a'", "not found")
     one_line_error(cli("reset", segname, "typo", ok=False), "'typo'")
     assert svc.endpoints() == []
+
+
+@pytest.mark.parametrize("command", ["set-rate", "force-open"])
+def test_cli_writes_never_land_in_the_slots_next_owner(one, segname, monkeypatch, command):
+    """`set-rate a` / `force-open a` racing a removal of "a" and a reuse of its slot by "b"
+    (between the name lookup and the handle) fail; b is untouched."""
+    from shmguard.cli import control, inspector
+    one.register_endpoint("a", sg.Policy(rate=10, burst=3))
+    index = inspector.find_endpoint(one._segment, "a")
+    one.unregister_endpoint("a")
+    one.register_endpoint("b", sg.Policy(rate=20, burst=5))
+    for mod in (inspector, control):  # the stale lookup, wherever it is called from
+        monkeypatch.setattr(mod, "find_endpoint", lambda seg, name: index, raising=False)
+    with pytest.raises(sg.UnknownEndpointError, match="'a'"):
+        if command == "set-rate":
+            control.set_rate(one._segment, "a", 1.0, None)
+        else:
+            control.force(one._segment, "a", command)
+    st = one.stats("b")
+    assert (st.rate, st.burst, one.breaker_state("b")) == (pytest.approx(20), 5,
+                                                           sg.BreakerState.CLOSED)

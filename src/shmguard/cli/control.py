@@ -15,8 +15,7 @@ from shmguard.cli.render import count, rate
 from shmguard.errors import PolicyError, ShmguardError
 from shmguard.limiter import change_rate
 from shmguard._endpoint import validate_endpoint
-from shmguard.cli.inspector import (STATES, EndpointNotFoundError, find_endpoint, policy_view,
-                                    slot_handle)
+from shmguard.cli.inspector import STATES, EndpointNotFoundError, endpoint_handle, policy_view
 from shmguard.policy import MAX_RATE
 from shmguard.segment import Segment
 
@@ -37,7 +36,7 @@ def _state(h: Any, now: int) -> tuple[str, int]:
 
 def force(seg: Segment, endpoint: str, command: str) -> str:
     """Forces the breaker of ``endpoint`` as ``command`` says; reports the change."""
-    h = slot_handle(seg, find_endpoint(seg, endpoint))
+    h = endpoint_handle(seg, endpoint)  # bound: never another endpoint's slot
     now = int(lib.sg_clock_now(seg.base))
     before, gen0 = _state(h, now)
     rc = lib.sg_breaker_force_at(h.slot, now, FORCE[command])  # a transition code, or E_ARG
@@ -88,7 +87,7 @@ def set_rate(seg: Segment, endpoint: str, new_rate: float | None, burst: int | N
     """
     if burst is not None and not 1 <= burst <= 2**31:
         raise PolicyError(f"burst must be 1..{2**31}, got {burst}")
-    h = slot_handle(seg, find_endpoint(seg, endpoint))
+    h = endpoint_handle(seg, endpoint)  # bound: never another endpoint's slot
     old = policy_view(h)
     before = _describe(old)
     new = ffi.new("struct sg_policy_view *")

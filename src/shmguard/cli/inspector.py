@@ -27,8 +27,8 @@ from shmguard._endpoint import validate_endpoint
 from shmguard.stats import BreakerMode, BreakerState
 
 __all__ = ["open_segment", "segment_path", "segment_info", "slot_names", "find_endpoint",
-           "slot_handle", "endpoint_snapshot", "snapshot", "STATES", "PRIORITIES",
-           "EndpointNotFoundError"]
+           "slot_handle", "endpoint_handle", "endpoint_snapshot", "snapshot", "STATES",
+           "PRIORITIES", "EndpointNotFoundError"]
 
 NS = 1_000_000_000
 PRIORITIES = ("low", "normal", "high", "critical")
@@ -123,6 +123,21 @@ def slot_handle(seg: Segment, index: int) -> Any:
     """Returns a ``struct sg_handle *`` for slot ``index`` (bounds-checked in C)."""
     h = ffi.new("struct sg_handle *")
     _capi.check(lib.sg_handle_init(h, seg.base, seg.size, index), "handle", seg.name)
+    return h
+
+
+def endpoint_handle(seg: Segment, name: str) -> Any:
+    """Returns a ``struct sg_handle *`` bound to endpoint ``name`` (its incarnation):
+    a slot removed and reused by another endpoint since the lookup is never it.
+
+    :raises EndpointNotFoundError: no such endpoint in the segment (or removed meanwhile).
+    """
+    index, raw = find_endpoint(seg, name), validate_endpoint(name)
+    h = ffi.new("struct sg_handle *")
+    rc = lib.sg_handle_bind(h, seg.base, seg.size, index, raw, len(raw))
+    if rc == lib.SG_E_NOT_FOUND:
+        raise EndpointNotFoundError(f"endpoint {name!r} not found in segment {seg.name!r}")
+    _capi.check(rc, "handle", seg.name)
     return h
 
 
