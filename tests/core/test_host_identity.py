@@ -129,3 +129,21 @@ def test_a_probe_lease_from_a_clock_ahead_reports_at_most_its_lease(svc):
     svc.set_clock(T0 + 20 * DAY + NS)
     permit.success()
     assert svc.breaker_state("ep") == sg.BreakerState.CLOSED
+
+
+def test_a_host_behind_a_clock_ahead_is_served_once_the_bound_has_passed(svc):
+    """The bound is real, not only reported: a TAT written by a clock 30 days ahead is taken
+    down to it, so the host behind is served again after retry_after, not after 30 days."""
+    svc.register_endpoint("api", sg.Policy(rate=100, burst=10))
+    lim = svc.limiter("api")
+    svc.set_clock(T0 + 30 * DAY)
+    assert sum(lim.allow(priority=HIGH) for _ in range(11)) == 10
+    svc.set_clock(T0)
+    with pytest.raises(sg.RateLimitedError) as e:
+        svc.execute("api", lambda: 1)
+    wait = e.value.retry_after
+    assert 0 < wait <= 3600 + 0.11
+    svc.set_clock(T0 + int(wait * NS) - NS)        # a second before: still nothing early
+    assert not lim.allow(priority=HIGH)
+    svc.set_clock(T0 + int(wait * NS) + 2 * NS)    # honoured: served again (not in 30 days)
+    assert lim.allow(priority=HIGH)
