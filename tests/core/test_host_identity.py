@@ -147,3 +147,27 @@ def test_a_host_behind_a_clock_ahead_is_served_once_the_bound_has_passed(svc):
     assert not lim.allow(priority=HIGH)
     svc.set_clock(T0 + int(wait * NS) + 2 * NS)    # honoured: served again (not in 30 days)
     assert lim.allow(priority=HIGH)
+
+
+def test_a_probe_lease_from_a_clock_ahead_ends_when_its_retry_after_says(svc):
+    """The probe lease's bound is real too: a host behind gets the probe once the retry-after
+    it was told has passed (the holder's lease is taken down to one policy lease), not after
+    20 days; the holder's release still matches it (pid and generation kept)."""
+    svc.register_endpoint("ep", sg.Policy(half_open_max_calls=1, probe_lease=10, open_timeout=30))
+    br = svc.breaker("ep")
+    br.open()
+    svc.set_clock(T0 + 20 * DAY)                   # a clock 20 days ahead takes the probe
+    held = br.allow()
+    assert held is not None and held.is_probe
+    svc.set_clock(T0)
+    with pytest.raises(sg.CircuitOpenError) as e:
+        svc.execute("ep", lambda: 1)
+    wait = e.value.retry_after
+    assert 0 < wait <= 10
+    svc.set_clock(T0 + int(wait * NS) - NS // 2)   # before it: the lease still holds
+    assert br.allow() is None
+    svc.set_clock(T0 + int(wait * NS) + NS // 2)   # after it: ours (the lease ended)
+    mine = br.allow()
+    assert mine is not None and mine.is_probe
+    mine.success()
+    assert svc.breaker_state("ep") == sg.BreakerState.CLOSED
