@@ -163,7 +163,7 @@ class Segment(SegmentInit):
             self.size = 0
             return False
         except BaseException:
-            if creator and not self.created and self._claim_word() in (0, self._claim):
+            if creator and not self.created and self._unclaimed_or_ours(shm.fd):
                 unlink(self.name)  # unclaimed or claimed by us, never published: as if never made
             self.close()
             raise
