@@ -18,7 +18,7 @@ from typing import Any
 
 import posix_ipc
 
-from shmguard import _capi, _hostid
+from shmguard import _capi, _hostid, probes
 from shmguard._capi import ffi, lib
 from shmguard._seginit import SHM_DIR, SegmentInit
 from shmguard.errors import InvalidNameError, SegmentCorruptError, SegmentError, ServiceClosedError
@@ -197,7 +197,7 @@ class Segment(SegmentInit):
             if claim != last:  # a new holder: it gets its own time
                 deadline, last = time.monotonic() + ATTACH_WAIT, claim
             late = time.monotonic() >= deadline
-            if create and ((claim == 0 and late) or _hostid.claimant_dead(claim, me)):
+            if create and ((claim == 0 and late) or probes.claim_holder_dead(claim, me)):
                 if not self._still_named(fd):
                     return False
                 if self.size < lib.sg_segment_size(1):

@@ -171,3 +171,26 @@ def test_a_probe_lease_from_a_clock_ahead_ends_when_its_retry_after_says(svc):
     assert mine is not None and mine.is_probe
     mine.success()
     assert svc.breaker_state("ep") == sg.BreakerState.CLOSED
+
+
+def test_an_init_claim_holder_is_dead_only_on_proof():
+    """probes.claim_holder_dead, the one judge of pids: alive (even SIGSTOPped), gone, reused,
+    another pid namespace's tag."""
+    import signal
+    from shmguard import _hostid, probes
+    me = _hostid.current()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ticks = _hostid.start_ticks(child.pid)[0]
+        word = (child.pid << 41) | ((me.pid_ns & 0x1FF) << 32) | (ticks & 0xFFFFFFFF)
+        assert not probes.claim_holder_dead(word, me)
+        child.send_signal(signal.SIGSTOP)                      # stalled, not dead
+        assert not probes.claim_holder_dead(word, me)
+        assert probes.claim_holder_dead(word ^ 1, me)          # its pid now a later process
+        other_ns = word ^ (1 << 32)                             # a tag of another namespace
+        assert not probes.claim_holder_dead(other_ns ^ 1, me)  # its pid proves nothing here
+        assert not probes.claim_holder_dead(word | _hostid.CLAIM_DONE, me)
+    finally:
+        child.kill()
+        child.wait()
+    assert probes.claim_holder_dead(word, me)                  # gone
