@@ -67,6 +67,9 @@ def test_eight_attachers_converge_on_a_half_created_segment(segname, tmp_path):
         sg.ResilienceService(segname, create=False)
     creator.send_signal(signal.SIGKILL)
     creator.wait()
+    with pytest.raises(sg.SegmentCorruptError, match="has died: attach with create=True"):
+        sg.ResilienceService(segname, create=False)        # create=False never takes over
+    assert os.stat(_path(segname)).st_ino == ino
     go = tmp_path / "go"
     procs = [subprocess.Popen([sys.executable, "-c", _WORKER, segname, str(go)],
                               stdout=subprocess.PIPE) for _ in range(WORKERS)]
