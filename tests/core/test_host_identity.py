@@ -194,3 +194,22 @@ def test_an_init_claim_holder_is_dead_only_on_proof():
         child.kill()
         child.wait()
     assert probes.claim_holder_dead(word, me)                  # gone
+
+
+def test_a_debt_past_the_bound_after_a_rate_cut_is_capped_and_its_retry_after_honoured(svc):
+    """One clock: an hour queued at 100/s, then the rate cut to 0.1/s keeps the debt in tokens
+    (41 days at the new rate), past the bound. The wait reported is the bound, and it is the
+    real one (before the cap, the caller told ~1 h was still refused then)."""
+    svc.register_endpoint("api", sg.Policy(rate=100, burst=10))
+    lim = svc.limiter("api")
+    while lim.reserve(10, HIGH).ok:
+        pass
+    svc.register_endpoint("api", sg.Policy(rate=0.1, burst=10), replace=True)
+    with pytest.raises(sg.RateLimitedError) as e:
+        svc.execute("api", lambda: 1)              # execute's priority: NORMAL
+    wait = e.value.retry_after
+    assert 3600 < wait <= 3600 + 100 + 0.01        # tol (10 x 10 s) + 1 h, not 41 days
+    svc.set_clock(T0 + int(wait * NS) - NS)
+    assert not lim.allow(priority=sg.Priority.NORMAL)   # still exhausted until then
+    svc.set_clock(T0 + int(wait * NS) + NS)
+    assert lim.allow(priority=sg.Priority.NORMAL)
