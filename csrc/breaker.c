@@ -81,6 +81,22 @@ static int lease_live(uint64_t lw, uint32_t gen, uint64_t now)
     return (int32_t)(LS_DEADLINE(lw) - LS_UNITS(now)) > 0; /* serial compare */
 }
 
+/* A live lease of generation gen ending further ahead than one policy lease
+ * (lease_ns) was set by a clock ahead of ours, or under a longer lease since
+ * cut: taken down to now + lease_ns, so it ends when the retry-after we
+ * report says (pid and generation kept: the holder's release still
+ * matches). Returns the word to judge. acq_rel/acquire as the lease CAS;
+ * on failure lw refreshes and is judged as it now is. */
+static uint64_t lease_bounded(sg_a64 *lp, uint64_t lw, uint32_t gen, uint64_t now, uint64_t lease_ns)
+{
+    uint32_t lim = LS_UNITS(sg_sat_add(now, lease_ns));
+    if (!lease_live(lw, gen, now) || (int32_t)(LS_DEADLINE(lw) - lim) <= 0)
+        return lw;
+    uint64_t nw = LS_MAKE(LS_PID(lw), LS_GEN(lw), lim);
+    return atomic_compare_exchange_strong_explicit(lp, &lw, nw, memory_order_acq_rel,
+                                                   memory_order_acquire) ? nw : lw;
+}
+
 /* An unexpired lease of a generation AFTER gen (serial compare of the low
  * 10 bits: 1..511 ahead). Seen by a caller whose breaker word is stale (it
  * was preempted after reading it): that lease belongs to a newer half-open
@@ -152,6 +168,7 @@ static int64_t acquire(struct sg_slot *s, uint64_t now, uint32_t pid, uint64_t w
             int stale = 0;
             for (uint32_t i = 0; i < p.half_open_max; i++) {
                 uint64_t lw = atomic_load_explicit(&s->lease[i], memory_order_acquire);
+                lw = lease_bounded(&s->lease[i], lw, g, now, p.probe_lease_ns);
                 if (lease_live(lw, g, now))
                     continue;
                 if (!trust && lease_ahead(lw, g, now)) {
@@ -410,8 +427,9 @@ int sg_breaker_snapshot_at(const void *slot, uint64_t now, struct sg_breaker_vie
             out->probe_pid[i] = LS_PID(lw);
             /* exact: the lease ends at deadline << 20 (live: >= 1 unit ahead,
              * so this is > 0). Never more than the policy's lease: a deadline
-             * further ahead was set by a clock ahead of ours (clamped, so a
-             * retry-after is never weeks). */
+             * further ahead was set by a clock ahead of ours; the next
+             * acquire takes it down to that (lease_bounded), so a retry-after
+             * is never weeks and is honoured. */
             uint64_t left = ((uint64_t)(LS_DEADLINE(lw) - LS_UNITS(now)) << 20) -
                             (now & ((1ULL << 20) - 1));
             out->probe_lease_left_ns[i] = left > p.probe_lease_ns ? p.probe_lease_ns : left;

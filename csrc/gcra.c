@@ -24,9 +24,11 @@
  * burst (tol) and an hour. Reservations and holds never reach further, so
  * under one clock a TAT beyond is impossible: it was written by a process
  * whose clock is ahead of ours (a restored checkpoint, a foreign boot or
- * time namespace that slipped past the attach checks). It is read as this
- * bound, so a wait or retry-after never exceeds tol + queued (<= the bound)
- * instead of weeks, and nothing is admitted early (never written lower). */
+ * time namespace that slipped past the attach checks), or kept in tokens
+ * across a rate cut with over an hour queued. It is read as this bound, and
+ * decide() writes it down to the bound when it rejects on it, so the wait
+ * and retry-after it reports (<= the bound, never weeks) are the real ones:
+ * a host behind is served once they have passed (never earlier). */
 #define AHEAD_MAX_NS 3600000000000ULL /* 1 h */
 
 static inline uint64_t ahead_max(uint64_t tol)
@@ -174,8 +176,17 @@ static int decide(struct sg_slot *s, uint64_t now, uint64_t cost, uint32_t prio,
             delay = d > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)d;
             /* a TAT past the word's 2^62 ns horizon is never stored (it
              * would saturate and lose debt): such a request waits forever */
-            if ((delay > 0 && delay > mw) || nt > TT_NS(~0ULL))
+            if ((delay > 0 && delay > mw) || nt > TT_NS(~0ULL)) {
+                uint64_t seen = cur;
+                /* the bound is the TAT from now on (else a host behind would
+                 * be refused past the retry-after it was told); relaxed on
+                 * failure: someone moved it, theirs stands */
+                if (sane != tv && sane <= TT_NS(~0ULL))
+                    atomic_compare_exchange_strong_explicit(&s->tat, &seen, TT_MAKE(L.r.tag, sane),
+                                                            memory_order_release,
+                                                            memory_order_relaxed);
                 return reject(s, now, prio, delay, cur, out);
+            }
             took = nt - base;
             nt = TT_MAKE(L.r.tag, nt);
             /* release/acquire: the TAT is the only state; the pair keeps the

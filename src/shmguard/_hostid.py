@@ -7,8 +7,9 @@ in header line 3 (:class:`HostId`); an attacher compares (segment.py).
 
 The init claim word names the process writing a header that is not
 published yet: | done 1 | pid 22 | pid-namespace tag 9 | start ticks 32 |.
-It is judged dead only on proof: same pid namespace, /proc agrees with our
-pids, and the pid is gone, a zombie, or a later process (start time).
+It is judged dead only on proof, by :func:`shmguard.probes.claim_holder_dead`
+(the one place that judges owners by pid): same pid namespace, /proc agrees
+with our pids, and the pid is gone, a zombie, or a later process (start time).
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["HostId", "current", "claim_word", "claim_pid", "claimant_dead", "proc_is_ours", "check_host",
-           "fill_view", "describe_boot"]
+__all__ = ["HostId", "current", "claim_word", "claim_pid", "claim_in_ns", "start_ticks", "proc_is_ours",
+           "check_host", "fill_view", "describe_boot"]
 
 _PID_BITS, _TAG_BITS = 22, 9
 CLAIM_DONE = 1 << 63
@@ -84,8 +85,10 @@ def fill_view(v: Any, me: HostId, claim: int) -> Any:
     return v
 
 
-def _start_ticks(pid: int) -> tuple[int, str] | None:
-    """(start time in clock ticks since boot, state) of ``pid`` from /proc, or None if gone."""
+def start_ticks(pid: int) -> tuple[int, str] | None:
+    """(start time in clock ticks since boot, state) of ``pid`` from /proc, or None if gone.
+
+    :raises OSError: its entry cannot be read (e.g. /proc mounted with hidepid): unknown."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
@@ -107,7 +110,7 @@ def proc_is_ours() -> bool:
 def claim_word(me: HostId) -> int:
     """Returns the init claim word of this process."""
     pid = os.getpid()
-    st = _start_ticks(pid)
+    st = start_ticks(pid)
     ticks = st[0] if st else 0
     return (((pid & ((1 << _PID_BITS) - 1)) << 41) | ((me.pid_ns & ((1 << _TAG_BITS) - 1)) << 32)
             | (ticks & 0xFFFFFFFF))
@@ -117,19 +120,15 @@ def claim_pid(word: int) -> int:
     return (word >> 41) & ((1 << _PID_BITS) - 1)
 
 
-def claimant_dead(word: int, me: HostId) -> bool:
-    """Reports whether the holder of init claim ``word`` is PROVEN dead (never on age alone)."""
-    if word & CLAIM_DONE or not word:
-        return False
-    if (word >> 32) & ((1 << _TAG_BITS) - 1) != me.pid_ns & ((1 << _TAG_BITS) - 1):
-        return False  # another pid namespace: its pid means nothing here
-    if not proc_is_ours():
-        return False
-    st = _start_ticks(claim_pid(word))
-    if st is None:
-        return True
-    ticks, state = st
-    return state in ("Z", "X") or (ticks & 0xFFFFFFFF) != (word & 0xFFFFFFFF)
+def claim_in_ns(word: int, me: HostId) -> bool:
+    """Reports whether init claim ``word`` was taken in ``me``'s pid namespace (its 9-bit tag)."""
+    mask = (1 << _TAG_BITS) - 1
+    return (word >> 32) & mask == me.pid_ns & mask
+
+
+def claim_ticks(word: int) -> int:
+    """The low 32 bits of the claimant's start time (clock ticks since boot)."""
+    return word & 0xFFFFFFFF
 
 
 def check_host(h: Any, me: HostId, name: str, shared: bool, now_ns: int) -> int:

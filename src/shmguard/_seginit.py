@@ -25,6 +25,12 @@ __all__ = ["SHM_DIR", "SegmentInit"]
 SHM_DIR = "/dev/shm"
 
 
+def _test_stop(point: str) -> None:
+    """Test hook: SIGSTOP this process at ``point`` when env SHMGUARD_TEST_HOOK names it."""
+    if os.environ.get("SHMGUARD_TEST_HOOK") == point:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
 class SegmentInit:
     """Opening and initialising a segment (a base of :class:`~shmguard.segment.Segment`)."""
 
@@ -72,6 +78,7 @@ class SegmentInit:
 
     def _reserve(self, fd: int, size: int) -> None:
         """Allocates ``size`` bytes now, so a full /dev/shm fails here and never as a SIGBUS."""
+        _test_stop("stop-before-reserve")  # tests: a creator stalled before it claimed
         try:
             os.posix_fallocate(fd, 0, size)
         except OSError as exc:
@@ -114,9 +121,18 @@ class SegmentInit:
         flags = lib.SG_HDR_MANUAL_CLOCK if manual_clock else 0
         _capi.check(lib.sg_segment_write(self.base, self.size, capacity, os.geteuid(), os.getpid(),
                                          time.time_ns(), flags, host), "init", self.name)
-        if os.environ.get("SHMGUARD_TEST_HOOK") == "stop-before-publish":
-            os.kill(os.getpid(), signal.SIGSTOP)  # tests: a creator stopped (then killed) here
+        _test_stop("stop-before-publish")  # tests: a creator stopped (then killed) here
         self.created = lib.sg_segment_publish(self.base, self.size, claim) == lib.SG_OK
+
+    def _unclaimed_or_ours(self, fd: int) -> bool:
+        """Reports whether the object we created was never published and is claimed by nobody
+        else: only then may our failure unlink it. Mapped first: not yet mapped by us is no proof
+        (an attacher takes an unclaimed header over after ATTACH_WAIT while we stall)."""
+        try:
+            self._remap(fd)
+        except Exception:  # noqa: BLE001 - cannot look: leave the object alone
+            return False
+        return self._claim_word() in (0, self._claim)
 
     def _still_named(self, fd: int) -> bool:
         try:

@@ -16,7 +16,7 @@ import psutil
 from shmguard import _hostid
 from shmguard._capi import lib
 
-__all__ = ["pid_alive", "holder_alive", "judges_pids"]
+__all__ = ["pid_alive", "holder_alive", "judges_pids", "claim_holder_dead"]
 
 _PROC_OK: tuple[int, bool] = (0, False)  # (pid it was judged in, /proc shows our pids)
 
@@ -61,3 +61,21 @@ def holder_alive(pid: int, started_before: float, slack: float = 1.0, *, seg: An
         return bool(p.create_time() <= started_before + slack)
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return False
+
+
+def claim_holder_dead(word: int, me: _hostid.HostId) -> bool:
+    """Reports whether the holder of a segment's init claim ``word`` is PROVEN dead (never on
+    age): claimed in our pid namespace, pids judged here (:func:`judges_pids`), and its pid
+    gone, a zombie, or a later process (start ticks). An unreadable /proc entry proves nothing."""
+    if word & _hostid.CLAIM_DONE or not word or not _hostid.claim_in_ns(word, me):
+        return False
+    if not judges_pids():
+        return False
+    try:
+        st = _hostid.start_ticks(_hostid.claim_pid(word))
+    except OSError:
+        return False
+    if st is None:
+        return True
+    ticks, state = st
+    return state in ("Z", "X") or (ticks & 0xFFFFFFFF) != _hostid.claim_ticks(word)

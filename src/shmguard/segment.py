@@ -18,7 +18,7 @@ from typing import Any
 
 import posix_ipc
 
-from shmguard import _capi, _hostid
+from shmguard import _capi, _hostid, probes
 from shmguard._capi import ffi, lib
 from shmguard._seginit import SHM_DIR, SegmentInit
 from shmguard.errors import InvalidNameError, SegmentCorruptError, SegmentError, ServiceClosedError
@@ -163,7 +163,7 @@ class Segment(SegmentInit):
             self.size = 0
             return False
         except BaseException:
-            if creator and not self.created and self._claim_word() in (0, self._claim):
+            if creator and not self.created and self._unclaimed_or_ours(shm.fd):
                 unlink(self.name)  # unclaimed or claimed by us, never published: as if never made
             self.close()
             raise
@@ -197,7 +197,7 @@ class Segment(SegmentInit):
             if claim != last:  # a new holder: it gets its own time
                 deadline, last = time.monotonic() + ATTACH_WAIT, claim
             late = time.monotonic() >= deadline
-            if create and ((claim == 0 and late) or _hostid.claimant_dead(claim, me)):
+            if create and ((claim == 0 and late) or probes.claim_holder_dead(claim, me)):
                 if not self._still_named(fd):
                     return False
                 if self.size < lib.sg_segment_size(1):
@@ -206,21 +206,22 @@ class Segment(SegmentInit):
                 self._initialise(claim, me, manual_clock)
                 continue
             if late:
-                self._raise_unready(claim)
+                self._raise_unready(claim, me)
             time.sleep(0.001)
         self._remap(fd)  # it may have grown (a takeover's reserve) since the last look
         self.refresh()
         return True
 
-    def _raise_unready(self, claim: int) -> None:
+    def _raise_unready(self, claim: int, me: _hostid.HostId) -> None:
         if self.size < lib.SG_HEADER_SIZE:
             _capi.raise_segment(lib.SG_E_TRUNCATED if self.size else lib.SG_E_NOT_READY, self.name)
         if claim:
             pid = _hostid.claim_pid(claim)
-            raise SegmentCorruptError(
-                f"segment {self.name!r} was never initialised: pid {pid} claimed it "
-                f"{ATTACH_WAIT:g} s ago and is alive (or in another pid namespace); "
-                f"`shmguard rm {self.name}` once it is gone")
+            why = ("has died: attach with create=True to initialise it in place"
+                   if probes.claim_holder_dead(claim, me) else
+                   f"is alive (or in another pid namespace); `shmguard rm {self.name}` once it is gone")
+            raise SegmentCorruptError(f"segment {self.name!r} was never initialised: pid {pid} "
+                                      f"claimed it {ATTACH_WAIT:g} s ago and {why}")
         _capi.raise_segment(lib.SG_E_NOT_READY, self.name)
 
     # -- queries ------------------------------------------------------------

@@ -129,3 +129,87 @@ def test_a_probe_lease_from_a_clock_ahead_reports_at_most_its_lease(svc):
     svc.set_clock(T0 + 20 * DAY + NS)
     permit.success()
     assert svc.breaker_state("ep") == sg.BreakerState.CLOSED
+
+
+def test_a_host_behind_a_clock_ahead_is_served_once_the_bound_has_passed(svc):
+    """The bound is real, not only reported: a TAT written by a clock 30 days ahead is taken
+    down to it, so the host behind is served again after retry_after, not after 30 days."""
+    svc.register_endpoint("api", sg.Policy(rate=100, burst=10))
+    lim = svc.limiter("api")
+    svc.set_clock(T0 + 30 * DAY)
+    assert sum(lim.allow(priority=HIGH) for _ in range(11)) == 10
+    svc.set_clock(T0)
+    with pytest.raises(sg.RateLimitedError) as e:
+        svc.execute("api", lambda: 1)
+    wait = e.value.retry_after
+    assert 0 < wait <= 3600 + 0.11
+    svc.set_clock(T0 + int(wait * NS) - NS)        # a second before: still nothing early
+    assert not lim.allow(priority=HIGH)
+    svc.set_clock(T0 + int(wait * NS) + 2 * NS)    # honoured: served again (not in 30 days)
+    assert lim.allow(priority=HIGH)
+
+
+def test_a_probe_lease_from_a_clock_ahead_ends_when_its_retry_after_says(svc):
+    """The probe lease's bound is real too: a host behind gets the probe once the retry-after
+    it was told has passed (the holder's lease is taken down to one policy lease), not after
+    20 days; the holder's release still matches it (pid and generation kept)."""
+    svc.register_endpoint("ep", sg.Policy(half_open_max_calls=1, probe_lease=10, open_timeout=30))
+    br = svc.breaker("ep")
+    br.open()
+    svc.set_clock(T0 + 20 * DAY)                   # a clock 20 days ahead takes the probe
+    held = br.allow()
+    assert held is not None and held.is_probe
+    svc.set_clock(T0)
+    with pytest.raises(sg.CircuitOpenError) as e:
+        svc.execute("ep", lambda: 1)
+    wait = e.value.retry_after
+    assert 0 < wait <= 10
+    svc.set_clock(T0 + int(wait * NS) - NS // 2)   # before it: the lease still holds
+    assert br.allow() is None
+    svc.set_clock(T0 + int(wait * NS) + NS // 2)   # after it: ours (the lease ended)
+    mine = br.allow()
+    assert mine is not None and mine.is_probe
+    mine.success()
+    assert svc.breaker_state("ep") == sg.BreakerState.CLOSED
+
+
+def test_an_init_claim_holder_is_dead_only_on_proof():
+    """probes.claim_holder_dead, the one judge of pids: alive (even SIGSTOPped), gone, reused,
+    another pid namespace's tag."""
+    import signal
+    from shmguard import _hostid, probes
+    me = _hostid.current()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ticks = _hostid.start_ticks(child.pid)[0]
+        word = (child.pid << 41) | ((me.pid_ns & 0x1FF) << 32) | (ticks & 0xFFFFFFFF)
+        assert not probes.claim_holder_dead(word, me)
+        child.send_signal(signal.SIGSTOP)                      # stalled, not dead
+        assert not probes.claim_holder_dead(word, me)
+        assert probes.claim_holder_dead(word ^ 1, me)          # its pid now a later process
+        other_ns = word ^ (1 << 32)                             # a tag of another namespace
+        assert not probes.claim_holder_dead(other_ns ^ 1, me)  # its pid proves nothing here
+        assert not probes.claim_holder_dead(word | _hostid.CLAIM_DONE, me)
+    finally:
+        child.kill()
+        child.wait()
+    assert probes.claim_holder_dead(word, me)                  # gone
+
+
+def test_a_debt_past_the_bound_after_a_rate_cut_is_capped_and_its_retry_after_honoured(svc):
+    """One clock: an hour queued at 100/s, then the rate cut to 0.1/s keeps the debt in tokens
+    (41 days at the new rate), past the bound. The wait reported is the bound, and it is the
+    real one (before the cap, the caller told ~1 h was still refused then)."""
+    svc.register_endpoint("api", sg.Policy(rate=100, burst=10))
+    lim = svc.limiter("api")
+    while lim.reserve(10, HIGH).ok:
+        pass
+    svc.register_endpoint("api", sg.Policy(rate=0.1, burst=10), replace=True)
+    with pytest.raises(sg.RateLimitedError) as e:
+        svc.execute("api", lambda: 1)              # execute's priority: NORMAL
+    wait = e.value.retry_after
+    assert 3600 < wait <= 3600 + 100 + 0.01        # tol (10 x 10 s) + 1 h, not 41 days
+    svc.set_clock(T0 + int(wait * NS) - NS)
+    assert not lim.allow(priority=sg.Priority.NORMAL)   # still exhausted until then
+    svc.set_clock(T0 + int(wait * NS) + NS)
+    assert lim.allow(priority=sg.Priority.NORMAL)

@@ -67,6 +67,9 @@ def test_eight_attachers_converge_on_a_half_created_segment(segname, tmp_path):
         sg.ResilienceService(segname, create=False)
     creator.send_signal(signal.SIGKILL)
     creator.wait()
+    with pytest.raises(sg.SegmentCorruptError, match="has died: attach with create=True"):
+        sg.ResilienceService(segname, create=False)        # create=False never takes over
+    assert os.stat(_path(segname)).st_ino == ino
     go = tmp_path / "go"
     procs = [subprocess.Popen([sys.executable, "-c", _WORKER, segname, str(go)],
                               stdout=subprocess.PIPE) for _ in range(WORKERS)]
@@ -123,3 +126,29 @@ def test_a_resumed_loser_never_publishes():
     assert lib.sg_segment_claim(base, size, b, a, seen) == lib.SG_E_BUSY     # done: final
     ffi.release(buf)
     mm.close()
+
+
+def test_a_creator_failing_after_a_takeover_never_unlinks_the_published_segment(segname):
+    """A creator stalled before it claimed (before reserving) is replaced after ATTACH_WAIT;
+    when it then fails (here: SIGINT on resuming), it must not unlink the segment an attacher
+    has published meanwhile: that one is in use, not the creator's to remove."""
+    env = dict(os.environ, SHMGUARD_TEST_HOOK="stop-before-reserve")
+    creator = subprocess.Popen([sys.executable, "-c", _CREATOR, segname], env=env,
+                               stderr=subprocess.DEVNULL)
+    try:
+        _, status = os.waitpid(creator.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), f"creator did not stop at the hook (status {status})"
+        with sg.ResilienceService(segname, capacity=8) as svc:  # takes the unclaimed header over
+            assert svc.segment.created
+            ino = os.stat(_path(segname)).st_ino
+            creator.send_signal(signal.SIGINT)                   # it fails as it resumes
+            creator.send_signal(signal.SIGCONT)
+            assert creator.wait(timeout=30) != 0
+            assert os.stat(_path(segname)).st_ino == ino         # still named: ours, in use
+            with sg.ResilienceService(segname, create=False) as other:
+                assert other.segment.header.creator_pid == os.getpid()
+            svc.unlink()
+    finally:
+        if creator.poll() is None:
+            creator.kill()
+            creator.wait()
