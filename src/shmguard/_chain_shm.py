@@ -18,6 +18,7 @@ import posix_ipc
 
 from shmguard._capi import ffi, lib
 from shmguard._keyed_shm import PATH_MAX, check_owner, validate_keyed_name
+from shmguard._seginit import reserve
 from shmguard.errors import (InvalidNameError, PolicyError, SegmentCorruptError,
                              SegmentError, SegmentIncompatibleError, SegmentNotFoundError,
                              SegmentPermissionError)
@@ -103,10 +104,10 @@ class ChainCounters:
             self._raise(lib.SG_E_TRUNCATED if st.st_size else lib.SG_E_NOT_READY)
         if steps is not None:
             try:  # reserve the pages now: a full /dev/shm is an error here, not a SIGBUS later
-                os.posix_fallocate(fd, 0, lib.SG_FC_SIZE)
-            except OSError as exc:
+                reserve(fd, lib.SG_FC_SIZE, self.what)
+            except SegmentError:
                 posix_ipc.unlink_shared_memory(self.object_name)
-                raise SegmentError(f"{self.what} cannot be created: {exc}") from None
+                raise
         self._mm = mmap.mmap(fd, lib.SG_FC_SIZE)
         self._buf = ffi.from_buffer(self._mm)
         self._base = ffi.cast("void *", self._buf)

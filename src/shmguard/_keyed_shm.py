@@ -28,6 +28,7 @@ from shmguard._capi import ffi, lib
 from shmguard.errors import (InvalidNameError, PolicyError, SegmentCorruptError, SegmentError,
                              SegmentIncompatibleError, SegmentNotFoundError,
                              SegmentPermissionError, ShmguardError)
+from shmguard._seginit import reserve
 from shmguard.segment import KEYED_SEP, Segment, object_name
 
 __all__ = ["KeyedTable", "validate_keyed_name", "table_object_name", "keyed_config", "describe",
@@ -179,13 +180,11 @@ class KeyedTable:
     def _reserve(self, fd: int, size: int) -> None:
         """Allocates the table now: a full /dev/shm fails here, never as a SIGBUS on a new key."""
         try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError as exc:
+            reserve(fd, size, self.what)
+        except SegmentError:
             posix_ipc.unlink_shared_memory(self.object_name)
             os.close(fd)
-            raise SegmentError(f"{self.what}: cannot reserve {size} bytes in /dev/shm "
-                               f"({exc.strerror or exc}); free space there or use a smaller "
-                               "capacity") from None
+            raise
 
     def _owner_check(self, st: os.stat_result) -> None:
         check_owner(self.what, self.segment, st)

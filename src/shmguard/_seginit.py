@@ -31,6 +31,18 @@ def _test_stop(point: str) -> None:
         os.kill(os.getpid(), signal.SIGSTOP)
 
 
+
+def reserve(fd: int, size: int, what: str) -> None:
+    """Allocates ``size`` bytes of a shared-memory object now (segments, keyed tables,
+    chains), so a full /dev/shm is a :class:`SegmentError` naming ``what``, never a
+    SIGBUS at a later write."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        raise SegmentError(f"{what}: cannot reserve {size} bytes in {SHM_DIR} "
+                           f"({exc.strerror or exc}); free space there or use a smaller "
+                           "capacity") from None
+
 class SegmentInit:
     """Opening and initialising a segment (a base of :class:`~shmguard.segment.Segment`)."""
 
@@ -79,12 +91,7 @@ class SegmentInit:
     def _reserve(self, fd: int, size: int) -> None:
         """Allocates ``size`` bytes now, so a full /dev/shm fails here and never as a SIGBUS."""
         _test_stop("stop-before-reserve")  # tests: a creator stalled before it claimed
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError as exc:
-            raise SegmentError(f"segment {self.name!r}: cannot reserve {size} bytes in {SHM_DIR} "
-                               f"({exc.strerror or exc}); free space there or use a smaller "
-                               "capacity") from None
+        reserve(fd, size, f"segment {self.name!r}")
 
     def _remap(self, fd: int) -> bool:
         """Maps the object's current size if it grew past our mapping; reports whether mapped."""
