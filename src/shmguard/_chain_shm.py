@@ -17,8 +17,8 @@ from typing import Any
 import posix_ipc
 
 from shmguard._capi import ffi, lib
-from shmguard._keyed_shm import PATH_MAX, check_owner, validate_keyed_name
-from shmguard._seginit import reserve
+from shmguard._keyed_shm import PATH_MAX, validate_keyed_name
+from shmguard._seginit import check_owner, reserve
 from shmguard.errors import (InvalidNameError, PolicyError, SegmentCorruptError,
                              SegmentError, SegmentIncompatibleError, SegmentNotFoundError,
                              SegmentPermissionError)
@@ -95,7 +95,7 @@ class ChainCounters:
 
     def _map(self, fd: int, steps: list[str] | None) -> None:
         st = os.fstat(fd)
-        check_owner(self.what, self.segment, st)
+        check_owner(self.what, self.segment.allow_foreign, st)
         deadline = time.monotonic() + 2.0
         while st.st_size < lib.SG_FC_SIZE and time.monotonic() < deadline:
             time.sleep(0.001)  # the creator has not sized it yet

@@ -16,7 +16,6 @@ import math
 import mmap
 import os
 import re
-import stat
 import time
 import weakref
 from typing import Any
@@ -28,7 +27,7 @@ from shmguard._capi import ffi, lib
 from shmguard.errors import (InvalidNameError, PolicyError, SegmentCorruptError, SegmentError,
                              SegmentIncompatibleError, SegmentNotFoundError,
                              SegmentPermissionError, ShmguardError)
-from shmguard._seginit import reserve
+from shmguard._seginit import check_owner, reserve
 from shmguard.segment import KEYED_SEP, Segment, object_name
 
 __all__ = ["KeyedTable", "validate_keyed_name", "table_object_name", "keyed_config", "describe",
@@ -97,18 +96,6 @@ def describe(v: Any) -> str:
 
 
 NS_PER_S = 1_000_000_000
-
-
-def check_owner(what: str, segment: Segment, st: os.stat_result) -> None:
-    """Refuses an object beside ``segment`` that another uid owns or others may write."""
-    if segment.allow_foreign:
-        return
-    if st.st_uid != os.geteuid():
-        raise SegmentPermissionError(f"{what} belongs to uid {st.st_uid}, not "
-                                     f"{os.geteuid()} (pass allow_foreign=True)")
-    if st.st_mode & 0o077:
-        raise SegmentPermissionError(f"{what} has mode {stat.S_IMODE(st.st_mode):o}; "
-                                     "group/world-accessible objects are refused")
 
 
 _ERRORS = {
@@ -187,7 +174,7 @@ class KeyedTable:
             raise
 
     def _owner_check(self, st: os.stat_result) -> None:
-        check_owner(self.what, self.segment, st)
+        check_owner(self.what, self.segment.allow_foreign, st)
 
     def _map(self, shm: Any, config: Any | None) -> None:
         st = os.fstat(shm.fd)

@@ -32,6 +32,20 @@ def _test_stop(point: str) -> None:
 
 
 
+def check_owner(what: str, allow_foreign: bool, st: os.stat_result) -> None:
+    """Refuses a shared-memory object (a segment, a keyed table, a chain's counters) that
+    another uid owns or others may write, unless ``allow_foreign``."""
+    if allow_foreign:
+        return
+    if st.st_uid != os.geteuid():
+        raise SegmentPermissionError(f"{what} belongs to uid {st.st_uid}, not {os.geteuid()} "
+                                     "(pass allow_foreign=True to attach anyway)")
+    if st.st_mode & 0o077:
+        raise SegmentPermissionError(f"{what} has mode {stat.S_IMODE(st.st_mode):o}; shmguard "
+                                     "refuses group/world-accessible objects (pass "
+                                     "allow_foreign=True)")
+
+
 def reserve(fd: int, size: int, what: str) -> None:
     """Allocates ``size`` bytes of a shared-memory object now (segments, keyed tables,
     chains), so a full /dev/shm is a :class:`SegmentError` naming ``what``, never a
@@ -77,16 +91,7 @@ class SegmentInit:
                                          f"{exc.strerror or exc}") from None
 
     def _owner_check(self, st: os.stat_result) -> None:
-        if self.allow_foreign:
-            return
-        if st.st_uid != os.geteuid():
-            raise SegmentPermissionError(
-                f"segment {self.name!r} belongs to uid {st.st_uid}, not {os.geteuid()} "
-                "(pass allow_foreign=True to attach anyway)")
-        if st.st_mode & 0o077:
-            raise SegmentPermissionError(
-                f"segment {self.name!r} has mode {stat.S_IMODE(st.st_mode):o}; shmguard "
-                "refuses group/world-accessible segments (pass allow_foreign=True)")
+        check_owner(f"segment {self.name!r}", self.allow_foreign, st)
 
     def _reserve(self, fd: int, size: int) -> None:
         """Allocates ``size`` bytes now, so a full /dev/shm fails here and never as a SIGBUS."""
