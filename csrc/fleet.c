@@ -20,7 +20,9 @@
  *   w[3] Redis errors, total                     w[4] | mode 8 | hosts 32 |
  * A stale agent (its lease taken over while it was stopped) that resumes
  * finds its apply refused: the lease word is no longer its own, and w[0]
- * names a newer epoch (serial compare), so its CAS fails.
+ * names a newer epoch (serial compare), so its CAS fails; one stopped after
+ * those checks finds w[0] changed once it wins the rate change's claim
+ * (rate.c checks it there), so it never writes its share over a newer one.
  */
 #include "layout.h"
 
@@ -127,6 +129,7 @@ int sg_fleet_apply_at(void *base, uint64_t len, void *slot, uint64_t now, uint64
     if (cur != 0 && ((FA_EPOCH(cur) - ep) & 0x3ffu) != 0 && ((FA_EPOCH(cur) - ep) & 0x3ffu) < 512)
         return SG_E_BUSY;
     int changed = cur != next;
+    /* R31: pairs with rate.c's fence (A31), checked after its claim is won */
     if (changed && !atomic_compare_exchange_strong_explicit(&f->w[0], &cur, next,
                                                             memory_order_acq_rel,
                                                             memory_order_relaxed))
@@ -137,7 +140,7 @@ int sg_fleet_apply_at(void *base, uint64_t len, void *slot, uint64_t now, uint64
     ST(&f->w[4], ((uint64_t)in->mode << 32) | in->hosts);
     if (!changed && FA_PPM(cur) == in->share_ppm && !in->force)
         return SG_OK;
-    return sg_limiter_share_at(slot, now, in->share_ppm);
+    return sg_limiter_share_at(slot, now, in->share_ppm, next); /* SG_E_GONE: superseded */
 }
 
 int sg_fleet_error(void *slot)
