@@ -138,3 +138,16 @@ def test_closing_while_redis_hangs_never_touches_the_unmapped_segment(segnames) 
         for c in conns:
             c.close()
         srv.close()
+
+
+def test_an_endpoint_registered_again_in_its_slot_is_synced_again(redis_server, segnames) -> None:
+    """The agent's handle of a removed endpoint is not reused for the slot's next endpoint."""
+    cfg = sg.RedisFleet(redis_server.url, refresh=0.05, lease=1.0, timeout=0.1)
+    with sg.ResilienceService(segnames[0], capacity=8, fleet=cfg, host_id="h0") as svc:
+        svc.register_endpoint("api", POL)
+        _wait(lambda: svc.stats("api").fleet.mode == "granted", "first grant")
+        svc.unregister_endpoint("api")
+        svc.register_endpoint("api", POL)  # the same name: the same slot, a new incarnation
+        assert svc.stats("api").fleet.mode == "none"
+        _wait(lambda: svc.stats("api").fleet.mode == "granted", "grant of the new endpoint")
+        assert svc.stats("api").fleet.rate == pytest.approx(300, rel=1e-5)
