@@ -169,7 +169,9 @@ class Agent:
                 if br is None or br.name != name:
                     br = self._brk[idx] = BreakerSync(name, h)
                 br.sync(self, pv)
-            if self._stop.is_set() or not self.holds():
+            # renewed between endpoints: a live holder whose Redis calls are slow keeps it
+            # (and reaches every endpoint); a stopped one's lease still runs out
+            if self._stop.is_set() or not self._lease():
                 return
         self.syncs += 1
 
