@@ -125,3 +125,19 @@ def test_a_key_of_the_wrong_type_is_an_error(redis_server) -> None:
 def test_malformed_replies_name_the_bad_value(reply, what) -> None:
     with pytest.raises(FleetError, match=what):
         parse_grant(reply, CAP, 5000)
+
+
+def test_the_probe_lease_is_extended_by_its_holder_only(redis_server) -> None:
+    """The holder's gate renews its key (a probe it grants outlives the key's first PX: else
+    another host could take it while that probe still runs); another host never renews it."""
+    c, r = _coord(redis_server.url), redis_server.client()
+    key = "shmguard:probe:db"
+    assert c.probe_gate("db", "a", 10.0) is True
+    assert c.probe_gate("db", "b", 10.0) is False
+    r.pexpire(key, 50)                                   # a's lease nearly over
+    assert c.probe_gate("db", "b", 10.0) is False and 0 < r.pttl(key) <= 50
+    assert c.probe_gate("db", "a", 10.0) is True and r.pttl(key) > 9000
+    r.delete(key)
+    assert c.probe_gate("db", "b", 10.0) is True and r.get(key) == b"b"
+    r.set(key, "x", px=10_000)
+    assert c.probe_gate("db", "a", 10.0) is False
