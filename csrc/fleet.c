@@ -49,6 +49,15 @@ static int before(uint32_t a, uint32_t b)
     return (int32_t)(a - b) < 0;
 }
 
+/* Whether lease word w is live at nowq: its deadline not passed and at most
+ * the longest lease ahead (a deadline 26+ days old wraps round to "ahead"
+ * in 32 bits: such a word, left by a holder long dead, is expired). */
+static int live_at(uint64_t w, uint32_t nowq)
+{
+    return w != 0 && !before(AG_DL(w), nowq) &&
+           AG_DL(w) - nowq <= (uint32_t)(MAX_LEASE_NS >> 20) + 1u;
+}
+
 int sg_fleet_lease_at(void *base, uint64_t len, uint64_t now, uint32_t pid, uint64_t start_s,
                       uint64_t lease_ns, uint64_t *word_io)
 {
@@ -59,9 +68,9 @@ int sg_fleet_lease_at(void *base, uint64_t len, uint64_t now, uint32_t pid, uint
     /* acquire: pairs with the release CAS below (R30) of the previous holder */
     uint64_t cur = atomic_load_explicit(&h->agent[0], memory_order_acquire);
     uint64_t next;
-    if (cur == *word_io && cur != 0 && AG_PID(cur) == pid && !before(AG_DL(cur), nowq))
+    if (cur == *word_io && AG_PID(cur) == pid && live_at(cur, nowq))
         next = AG_MAKE(pid, AG_EPOCH(cur), dl); /* ours and live: renew */
-    else if (cur == 0 || before(AG_DL(cur), nowq))
+    else if (!live_at(cur, nowq))
         next = AG_MAKE(pid, AG_EPOCH(cur) + 1, dl); /* free or expired: take it */
     else {
         *word_io = cur; /* another live holder */
@@ -101,7 +110,7 @@ int sg_fleet_agent_at(const void *base, uint64_t len, uint64_t now, struct sg_fl
     out->pid = AG_PID(w);
     out->epoch = AG_EPOCH(w);
     out->start_s = LD(&h->agent[1]);
-    out->live = w != 0 && !before(AG_DL(w), nowq);
+    out->live = live_at(w, nowq);
     out->remaining_ns = out->live ? (uint64_t)(AG_DL(w) - nowq) << 20 : 0;
     return SG_OK;
 }
@@ -110,7 +119,7 @@ int sg_fleet_agent_at(const void *base, uint64_t len, uint64_t now, struct sg_fl
 static int holds(struct sg_header *h, uint64_t word, uint64_t now)
 {
     uint64_t cur = atomic_load_explicit(&h->agent[0], memory_order_acquire); /* A30 */
-    return cur == word && word != 0 && !before(AG_DL(cur), (uint32_t)(now >> 20));
+    return cur == word && live_at(cur, (uint32_t)(now >> 20));
 }
 
 int sg_fleet_apply_at(void *base, uint64_t len, void *slot, uint64_t now, uint64_t word,

@@ -160,3 +160,17 @@ def test_adjust_rate_never_lifts_a_fleet_endpoint_above_its_share(svc) -> None:
     svc.adjust_rate("api", 0.2)                                            # below the share: applies
     svc.advance(10.0)
     assert [allow() for _ in range(3)] == [True] * 2 + [False]
+
+
+def test_a_lease_word_left_a_month_ago_is_expired(svc) -> None:
+    """The 32-bit deadline wraps after ~52 days: a word left by a holder long dead must not
+    read as live again (26 to 52 days later) and keep every process from taking the lease."""
+    rc, a = _lease(svc, 100, 0, T0)
+    assert rc == lib.SG_OK
+    later = T0 + 30 * 86400 * NS
+    v = ffi.new("struct sg_fleet_agent_view *")
+    lib.sg_fleet_agent_at(svc.segment.base, svc.segment.size, later, v)
+    assert v.live == 0 and v.remaining_ns == 0
+    rc, b = _lease(svc, 200, 0, later)
+    assert rc == lib.SG_OK and (b >> 32) & 0x3FF == 2
+    assert _lease(svc, 100, a, later)[0] == lib.SG_E_BUSY                # the old holder: refused
