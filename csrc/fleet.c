@@ -20,7 +20,9 @@
  *   w[3] Redis errors, total                     w[4] | mode 8 | hosts 32 |
  * A stale agent (its lease taken over while it was stopped) that resumes
  * finds its apply refused: the lease word is no longer its own, and w[0]
- * names a newer epoch (serial compare), so its CAS fails.
+ * names a newer epoch (serial compare), so its CAS fails; one stopped after
+ * those checks finds w[0] changed once it wins the rate change's claim
+ * (rate.c checks it there), so it never writes its share over a newer one.
  */
 #include "layout.h"
 
@@ -47,6 +49,15 @@ static int before(uint32_t a, uint32_t b)
     return (int32_t)(a - b) < 0;
 }
 
+/* Whether lease word w is live at nowq: its deadline not passed and at most
+ * the longest lease ahead (a deadline 26+ days old wraps round to "ahead"
+ * in 32 bits: such a word, left by a holder long dead, is expired). */
+static int live_at(uint64_t w, uint32_t nowq)
+{
+    return w != 0 && !before(AG_DL(w), nowq) &&
+           AG_DL(w) - nowq <= (uint32_t)(MAX_LEASE_NS >> 20) + 1u;
+}
+
 int sg_fleet_lease_at(void *base, uint64_t len, uint64_t now, uint32_t pid, uint64_t start_s,
                       uint64_t lease_ns, uint64_t *word_io)
 {
@@ -57,9 +68,9 @@ int sg_fleet_lease_at(void *base, uint64_t len, uint64_t now, uint32_t pid, uint
     /* acquire: pairs with the release CAS below (R30) of the previous holder */
     uint64_t cur = atomic_load_explicit(&h->agent[0], memory_order_acquire);
     uint64_t next;
-    if (cur == *word_io && cur != 0 && AG_PID(cur) == pid && !before(AG_DL(cur), nowq))
+    if (cur == *word_io && AG_PID(cur) == pid && live_at(cur, nowq))
         next = AG_MAKE(pid, AG_EPOCH(cur), dl); /* ours and live: renew */
-    else if (cur == 0 || before(AG_DL(cur), nowq))
+    else if (!live_at(cur, nowq))
         next = AG_MAKE(pid, AG_EPOCH(cur) + 1, dl); /* free or expired: take it */
     else {
         *word_io = cur; /* another live holder */
@@ -99,7 +110,7 @@ int sg_fleet_agent_at(const void *base, uint64_t len, uint64_t now, struct sg_fl
     out->pid = AG_PID(w);
     out->epoch = AG_EPOCH(w);
     out->start_s = LD(&h->agent[1]);
-    out->live = w != 0 && !before(AG_DL(w), nowq);
+    out->live = live_at(w, nowq);
     out->remaining_ns = out->live ? (uint64_t)(AG_DL(w) - nowq) << 20 : 0;
     return SG_OK;
 }
@@ -108,7 +119,7 @@ int sg_fleet_agent_at(const void *base, uint64_t len, uint64_t now, struct sg_fl
 static int holds(struct sg_header *h, uint64_t word, uint64_t now)
 {
     uint64_t cur = atomic_load_explicit(&h->agent[0], memory_order_acquire); /* A30 */
-    return cur == word && word != 0 && !before(AG_DL(cur), (uint32_t)(now >> 20));
+    return cur == word && live_at(cur, (uint32_t)(now >> 20));
 }
 
 int sg_fleet_apply_at(void *base, uint64_t len, void *slot, uint64_t now, uint64_t word,
@@ -127,6 +138,7 @@ int sg_fleet_apply_at(void *base, uint64_t len, void *slot, uint64_t now, uint64
     if (cur != 0 && ((FA_EPOCH(cur) - ep) & 0x3ffu) != 0 && ((FA_EPOCH(cur) - ep) & 0x3ffu) < 512)
         return SG_E_BUSY;
     int changed = cur != next;
+    /* R31: pairs with rate.c's fence (A31), checked after its claim is won */
     if (changed && !atomic_compare_exchange_strong_explicit(&f->w[0], &cur, next,
                                                             memory_order_acq_rel,
                                                             memory_order_relaxed))
@@ -137,7 +149,7 @@ int sg_fleet_apply_at(void *base, uint64_t len, void *slot, uint64_t now, uint64
     ST(&f->w[4], ((uint64_t)in->mode << 32) | in->hosts);
     if (!changed && FA_PPM(cur) == in->share_ppm && !in->force)
         return SG_OK;
-    return sg_limiter_share_at(slot, now, in->share_ppm);
+    return sg_limiter_share_at(slot, now, in->share_ppm, next); /* SG_E_GONE: superseded */
 }
 
 int sg_fleet_error(void *slot)

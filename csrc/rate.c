@@ -258,10 +258,22 @@ static void complete(struct sg_slot *s, uint64_t cw)
                                             memory_order_acq_rel, memory_order_relaxed);
 }
 
+/* The fleet share applied to the slot (fleet.c w[0], ppm; untrusted): an
+ * adaptive target never goes above it. Before the first grant: 1 ppm. */
+static uint32_t fleet_cap(const struct sg_slot *s)
+{
+    uint32_t ppm = (uint32_t)LD(&s->fleet.w[0]);
+    return ppm == 0 ? 1 : ppm > SG_PPM ? SG_PPM : ppm;
+}
+
 /* Starts a new regime at now. health_ppm > SG_PPM: keep the target (a new
- * policy rate); else the new adaptive target. exact: that target at once,
- * both ways, without the floor (a fleet share, fleet.c). */
-static int change(struct sg_slot *s, uint64_t now, uint32_t health_ppm, int exact)
+ * policy rate); else the new adaptive target (on a fleet rate, at most the
+ * host's share). exact: that target at once, both ways, without the floor
+ * (a fleet share, fleet.c), and only while the slot's fleet word still
+ * reads `*fence`: checked after winning the claim, so an agent that stalled
+ * after its check never writes a share its successor replaced. */
+static int change(struct sg_slot *s, uint64_t now, uint32_t health_ppm, int exact,
+                  const uint64_t *fence)
 {
     struct pol p;
     struct rec A;
@@ -282,10 +294,18 @@ static int change(struct sg_slot *s, uint64_t now, uint32_t health_ppm, int exac
     if (!atomic_compare_exchange_strong_explicit(&s->rchange, &cw, mine, memory_order_acq_rel,
                                                  memory_order_acquire))
         return SG_E_BUSY;
+    /* A31: pairs with fleet.c's CAS of w[0] (R31), which precedes its change */
+    if (fence && atomic_load_explicit(&s->fleet.w[0], memory_order_acquire) != *fence) {
+        atomic_compare_exchange_strong_explicit(&s->rchange, &mine, cw, memory_order_release,
+                                                memory_order_relaxed); /* give the claim back */
+        return SG_E_GONE; /* a newer share (or agent) owns the slot now */
+    }
     rec_read(s, a, &A); /* active: stable while we hold the claim */
     uint32_t cur = rec_scale(&A, now, p.R), from = cur, to = A.to;
     if (health_ppm <= SG_PPM) {
         to = health_ppm < p.floor && !exact ? p.floor : health_ppm;
+        if (!exact && pv.flags & SG_POL_FLEET_RATE && to > fleet_cap(s))
+            to = fleet_cap(s);
         if (to < 1)
             to = 1;
         from = to <= cur || exact ? to : cur; /* drops at once, rises ramp */
@@ -309,7 +329,7 @@ int sg_limiter_scale_at(void *slot, uint64_t now, uint32_t health_ppm)
 {
     if (!slot || health_ppm > SG_PPM)
         return SG_E_ARG;
-    return change(slot, now, health_ppm, 0);
+    return change(slot, now, health_ppm, 0, NULL);
 }
 
 /* A new policy rate: a new regime that keeps the debt in tokens. */
@@ -317,14 +337,15 @@ int sg_limiter_retune_at(void *slot, uint64_t now)
 {
     if (!slot)
         return SG_E_ARG;
-    return change(slot, now, SG_PPM + 1, 0);
+    return change(slot, now, SG_PPM + 1, 0, NULL);
 }
 
 /* fleet/: this host's share of a fleet-wide rate, ppm of the policy's rate;
- * applies at once both ways and keeps the debt in tokens (fleet.c). */
-int sg_limiter_share_at(void *slot, uint64_t now, uint32_t share_ppm)
+ * applies at once both ways and keeps the debt in tokens (fleet.c), while
+ * the slot's fleet word is still `fleet_word` (0: no grant yet). */
+int sg_limiter_share_at(void *slot, uint64_t now, uint32_t share_ppm, uint64_t fleet_word)
 {
     if (!slot || share_ppm < 1 || share_ppm > SG_PPM)
         return SG_E_ARG;
-    return change(slot, now, share_ppm, 1);
+    return change(slot, now, share_ppm, 1, &fleet_word);
 }

@@ -18,7 +18,7 @@
 
 /* CDEF-BEGIN */
 #define SG_LAYOUT_VERSION 5
-#define SG_ABI_VERSION 4
+#define SG_ABI_VERSION 5
 #define SG_HEADER_SIZE 512
 #define SG_SLOT_SIZE 2048
 #define SG_NAME_MAX 64
@@ -562,7 +562,8 @@ int sg_fleet_apply_at(void *base, uint64_t len, void *slot, uint64_t now_ns, uin
                       const struct sg_fleet_view *in);
 int sg_fleet_error(void *slot);
 int sg_fleet_snapshot(const void *slot, struct sg_fleet_view *out);
-int sg_limiter_share_at(void *slot, uint64_t now_ns, uint32_t share_ppm);
+int sg_limiter_share_at(void *slot, uint64_t now_ns, uint32_t share_ppm,
+                        uint64_t fleet_word);
 /* breaker.c, for the fleet agent: OPEN (for remaining_ns) or CLOSED, only from generation gen */
 int sg_breaker_fleet_at(void *slot, uint64_t now_ns, uint32_t gen, uint32_t state,
                         uint64_t remaining_ns);

@@ -20,7 +20,7 @@ from shmguard import errors
 
 #: Layout and ABI the Python layer was written against.
 LAYOUT_VERSION = 5
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 if lib.SG_LAYOUT_VERSION != LAYOUT_VERSION or lib.SG_ABI_VERSION != ABI_VERSION:
     raise ImportError(

@@ -109,7 +109,7 @@ def test_hostile_fleet_area_and_arguments(svc) -> None:
         assert _apply(svc, slot, w, T0, ppm) == lib.SG_E_ARG
     # a newer epoch in the (hostile) area refuses our writes: never a crash
     assert _apply(svc, slot, w, T0, 500_000) in (lib.SG_OK, lib.SG_E_BUSY)
-    assert lib.sg_limiter_share_at(slot, T0, 0) == lib.SG_E_ARG
+    assert lib.sg_limiter_share_at(slot, T0, 0, 0) == lib.SG_E_ARG
 
 
 def test_breaker_moves_of_the_agent(svc) -> None:
@@ -127,3 +127,50 @@ def test_breaker_moves_of_the_agent(svc) -> None:
     br.force_open()                                                        # manual control wins
     g = br.snapshot().generation
     assert lib.sg_breaker_fleet_at(slot, T0, g, lib.SG_CLOSED, 0) == lib.SG_E_BUSY
+
+
+def test_a_stale_agents_share_never_lands_over_its_successors(svc) -> None:
+    """An agent stopped after its apply's checks (lease, epoch, its CAS of the fleet word)
+    resumes into the rate change: the fleet word is its successor's now, so it is refused."""
+    svc.register_endpoint("api", POL)
+    lim, slot = svc.limiter("api"), svc._endpoint("api").h.slot
+    _, a = _lease(svc, 100, 0, T0)
+    assert _apply(svc, slot, a, T0, 200_000) == lib.SG_OK                  # A: 20/s, burst 2
+    stale = ((a >> 32) & 0x3FF) << 32 | 900_000                            # A's next fleet word
+    _, b = _lease(svc, 200, 0, T0 + 2 * NS)                                # A stopped: B takes over
+    svc.set_clock(T0 + 2 * NS)
+    assert _apply(svc, slot, b, svc.now_ns(), 300_000) == lib.SG_OK       # B: 30/s, burst 3
+    # A resumes where its apply calls the rate change with its (older) word
+    assert lib.sg_limiter_share_at(slot, svc.now_ns(), 900_000, stale) == lib.SG_E_GONE
+    assert [lim.allow(1, sg.Priority.HIGH) for _ in range(4)] == [True] * 3 + [False]
+    # the claim was given back: B's next share applies at once
+    assert _apply(svc, slot, b, svc.now_ns(), 500_000, force=1) == lib.SG_OK
+
+
+def test_adjust_rate_never_lifts_a_fleet_endpoint_above_its_share(svc) -> None:
+    svc.register_endpoint("api", POL)
+    lim, slot = svc.limiter("api"), svc._endpoint("api").h.slot
+    allow = lambda: lim.allow(1, sg.Priority.HIGH)  # noqa: E731
+    _, word = _lease(svc, 100, 0, T0)
+    svc.set_clock(T0)
+    assert _apply(svc, slot, word, svc.now_ns(), 500_000) == lib.SG_OK     # 50/s, burst 5
+    svc.adjust_rate("api", 1.0)                                            # would be the fleet's 100/s
+    assert [allow() for _ in range(6)] == [True] * 5 + [False]
+    assert svc.stats("api").limiter_metrics.effective_rate <= 50.0 + 1e-6
+    svc.adjust_rate("api", 0.2)                                            # below the share: applies
+    svc.advance(10.0)
+    assert [allow() for _ in range(3)] == [True] * 2 + [False]
+
+
+def test_a_lease_word_left_a_month_ago_is_expired(svc) -> None:
+    """The 32-bit deadline wraps after ~52 days: a word left by a holder long dead must not
+    read as live again (26 to 52 days later) and keep every process from taking the lease."""
+    rc, a = _lease(svc, 100, 0, T0)
+    assert rc == lib.SG_OK
+    later = T0 + 30 * 86400 * NS
+    v = ffi.new("struct sg_fleet_agent_view *")
+    lib.sg_fleet_agent_at(svc.segment.base, svc.segment.size, later, v)
+    assert v.live == 0 and v.remaining_ns == 0
+    rc, b = _lease(svc, 200, 0, later)
+    assert rc == lib.SG_OK and (b >> 32) & 0x3FF == 2
+    assert _lease(svc, 100, a, later)[0] == lib.SG_E_BUSY                # the old holder: refused

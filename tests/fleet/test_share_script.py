@@ -125,3 +125,35 @@ def test_a_key_of_the_wrong_type_is_an_error(redis_server) -> None:
 def test_malformed_replies_name_the_bad_value(reply, what) -> None:
     with pytest.raises(FleetError, match=what):
         parse_grant(reply, CAP, 5000)
+
+
+def test_the_probe_lease_is_extended_by_its_holder_only(redis_server) -> None:
+    """The holder's gate renews its key (a probe it grants outlives the key's first PX: else
+    another host could take it while that probe still runs); another host never renews it."""
+    c, r = _coord(redis_server.url), redis_server.client()
+    key = "shmguard:probe:db"
+    assert c.probe_gate("db", "a", 10.0) is True
+    assert c.probe_gate("db", "b", 10.0) is False
+    r.pexpire(key, 50)                                   # a's lease nearly over
+    assert c.probe_gate("db", "b", 10.0) is False and 0 < r.pttl(key) <= 50
+    assert c.probe_gate("db", "a", 10.0) is True and r.pttl(key) > 9000
+    r.delete(key)
+    assert c.probe_gate("db", "b", 10.0) is True and r.get(key) == b"b"
+    r.set(key, "x", px=10_000)
+    assert c.probe_gate("db", "a", 10.0) is False
+
+
+@pytest.mark.parametrize("hostile", [{"h:evil": "300|99999999999999|1|1"},
+                                     {"_grace": "99999999999999", "_want": "1e9"}])
+def test_a_record_from_the_far_future_holds_for_one_lease_only(redis_server, hostile) -> None:
+    """A host record (or grace) ending far past a lease from now (hostile, or Redis's clock
+    stepped back) counts for one lease from now, then ends: it never starves the fleet."""
+    c, r = _coord(redis_server.url, lease=0.05), redis_server.client()
+    c.share("api", "a", 1, 1e6, CAP, 0, 1)
+    r.hset("shmguard:rate:api", mapping=hostile)
+    assert c.share("api", "b", 1, 1e6, CAP, 0, 1).rate == 0.0   # held for now
+    time.sleep(0.2)                                              # > one lease (Redis's clock)
+    for _ in range(2):  # a's grant has ended too; b's second sync sees the whole rate
+        g = c.share("api", "b", 1, 1e6, CAP, 0, 1)
+    assert g.rate == pytest.approx(CAP)
+    assert _sum_live(r, "shmguard:rate:api") <= CAP

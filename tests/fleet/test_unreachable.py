@@ -138,3 +138,45 @@ def test_closing_while_redis_hangs_never_touches_the_unmapped_segment(segnames) 
         for c in conns:
             c.close()
         srv.close()
+
+
+def test_an_endpoint_registered_again_in_its_slot_is_synced_again(redis_server, segnames) -> None:
+    """The agent's handle of a removed endpoint is not reused for the slot's next endpoint."""
+    cfg = sg.RedisFleet(redis_server.url, refresh=0.05, lease=1.0, timeout=0.1)
+    with sg.ResilienceService(segnames[0], capacity=8, fleet=cfg, host_id="h0") as svc:
+        svc.register_endpoint("api", POL)
+        _wait(lambda: svc.stats("api").fleet.mode == "granted", "first grant")
+        svc.unregister_endpoint("api")
+        svc.register_endpoint("api", POL)  # the same name: the same slot, a new incarnation
+        assert svc.stats("api").fleet.mode == "none"
+        _wait(lambda: svc.stats("api").fleet.mode == "granted", "grant of the new endpoint")
+        assert svc.stats("api").fleet.rate == pytest.approx(300, rel=1e-5)
+
+
+def test_a_slow_but_live_agent_keeps_its_lease_through_a_long_sync(redis_server, segnames) -> None:
+    """Each Redis call takes 0.3 s of the (manual) clock, more than the agent lease (0.5 s) over
+    two calls: the holder renews its lease between endpoints, so the last endpoint is reached too
+    (before, the lease ran out mid-sync and the endpoints after it were never synced, keeping
+    whatever share they had however long Redis stayed slow)."""
+    from shmguard.fleet.agent import Agent
+    cfg = sg.RedisFleet(redis_server.url, refresh=0.25, lease=1.0)
+    with sg.ResilienceService(segnames[0], capacity=8, manual_clock=True) as svc:
+        svc.set_clock(10 * 10**9)
+        for n in ("a", "b", "c"):
+            svc.register_endpoint(n, POL.with_fleet(breaker=False))
+        agent = Agent(lambda: svc.segment, cfg, "h0")
+        share = agent.coordinator().share
+
+        def slow_share(*args):
+            svc.advance(0.3)
+            return share(*args)
+
+        agent.coordinator().share = slow_share  # type: ignore[method-assign]
+        try:
+            with agent._mapped:
+                assert agent._lease()
+                agent.tick()
+            assert [svc.stats(n).fleet.mode for n in ("a", "b", "c")] == ["granted"] * 3
+            assert agent.syncs == 1 and agent.holds()
+        finally:
+            agent.stop()

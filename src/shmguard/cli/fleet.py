@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from shmguard._capi import ffi, lib
+from shmguard._capi import lib
 from shmguard.segment import Segment
 
 __all__ = ["run", "fleet_rows"]
@@ -13,19 +13,10 @@ NS = 1_000_000_000
 
 
 def _fleet_endpoints(seg: Segment) -> list[tuple[str, Any, Any]]:
-    out = []
-    sv = ffi.new("struct sg_slot_view *")
-    for i in range(seg.refresh().capacity):
-        if lib.sg_slot_snapshot(seg.base, seg.size, i, sv) != 0 or sv.kind != lib.SG_SLOT_READY:
-            continue
-        h = ffi.new("struct sg_handle *")
-        if lib.sg_handle_init(h, seg.base, seg.size, i) != 0:
-            continue
-        pv = ffi.new("struct sg_policy_view *")
-        lib.sg_policy_read(h, pv)
-        if pv.flags & lib.SG_POL_FLEET_RATE and pv.emission_ns:
-            out.append((ffi.unpack(sv.name, sv.name_len).decode("ascii", "replace"), h, pv))
-    return sorted(out, key=lambda t: t[0])
+    from shmguard.fleet.view import fleet_endpoints
+    rows = [(name, h, pv) for _, name, h, pv in fleet_endpoints(seg)
+            if pv.flags & lib.SG_POL_FLEET_RATE and pv.emission_ns]
+    return sorted(rows, key=lambda t: t[0])
 
 
 def fleet_rows(seg: Segment, url: str, prefix: str) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from shmguard._capi import ffi, lib
 from shmguard.fleet.config import RedisFleet
 from shmguard.fleet.breakers import BreakerSync
 from shmguard.fleet.sync import EndpointSync, start_share
+from shmguard.fleet.view import fleet_endpoints
 
 if TYPE_CHECKING:
     from shmguard.fleet.coordinator import Coordinator
@@ -168,24 +169,19 @@ class Agent:
                 if br is None or br.name != name:
                     br = self._brk[idx] = BreakerSync(name, h)
                 br.sync(self, pv)
-            if self._stop.is_set() or not self.holds():
+            # renewed between endpoints: a live holder whose Redis calls are slow keeps it
+            # (and reaches every endpoint); a stopped one's lease still runs out
+            if self._stop.is_set() or not self._lease():
                 return
         self.syncs += 1
 
     def _fleet_endpoints(self) -> list[tuple[int, str, Any, Any]]:
-        seg, out = self.seg, []
-        sv = ffi.new("struct sg_slot_view *")
-        for i in range(seg.refresh().capacity):
-            if lib.sg_slot_snapshot(seg.base, seg.size, i, sv) != 0 or sv.kind != lib.SG_SLOT_READY:
-                continue
-            ep = self._eps.get(i)
-            h = ep.h if ep is not None else ffi.new("struct sg_handle *")
-            if ep is None and lib.sg_handle_init(h, seg.base, seg.size, i) != 0:
-                continue
-            pv = ffi.new("struct sg_policy_view *")
-            lib.sg_policy_read(h, pv)
-            if pv.flags & (lib.SG_POL_FLEET_RATE | lib.SG_POL_FLEET_BREAKER):
-                out.append((i, ffi.unpack(sv.name, sv.name_len).decode("ascii", "replace"), h, pv))
+        known = {i: b.h for i, b in self._brk.items()} | {i: e.h for i, e in self._eps.items()}
+        out = fleet_endpoints(self.seg, known)
+        for i, _, h, _ in out:
+            if known.get(i) is not h:  # a new endpoint in the slot: its sync starts afresh
+                self._eps.pop(i, None)
+                self._brk.pop(i, None)
         return out
 
 

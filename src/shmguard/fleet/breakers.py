@@ -101,8 +101,10 @@ class BreakerSync:
         margin = max(3 * agent.cfg.refresh, agent.cfg.lease / 4)
         if not (b.state == HALF_OPEN or (b.state == OPEN and b.open_remaining_ns / NS <= margin)):
             return
-        if agent.remote(agent.coordinator().probe_gate, self.name, agent.host_id,
-                        pv.probe_lease_ns / NS):
+        # held from here until a probe granted at the end of the OPEN (up to a margin and
+        # a refresh away) has run its lease; the holder extends it at each gate
+        hold = pv.probe_lease_ns / NS + margin + agent.cfg.refresh
+        if agent.remote(agent.coordinator().probe_gate, self.name, agent.host_id, hold):
             return
         b = self.snapshot(agent.seg.now_ns())  # the breaker may have moved during the call
         now = agent.seg.now_ns()

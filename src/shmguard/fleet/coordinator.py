@@ -83,6 +83,12 @@ def parse_episode(reply: Any) -> Episode:
                    origin.decode("utf-8", "replace"))
 
 
+# the probe lease: taken if free, extended by its holder (atomic: never another's)
+_GATE = """if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+return 0"""
+
+
 class Coordinator:
     """A Redis client and the share script (one per agent; not thread safe)."""
 
@@ -95,6 +101,7 @@ class Coordinator:
         here = resources.files("shmguard.fleet")
         self.script = self.client.register_script(here.joinpath("share.lua").read_text("utf-8"))
         self.bscript = self.client.register_script(here.joinpath("breaker.lua").read_text("utf-8"))
+        self.gscript = self.client.register_script(_GATE)
         self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
     def share(self, endpoint: str, host: str, epoch: int, demand: float, rate: float,
@@ -120,14 +127,14 @@ class Coordinator:
         return parse_episode(reply)
 
     def probe_gate(self, endpoint: str, host: str, seconds: float) -> bool:
-        """Takes (or keeps) the fleet's half-open probe lease: SET NX PX; reports whether this host holds it."""
+        """Takes the fleet's half-open probe lease (SET NX PX) or, if this host holds it,
+        extends it to ``seconds`` from now; reports whether this host holds it."""
         key, px = f"{self.cfg.prefix}:probe:{endpoint}", max(1, round(seconds * 1000))
         try:
-            if self.client.set(key, host, nx=True, px=px):
-                return True
-            return bool(self.client.get(key) == host.encode())
+            reply = self.gscript(keys=[key], args=[host, px])
         except self.errors as exc:
             raise FleetError(f"fleet: Redis at {self.cfg.url!r}: {exc}") from exc
+        return bool(_int(reply, "probe gate", 0, 1))
 
     def hosts(self, endpoint: str) -> dict[str, dict[str, float]]:
         """Returns the hosts recorded for ``endpoint`` (grant, expiry, demand); for the CLI."""

@@ -20,6 +20,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function num(f) local v = tonumber(redis.call('HGET', key, f) or '') return v end
 local born, grace, want = num('_born'), num('_grace') or 0, num('_want') or 0
+if grace ~= grace or grace > now + lease then  -- never set that far: hostile (or TIME stepped back)
+  grace = now + lease
+  redis.call('HSET', key, '_grace', grace)
+end
 if not born then
   born = now
   grace = (seen > 0) and (now + lease) or 0  -- a known host after a loss: grace
@@ -34,7 +38,12 @@ for i = 1, #all, 2 do
   if string.sub(f, 1, 2) == 'h:' then
     local g, e, d, ep = string.match(v, '^([^|]+)|([^|]+)|([^|]+)|([^|]+)$')
     g, e, d, ep = tonumber(g), tonumber(e), tonumber(d), tonumber(ep)
-    if not (g and e and d and ep) or g ~= g or d ~= d or g < 0 or g > cap or d < 0 then
+    local ok = g and e and d and ep and g == g and d == d and g >= 0 and g <= cap and d >= 0
+    if ok and e > now + lease then  -- no grant runs longer than a lease from now: hostile,
+      e = now + lease               -- or TIME stepped back; it counts one lease from now
+      redis.call('HSET', key, f, string.format('%.17g|%d|%.17g|%d', g, e, d, ep))
+    end
+    if not ok then
       -- hostile or corrupt: drop it and hold every host to what it has for a lease
       redis.call('HDEL', key, f)
       grace, want = now + lease, 1e9  -- only the lease's end lifts this grace

@@ -124,6 +124,7 @@ def start_share(slot: Any, now: int) -> None:
     lib.sg_fleet_snapshot(slot, v)
     if v.share_ppm == 0 and v.mode == lib.SG_FLEET_NONE:
         for _ in range(50):
-            if lib.sg_limiter_share_at(slot, now, 1) != lib.SG_E_BUSY:
+            # only while no grant is applied (fleet word 0): never over the agent's first share
+            if lib.sg_limiter_share_at(slot, now, 1, 0) != lib.SG_E_BUSY:
                 return
             time.sleep(0.001)

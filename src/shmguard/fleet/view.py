@@ -1,4 +1,4 @@
-"""Reads a fleet endpoint's share and the agent lease from the segment (no Redis)."""
+"""Reads fleet endpoints, their shares and the agent lease from the segment (no Redis)."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,7 +6,7 @@ from typing import Any
 from shmguard._capi import ffi, lib
 from shmguard.stats import FleetStats
 
-__all__ = ["fleet_stats", "MODES"]
+__all__ = ["fleet_stats", "fleet_endpoints", "MODES"]
 
 NS = 1_000_000_000
 MODES = {0: "none", 1: "granted", 2: "safe"}
@@ -27,3 +27,27 @@ def fleet_stats(base: Any, size: int, slot: Any, now: int, pv: Any) -> FleetStat
     return FleetStats(MODES.get(v.mode, f"unknown({v.mode})"), v.hosts, rate * ppm / 1e6,
                       max(1, pv.burst * ppm // 1_000_000), left, age, v.errors,
                       a.pid if a.live else 0)
+
+
+def fleet_endpoints(seg: Any, handles: dict[int, Any] | None = None) -> list[tuple[int, str, Any, Any]]:
+    """Returns (index, name, handle, policy view) of every endpoint whose policy is fleet-wide.
+
+    A handle of ``handles`` (index -> handle) is reused only while it is still
+    bound to its slot's endpoint: one removed (and the slot registered again)
+    gets a fresh handle, so the caller sees a new handle as a new endpoint.
+    """
+    out = []
+    sv = ffi.new("struct sg_slot_view *")
+    for i in range(seg.refresh().capacity):
+        if lib.sg_slot_snapshot(seg.base, seg.size, i, sv) != 0 or sv.kind != lib.SG_SLOT_READY:
+            continue
+        pv = ffi.new("struct sg_policy_view *")
+        h = (handles or {}).get(i)
+        if h is None or lib.sg_policy_read(h, pv) != lib.SG_OK:
+            h = ffi.new("struct sg_handle *")
+            if lib.sg_handle_init(h, seg.base, seg.size, i) != 0 or \
+                    lib.sg_policy_read(h, pv) != lib.SG_OK:
+                continue
+        if pv.flags & (lib.SG_POL_FLEET_RATE | lib.SG_POL_FLEET_BREAKER):
+            out.append((i, ffi.unpack(sv.name, sv.name_len).decode("ascii", "replace"), h, pv))
+    return out
